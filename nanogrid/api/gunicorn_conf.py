@@ -1,0 +1,22 @@
+"""gunicorn settings for `nanogrid api` (gunicorn -c nanogrid/api/gunicorn_conf.py wsgi:app)."""
+
+import os
+
+from nanogrid.config import Settings
+
+_settings = Settings.from_env()
+
+bind = os.environ.get("NANOGRID_BIND", f"{_settings.host}:{_settings.port}")
+workers = int(os.environ.get("NANOGRID_API_WORKERS", "2"))
+# Threads, because a synchronous run request waits for its job: one blocked request must not
+# hold a whole worker process.
+worker_class = "gthread"
+threads = int(os.environ.get("NANOGRID_API_THREADS", "16"))
+timeout = int(_settings.max_wait_s) + 30
+graceful_timeout = 30
+max_requests = 10000
+max_requests_jitter = 1000
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = "-"

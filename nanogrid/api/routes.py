@@ -1,0 +1,273 @@
+"""API routes: functions, runs, jobs, health and limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+
+from nanogrid import bundles, functions
+from nanogrid.api.errors import ApiError
+from nanogrid.errors import NotFound, Unavailable
+from nanogrid.jobs import FAILED, TERMINAL
+from nanogrid.services import Services
+from nanogrid.worker.celery_app import RUN_TASK
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ENV_BYTES = 16 * 1024
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "env"}
+RUN_FIELDS = {"input", "wait_s"}
+
+
+def services() -> Services:
+    return current_app.extensions["nanogrid"]
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+def read_body(limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(f"the request body exceeds {limit} bytes", status=413, code="too_large")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(f"the request body exceeds {limit} bytes", status=413, code="too_large")
+    return data
+
+
+def parse_json(data: bytes):
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ApiError("the JSON document is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:
+        raise ApiError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def json_object(limit: int, allowed: set[str], *, empty_ok: bool = False) -> dict:
+    data = read_body(limit)
+    if empty_ok and not data.strip():
+        return {}
+    if request.mimetype != "application/json":
+        raise ApiError("send a JSON body with Content-Type: application/json", status=415, code="unsupported_media_type")
+    body = parse_json(data)
+    if not isinstance(body, dict):
+        raise ApiError("the JSON body must be an object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise ApiError(f"unknown field(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+def function_options(body: dict) -> dict:
+    """Per-function limits and env; limits may lower the defaults, never exceed the ceilings."""
+    settings = services().settings
+    options = {}
+    for name in ("timeout_s", "memory_mb"):
+        if body.get(name) is None:
+            continue
+        value = body[name]
+        if isinstance(value, str):
+            value = _number(name, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ApiError(f"{name} must be a positive number")
+        ceiling = getattr(settings, name).ceiling
+        if value > ceiling:
+            raise ApiError(f"{name} may be at most {ceiling:g} on this installation")
+        options[name] = value if name == "timeout_s" else int(value)
+    if "env" in body:
+        env = body["env"]
+        if isinstance(env, str):
+            env = parse_json(env.encode())
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) for k, v in env.items())):
+            raise ApiError("env must be an object of NAME: string pairs with names like [A-Za-z_][A-Za-z0-9_]*")
+        if env and len(json.dumps(env)) > MAX_ENV_BYTES:
+            raise ApiError(f"env may hold at most {MAX_ENV_BYTES} bytes", status=413, code="too_large")
+        options["env"] = env or {}
+    return options
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ApiError(f"{name} must be a number") from None
+
+
+def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | None]:
+    """Parse a JSON or multipart upload into (fields, bundle); the bundle is None when no code was sent."""
+    settings = services().settings
+    if request.mimetype == "multipart/form-data":
+        form = request.form.to_dict()
+        unknown = set(form) - (FUNCTION_FIELDS - {"code"})
+        if unknown:
+            raise ApiError(f"unknown form field(s): {', '.join(sorted(unknown))}")
+        body: dict = dict(form)
+        upload = request.files.get("file")
+        if set(request.files) - {"file"}:
+            raise ApiError("send the code as one form file named 'file'")
+        code = None
+        if upload is not None:
+            data = upload.stream.read(settings.max_code_bytes + 1)
+            if len(data) > settings.max_code_bytes:
+                raise ApiError(f"the code exceeds {settings.max_code_bytes} bytes", status=413, code="too_large")
+            code = (upload.filename or "", data)
+    else:
+        body = json_object(settings.max_code_bytes + 64 * 1024, FUNCTION_FIELDS)
+        code = None
+        if "code" in body:
+            if not isinstance(body["code"], str):
+                raise ApiError("code must be a string of Python source")
+            code = ("main.py", body["code"])
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not functions.NAME_PATTERN.match(name)):
+        raise ApiError("name must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", code="invalid_name")
+    if require_name and name is None:
+        raise ApiError("name is required", code="invalid_name")
+    if require_name and code is None:
+        raise ApiError("code is required: a 'code' string (JSON) or a 'file' (multipart .py or .zip)")
+    handler = body.get("handler")
+    if handler is not None and not isinstance(handler, str):
+        raise ApiError("handler must be a string")
+    bundle = None
+    if code is not None:
+        bundle = _bundle(code, handler or None)
+    return {"name": name, "handler": handler, **function_options(body)}, bundle
+
+
+def _bundle(code: tuple[str, str | bytes], handler: str | None) -> bundles.Bundle:
+    filename, content = code
+    try:
+        if filename.endswith(".zip"):
+            return bundles.from_zip(content, handler, services().settings)
+        if filename.endswith(".py") or isinstance(content, str):
+            return bundles.from_source(content, handler)
+    except bundles.BundleError as exc:
+        raise ApiError(str(exc), status=413 if exc.too_large else 400, code="invalid_code") from None
+    raise ApiError("the file must be a .py source file or a .zip holding main.py", code="invalid_code")
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+@bp.get("/health")
+def health():
+    svc = services()
+    components: dict[str, dict] = {}
+    checks = {
+        "redis": lambda: svc.redis.ping(),
+        "functions": lambda: _probe_table(svc.functions.table),
+        "jobs": lambda: _probe_table(svc.jobs.table),
+        "broker": lambda: _probe_broker(svc),
+    }
+    for name, check in checks.items():
+        try:
+            check()
+            components[name] = {"status": "ok"}
+        except Exception as exc:  # noqa: BLE001 - any failure of a probe means the component is down
+            log.warning("health: %s failed: %s", name, exc)
+            components[name] = {"status": "down"}
+    sandbox = {"status": "ok", "mode": svc.settings.sandbox, "isolated": svc.settings.sandbox == "docker"}
+    if svc.settings.sandbox == "process":
+        sandbox["warning"] = "process sandbox: user code runs as a plain child process and is NOT isolated"
+    components["sandbox"] = sandbox
+    down = [n for n, c in components.items() if c["status"] != "ok"]
+    body = {"status": "ok" if not down else "unavailable", "components": components}
+    if down:
+        body["failing"] = down
+    return jsonify(body), 200 if not down else 503
+
+
+def _probe_table(table) -> None:
+    try:
+        table.get("health-probe")
+    except NotFound:
+        pass
+
+
+def _probe_broker(svc: Services) -> None:
+    with svc.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+@bp.get("/limits")
+def limits():
+    return jsonify(services().settings.limits_document())
+
+
+@bp.post("/functions")
+def create_function():
+    fields, bundle = read_function_upload(require_name=True)
+    doc = services().functions.create(fields["name"], bundle, fields)
+    response = jsonify(functions.public(doc))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_function", function_id=doc["function_id"])
+    return response
+
+
+@bp.get("/functions")
+def list_functions():
+    return jsonify({"functions": [functions.public(d) for d in services().functions.list()]})
+
+
+@bp.get("/functions/<function_id>")
+def get_function(function_id: str):
+    return jsonify(functions.public(services().functions.get(function_id)))
+
+
+@bp.put("/functions/<function_id>")
+def update_function(function_id: str):
+    svc = services()
+    current = svc.functions.get(function_id)
+    fields, bundle = read_function_upload(require_name=False)
+    if fields["name"] is not None and fields["name"] != current["name"]:
+        raise ApiError("a function's name cannot be changed; create a new function instead", code="invalid_name")
+    if bundle is None and fields["handler"] is not None:
+        bundle = _bundle(("main.py", svc.functions.code_of(current)), fields["handler"])
+    options = {k: v for k, v in fields.items() if k in functions.SETTINGS_FIELDS}
+    return jsonify(functions.public(svc.functions.update(function_id, bundle, options)))
+
+
+@bp.delete("/functions/<function_id>")
+def delete_function(function_id: str):
+    services().functions.delete(function_id)
+    return "", 204
+
+
+@bp.post("/functions/<function_id>/run")
+def run_function(function_id: str):
+    svc = services()
+    settings = svc.settings
+    function = svc.functions.get(function_id)
+    body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
+    run_input = body.get("input")
+    if len(json.dumps(run_input)) > settings.max_input_bytes:
+        raise ApiError(f"input exceeds {settings.max_input_bytes} bytes", status=413, code="too_large")
+    wait_s = body.get("wait_s", settings.default_wait_s)
+    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= settings.max_wait_s:
+        raise ApiError(f"wait_s must be a number from 0 to {settings.max_wait_s:g}")
+    job = svc.jobs.create(function, run_input)
+    try:
+        svc.celery.send_task(RUN_TASK, args=[job["job_id"]])
+    except Exception as exc:  # noqa: BLE001 - any publish failure: record it, tell the client, keep nothing PENDING
+        log.error("could not queue job %s: %s", job["job_id"], exc)
+        svc.jobs.finish(job["job_id"], None, FAILED, error={
+            "type": "enqueue_failed", "message": "the job could not be queued; the broker is unavailable"})
+        raise Unavailable("broker") from exc
+    if wait_s > 0:
+        job = svc.jobs.wait(job["job_id"], wait_s)
+    response = jsonify(svc.jobs.public(job))
+    if job["status"] not in TERMINAL:
+        response.status_code = 202
+        response.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
+    return response
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    svc = services()
+    return jsonify(svc.jobs.public(svc.jobs.get(job_id)))

@@ -1,0 +1,69 @@
+"""A small HTTP client for the NanoGrid API, used by the CLI and the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import requests
+
+
+class ClientError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, url: str, timeout_s: float = 330):
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.http = requests.Session()
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.http.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach {self.url}: {exc}") from None
+        if response.status_code == 204:
+            return {}
+        try:
+            body = response.json()
+        except ValueError:
+            raise ClientError(f"{method} {path}: HTTP {response.status_code} with a non-JSON body") from None
+        if response.status_code >= 400:
+            error = body.get("error", {})
+            raise ClientError(f"{error.get('code', response.status_code)}: {error.get('message', body)}")
+        return body
+
+    def deploy(self, path: Path, name: str, options: dict) -> dict:
+        form = {"name": name, **{k: str(v) for k, v in options.items()}}
+        existing = self.find(name)
+        with open(path, "rb") as f:
+            files = {"file": (path.name, f.read())}
+        if existing is None:
+            return self._call("POST", "/functions", data=form, files=files)
+        form.pop("name")
+        return self._call("PUT", f"/functions/{existing['function_id']}", data=form, files=files)
+
+    def find(self, name: str) -> dict | None:
+        for doc in self._call("GET", "/functions")["functions"]:
+            if doc["name"] == name:
+                return doc
+        return None
+
+    def resolve(self, name_or_id: str) -> str:
+        if name_or_id.startswith("fn-"):
+            return name_or_id
+        doc = self.find(name_or_id)
+        if doc is None:
+            raise ClientError(f"no function named {name_or_id!r}")
+        return doc["function_id"]
+
+    def invoke(self, function_id: str, event, wait_s: float | None) -> dict:
+        body: dict = {"input": event}
+        if wait_s is not None:
+            body["wait_s"] = wait_s
+        return self._call("POST", f"/functions/{function_id}/run", data=json.dumps(body),
+                          headers={"Content-Type": "application/json"})
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}")

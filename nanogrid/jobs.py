@@ -1,0 +1,263 @@
+"""Job records: the durable document of every run, and the only way its state changes.
+
+The document lives in a DocumentTable (DynamoDB or SQLite) and is the source of truth. Every
+change is a compare-and-set on its `rev`, so two workers, a worker and the reaper, or a
+redelivered message can never both move a job: the loser of a claim simply drops the message.
+Redis carries what must be fast or shared: a status key per job (24 h), a channel that hints
+"this job changed" (clients always re-read the record), and the two indexes the reaper scans.
+
+States: PENDING -> PROCESSING -> SUCCESS | FAILED (and PENDING -> FAILED for cancels,
+dispatch failures and redispatch exhaustion).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+import redis
+
+from nanogrid.config import Settings
+from nanogrid.errors import NotFound, Unavailable
+from nanogrid.storage import BlobStore, DocumentTable
+
+PENDING, PROCESSING, SUCCESS, FAILED = "PENDING", "PROCESSING", "SUCCESS", "FAILED"
+TERMINAL = frozenset({SUCCESS, FAILED})
+STATUS_TTL_S = 24 * 3600
+LEASES = "nanogrid:leases"  # zset: PROCESSING job -> lease expiry
+UNCLAIMED = "nanogrid:unclaimed"  # zset: PENDING job -> when to check it was claimed
+OUTPUT_FIELDS = ("result", "stdout", "stderr")
+PUBLIC_FIELDS = (
+    "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
+    "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at",
+)
+
+
+def status_key(job_id: str) -> str:
+    return f"nanogrid:job:{job_id}:status"
+
+
+def channel(job_id: str) -> str:
+    return f"nanogrid:job:{job_id}"
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return uuid.UUID(value).hex == value.replace("-", "") and len(value) == 36
+    except ValueError:
+        return False
+
+
+class JobStore:
+    def __init__(self, settings: Settings, table: DocumentTable, redis_client: redis.Redis, outputs: BlobStore):
+        self.settings = settings
+        self.table = table
+        self.redis = redis_client
+        self.outputs = outputs
+
+    # -- creation and reads ------------------------------------------------------------------
+
+    def create(self, function: dict, run_input: Any) -> dict:
+        now = time.time()
+        job = {
+            "job_id": str(uuid.uuid4()),
+            "rev": 1,
+            "function_id": function["function_id"],
+            "function_version": function["version"],
+            "status": PENDING,
+            "input": run_input,
+            # What the run needs from the function at this version, so an update cannot change it.
+            "spec": {k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env")},
+            "result": None, "stdout": "", "stderr": "", "exit_code": None, "error": None,
+            "truncated": False, "duration_ms": None,
+            "created_at": now, "started_at": None, "finished_at": None,
+            # The caller publishes right after this insert; if it dies first, the reaper redispatches.
+            "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
+        }
+        self.table.insert(job["job_id"], job)
+        self._index(job)
+        return job
+
+    def get(self, job_id: str) -> dict:
+        if not is_job_id(job_id):
+            raise NotFound(job_id)
+        return self.table.get(job_id)
+
+    def public(self, job: dict) -> dict:
+        """The API's view of a job: outputs inlined from the output store when they were spilled there."""
+        view = {name: job.get(name) for name in PUBLIC_FIELDS}
+        if job.get("output_ref"):
+            try:
+                view.update(json.loads(self.outputs.get(job["output_ref"])))
+            except NotFound:
+                view["error"] = view["error"] or {"type": "output_lost", "message": "the stored output is gone"}
+        for name in ("created_at", "started_at", "finished_at"):
+            if view[name] is not None:
+                view[name] = _iso(view[name])
+        return view
+
+    def fast_status(self, job_id: str) -> str | None:
+        try:
+            value = self.redis.get(status_key(job_id))
+        except redis.RedisError:
+            return None
+        return value.decode() if value else None
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def transition(self, job_id: str, change: Callable[[dict], bool]) -> dict | None:
+        """Apply change() to a fresh copy until the compare-and-set wins.
+
+        change() edits the document in place and returns False to abandon (the job is not in a
+        state this transition applies to). Returns the stored document, or None if abandoned.
+        """
+        for _ in range(20):
+            current = self.table.get(job_id)
+            job = copy.deepcopy(current)
+            if not change(job):
+                return None
+            job["rev"] = current["rev"] + 1
+            if self.table.replace(job_id, job, current["rev"]):
+                self._index(job)
+                return job
+        raise Unavailable(f"job {job_id}: too much contention on its record")
+
+    def mark_dispatched(self, job_id: str) -> None:
+        def change(job: dict) -> bool:
+            if job["status"] != PENDING:
+                return False
+            job["dispatch_attempts"] += 1
+            return True
+
+        self.transition(job_id, change)
+
+    def claim(self, job_id: str, worker_id: str) -> dict | None:
+        def change(job: dict) -> bool:
+            if job["status"] != PENDING:
+                return False
+            now = time.time()
+            job.update(status=PROCESSING, worker_id=worker_id, started_at=now, lease_until=now + self.settings.lease_s)
+            return True
+
+        return self.transition(job_id, change)
+
+    def renew(self, job_id: str, worker_id: str) -> bool:
+        def change(job: dict) -> bool:
+            if job["status"] != PROCESSING or job["worker_id"] != worker_id:
+                return False
+            job["lease_until"] = time.time() + self.settings.lease_s
+            return True
+
+        return self.transition(job_id, change) is not None
+
+    def finish(self, job_id: str, worker_id: str | None, status: str, *, only_if_lease_expired: bool = False,
+               **fields) -> dict | None:
+        """Move a job to its terminal state; None when it is not this caller's to finish.
+
+        worker_id names the lease holder finishing its own run. Without one, any non-terminal
+        job is finished (cancel), or with only_if_lease_expired just a PROCESSING job whose
+        holder stopped renewing (the reaper's worker_lost).
+        """
+        spilled = self._spill_outputs(job_id, fields)
+
+        def change(job: dict) -> bool:
+            if job["status"] in TERMINAL:
+                return False
+            if worker_id is not None and (job["status"] != PROCESSING or job["worker_id"] != worker_id):
+                return False
+            if only_if_lease_expired and not (job["status"] == PROCESSING and job["lease_until"] <= time.time()):
+                return False
+            now = time.time()
+            job.update(spilled)
+            job.update(status=status, finished_at=now, lease_until=None)
+            if job["started_at"] is not None and job.get("duration_ms") is None:
+                job["duration_ms"] = int((now - job["started_at"]) * 1000)
+            return True
+
+        return self.transition(job_id, change)
+
+    def _spill_outputs(self, job_id: str, fields: dict) -> dict:
+        outputs = {k: fields[k] for k in OUTPUT_FIELDS if k in fields}
+        encoded = json.dumps(outputs).encode()
+        if len(encoded) <= self.settings.inline_output_bytes:
+            return fields
+        key = f"jobs/{job_id}/output.json"
+        self.outputs.put(key, encoded)
+        rest = {k: v for k, v in fields.items() if k not in OUTPUT_FIELDS}
+        return {**rest, "output_ref": key, "result": None, "stdout": "", "stderr": ""}
+
+    # -- Redis side: status key, change hint, reaper indexes ---------------------------------
+
+    def _index(self, job: dict) -> None:
+        job_id, status = job["job_id"], job["status"]
+        try:
+            pipe = self.redis.pipeline()
+            pipe.set(status_key(job_id), status, ex=STATUS_TTL_S)
+            if status == PENDING:
+                pipe.zadd(UNCLAIMED, {job_id: time.time() + self.settings.redispatch_after_s})
+            else:
+                pipe.zrem(UNCLAIMED, job_id)
+            if status == PROCESSING:
+                pipe.zadd(LEASES, {job_id: job["lease_until"]})
+            else:
+                pipe.zrem(LEASES, job_id)
+            pipe.publish(channel(job_id), status)
+            pipe.execute()
+        except redis.RedisError as exc:
+            # The record is already durable; the reaper's indexes are rebuilt from it by `reindex`.
+            raise Unavailable(f"redis: {exc}") from exc
+
+    def expired_leases(self, now: float) -> list[str]:
+        return [m.decode() for m in self.redis.zrangebyscore(LEASES, 0, now)]
+
+    def unclaimed_due(self, now: float) -> list[str]:
+        return [m.decode() for m in self.redis.zrangebyscore(UNCLAIMED, 0, now)]
+
+    def forget(self, job_id: str) -> None:
+        self.redis.zrem(LEASES, job_id)
+        self.redis.zrem(UNCLAIMED, job_id)
+
+    def wait(self, job_id: str, timeout_s: float) -> dict:
+        """Block until the job is terminal or timeout_s passes; return the fresh record either way.
+
+        The pub/sub message only wakes us: the record is re-read after subscribing and after every
+        wake, so a message lost during a Redis reconnect costs at most one poll interval.
+        """
+        deadline = time.monotonic() + timeout_s
+        pubsub = None
+        try:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(channel(job_id))
+            except redis.RedisError:
+                pubsub = None
+            while True:
+                status = self.fast_status(job_id)
+                if status in TERMINAL or status is None:
+                    job = self.get(job_id)
+                    if job["status"] in TERMINAL:
+                        return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self.get(job_id)
+                poll = min(remaining, 1.0)
+                if pubsub is None:
+                    time.sleep(min(poll, 0.2))
+                    continue
+                try:
+                    pubsub.get_message(timeout=poll)
+                except redis.RedisError:
+                    pubsub = None
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except redis.RedisError:
+                    pass
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

@@ -1,0 +1,64 @@
+"""Wiring: the objects each process needs, built once from Settings.
+
+The API and the worker each hold one Services; tests build their own from the Settings they
+want. Backends are chosen by the factories in nanogrid.storage, so nothing here names a
+provider.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+import redis
+
+from nanogrid import storage
+from nanogrid.config import Settings
+from nanogrid.functions import FunctionRegistry
+from nanogrid.jobs import JobStore
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=True,
+            health_check_interval=10,
+        )
+
+    @functools.cached_property
+    def functions(self) -> FunctionRegistry:
+        return FunctionRegistry(storage.function_table(self.settings), storage.code_store(self.settings))
+
+    @functools.cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.settings, storage.job_table(self.settings), self.redis, storage.output_store(self.settings))
+
+    @functools.cached_property
+    def archive(self) -> storage.Archive | None:
+        return storage.archive(self.settings)
+
+    @functools.cached_property
+    def celery(self):
+        from nanogrid.worker.celery_app import make_celery
+
+        return make_celery(self.settings)
+
+    @functools.cached_property
+    def sandbox(self):
+        if self.settings.sandbox == "docker":
+            from nanogrid.sandbox.docker import DockerSandbox
+
+            return DockerSandbox(self.settings, worker_id())
+        from nanogrid.sandbox.process import ProcessSandbox
+
+        return ProcessSandbox(self.settings, worker_id())
+
+
+def worker_id() -> str:
+    """Who holds a lease: host and process, since each pool process runs its own sandboxes."""
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,1 @@
+"""The worker side: Celery configuration, the run task, leases and the reaper."""

@@ -1,0 +1,112 @@
+"""The reaper: every accepted job reaches exactly one terminal state, and no sandbox outlives its job.
+
+It runs as a thread in every worker's main process (a Celery bootstep, so it lives exactly as
+long as the worker) and does three things each interval:
+- a PROCESSING job whose lease expired (its worker was killed, or its host died) becomes
+  FAILED/worker_lost; its lease holder can no longer finish it because finish() is conditional;
+- a PENDING job nobody claimed in time (the API died between record and publish, or an early-
+  acked message died with its worker) is dispatched again, up to a limit, then FAILED;
+- sandboxes labelled with a job that is no longer running are removed.
+Several reapers at once are safe: every change is a compare-and-set on the job record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from celery import bootsteps
+
+from nanogrid.errors import NotFound
+from nanogrid.jobs import FAILED, LEASES, PENDING, TERMINAL
+from nanogrid.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(self, services: Services, dispatch: Callable[[str], None]):
+        self.services = services
+        self.dispatch = dispatch
+
+    def run_once(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        jobs = self.services.jobs
+        for job_id in jobs.expired_leases(now):
+            done = jobs.finish(
+                job_id, None, FAILED, only_if_lease_expired=True,
+                error={"type": "worker_lost",
+                       "message": "the worker running this job stopped before the job finished (crash or kill)"},
+            )
+            if done is not None:
+                log.warning("job failed: worker lost", extra={"job_id": job_id})
+            else:
+                self._forget_if_settled(job_id)
+        for job_id in jobs.unclaimed_due(now):
+            self._redispatch(job_id)
+        running = {m.decode() for m in self.services.redis.zrange(LEASES, 0, -1)}
+        removed = self.services.sandbox.remove_containers(keep=running)
+        if removed:
+            log.info("removed %d leftover sandboxes", removed)
+
+    def _redispatch(self, job_id: str) -> None:
+        jobs = self.services.jobs
+        try:
+            job = jobs.get(job_id)
+        except NotFound:
+            jobs.forget(job_id)
+            return
+        if job["status"] != PENDING:
+            jobs.forget(job_id)
+            return
+        if job["dispatch_attempts"] >= self.services.settings.max_dispatch_attempts:
+            jobs.finish(job_id, None, FAILED, error={
+                "type": "not_dispatched",
+                "message": f"no worker started the job after {job['dispatch_attempts']} dispatches",
+            })
+            return
+        log.warning("job not claimed in time, dispatching it again", extra={"job_id": job_id})
+        self.dispatch(job_id)
+        jobs.mark_dispatched(job_id)
+
+    def _forget_if_settled(self, job_id: str) -> None:
+        try:
+            if self.services.jobs.get(job_id)["status"] in TERMINAL:
+                self.services.jobs.forget(job_id)
+        except NotFound:
+            self.services.jobs.forget(job_id)
+
+
+class ReaperStep(bootsteps.StartStopStep):
+    """Runs the reaper beside the worker's consumer, in the main worker process."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker) -> None:
+        from nanogrid.worker.celery_app import RUN_TASK
+        from nanogrid.worker.tasks import services
+
+        svc = services()
+        reaper = Reaper(svc, lambda job_id: worker.app.send_task(RUN_TASK, args=[job_id]))
+
+        def loop() -> None:
+            while True:
+                try:
+                    reaper.run_once()
+                except Exception:  # noqa: BLE001 - one failed pass (store down) must not stop the next
+                    log.exception("reaper pass failed")
+                if self.stopping.wait(svc.settings.reaper_interval_s):
+                    return
+
+        self.thread = threading.Thread(target=loop, name="nanogrid-reaper", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker) -> None:
+        self.stopping.set()

@@ -1,0 +1,200 @@
+"""The API contract through Flask's test client, on embedded storage and a real Redis.
+
+Runs are executed in-process (execute.run, the worker's own code path) with the process sandbox,
+so these tests cover the API, job records and the run pipeline without a broker round trip; the
+end-to-end tests cover the real worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from nanogrid.api import create_app
+from nanogrid.services import Services
+from nanogrid.worker import execute
+
+HANDLER = "def handler(event, context):\n    print('hi', event)\n    return {'sum': event['a'] + event['b']}\n"
+SCRIPT = "import json, sys\ndata = json.load(sys.stdin)\nprint('hello', data['name'])\n"
+
+
+@pytest.fixture
+def services(local_settings):
+    return Services(local_settings)
+
+
+@pytest.fixture
+def api(services):
+    return create_app(services.settings, services).test_client()
+
+
+def deploy(api, name="adder", code=HANDLER, **extra):
+    response = api.post("/functions", json={"name": name, "code": code, **extra})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def run_inline(api, services, function_id, event, **body):
+    response = api.post(f"/functions/{function_id}/run", json={"input": event, "wait_s": 0, **body})
+    assert response.status_code == 202, response.get_json()
+    assert response.headers["Location"] == f"/jobs/{response.get_json()['job_id']}"
+    job_id = response.get_json()["job_id"]
+    assert response.get_json()["status"] == "PENDING"
+    execute.run(services, job_id)
+    return api.get(f"/jobs/{job_id}").get_json()
+
+
+def test_handler_function_runs_and_returns_its_result(api, services):
+    fn = deploy(api)
+    assert fn["handler"] == "handler" and fn["version"] == 1 and len(fn["code_sha256"]) == 64
+    job = run_inline(api, services, fn["function_id"], {"a": 2, "b": 3})
+    assert job["status"] == "SUCCESS", job
+    assert job["result"] == {"sum": 5}
+    assert job["stdout"] == "hi {'a': 2, 'b': 3}\n"
+    assert job["error"] is None and job["exit_code"] == 0
+    assert set(job) >= {"job_id", "function_id", "function_version", "duration_ms", "created_at", "started_at",
+                        "finished_at"}
+
+
+def test_script_function_reads_input_on_stdin(api, services):
+    fn = deploy(api, "script", SCRIPT)
+    assert fn["handler"] is None
+    job = run_inline(api, services, fn["function_id"], {"name": "you"})
+    assert (job["status"], job["stdout"], job["result"]) == ("SUCCESS", "hello you\n", None)
+
+
+@pytest.mark.parametrize("code, error_type, needle", [
+    ("def handler(e, c):\n    raise ValueError('boom')\n", "runtime_error", "ValueError: boom"),
+    ("import sys\nsys.exit(3)\n", "runtime_error", None),
+    ("def handler(e, c):\n    return {1, 2}\n", "invalid_result", None),
+    ("import nosuchmodule\n", "runtime_error", "ModuleNotFoundError"),
+])
+def test_failures_carry_their_error_type(api, services, code, error_type, needle):
+    fn = deploy(api, "bad", code)
+    job = run_inline(api, services, fn["function_id"], None)
+    assert job["status"] == "FAILED"
+    assert job["error"]["type"] == error_type, job
+    if needle:
+        assert needle in job["stderr"] and "Traceback" in job["stderr"]
+        assert "runner.py" not in job["stderr"]
+
+
+def test_timeout(api, services):
+    fn = deploy(api, "slow", "import time\ntime.sleep(30)\n", timeout_s=1)
+    job = run_inline(api, services, fn["function_id"], None)
+    assert job["error"]["type"] == "timeout"
+
+
+def test_large_output_spills_to_the_output_store(api, services):
+    fn = deploy(api, "big", "print('x' * 200000)\n")
+    job = run_inline(api, services, fn["function_id"], None)
+    assert job["status"] == "SUCCESS" and len(job["stdout"]) == 200001
+    assert services.jobs.get(job["job_id"])["output_ref"]
+
+
+def test_new_version_does_not_change_a_queued_job(api, services):
+    fn = deploy(api, "versions", "def handler(e, c):\n    return 1\n")
+    response = api.post(f"/functions/{fn['function_id']}/run", json={"wait_s": 0})
+    job_id = response.get_json()["job_id"]
+    updated = api.put(f"/functions/{fn['function_id']}", json={"code": "def handler(e, c):\n    return 2\n"})
+    assert updated.get_json()["version"] == 2
+    execute.run(services, job_id)
+    assert api.get(f"/jobs/{job_id}").get_json()["result"] == 1
+    assert run_inline(api, services, fn["function_id"], None)["result"] == 2
+
+
+def test_function_crud(api):
+    fn = deploy(api, "crud")
+    assert api.get("/functions").get_json()["functions"][0]["name"] == "crud"
+    assert api.get(f"/functions/{fn['function_id']}").get_json() == fn
+    same = api.put(f"/functions/{fn['function_id']}", json={"code": HANDLER}).get_json()
+    assert same["version"] == 1
+    changed = api.put(f"/functions/{fn['function_id']}", json={"timeout_s": 5}).get_json()
+    assert (changed["version"], changed["timeout_s"]) == (2, 5)
+    assert api.post("/functions", json={"name": "crud", "code": HANDLER}).status_code == 409
+    assert api.delete(f"/functions/{fn['function_id']}").status_code == 204
+    assert api.get(f"/functions/{fn['function_id']}").status_code == 404
+    assert api.post("/functions", json={"name": "crud", "code": HANDLER}).status_code == 201
+
+
+def test_multipart_py_and_zip_uploads(api, services):
+    response = api.post("/functions", data={"name": "mp", "file": (io.BytesIO(HANDLER.encode()), "main.py")},
+                        content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_json()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("main.py", "from lib.util import double\ndef handler(e, c):\n    return double(e)\n")
+        z.writestr("lib/__init__.py", "")
+        z.writestr("lib/util.py", "def double(x):\n    return 2 * x\n")
+    response = api.post("/functions", data={"name": "zipped", "file": (io.BytesIO(buffer.getvalue()), "f.zip")},
+                        content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_json()
+    job = run_inline(api, services, response.get_json()["function_id"], 21)
+    assert job["result"] == 42, job
+
+
+def error_of(response):
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return response.status_code, body["error"]["code"]
+
+
+def test_bad_input_gets_clear_json_errors(api, services):
+    fn = deploy(api)
+    run = f"/functions/{fn['function_id']}/run"
+    assert error_of(api.post("/functions", data="{not json", content_type="application/json")) == (400, "invalid_json")
+    deep = "[" * 100_000 + "]" * 100_000
+    assert error_of(api.post(run, data=deep, content_type="application/json")) == (400, "invalid_json")
+    assert error_of(api.post("/functions", data="name=x", content_type="text/plain"))[0] == 415
+    big = json.dumps({"input": "x" * (300 * 1024)})
+    assert error_of(api.post(run, data=big, content_type="application/json"))[0] == 413
+    assert error_of(api.post("/functions", json={"name": "bad name!", "code": "x=1"}))[0] == 400
+    assert error_of(api.post("/functions", json={"name": "-leading", "code": "x=1"}))[0] == 400
+    assert error_of(api.post("/functions", json={"name": "x" * 65, "code": "x=1"}))[0] == 400
+    assert error_of(api.post("/functions", json={"name": "syntax", "code": "def ("}))[0] == 400
+    assert error_of(api.post("/functions", json={"name": "big", "code": "x=1", "timeout_s": 10**9}))[0] == 400
+    assert error_of(api.post("/functions", json={"name": "x", "code": "x=1", "extra": 1}))[0] == 400
+    assert error_of(api.get("/functions/fn-0000000000000000")) == (404, "not_found")
+    assert error_of(api.get("/functions/../../etc/passwd"))[0] == 404
+    assert error_of(api.get("/jobs/00000000-0000-4000-8000-000000000000")) == (404, "not_found")
+    assert error_of(api.get("/jobs/not-a-job"))[0] == 404
+    assert error_of(api.post("/functions/fn-0000000000000000/run", json={}))[0] == 404
+    assert error_of(api.delete("/jobs/whatever"))[0] == 405
+    assert error_of(api.post(run, json={"wait_s": -1}))[0] == 400
+    assert api.get("/functions").get_json()["functions"] == [fn]
+
+
+def zip_upload(api, name, members, symlink=None):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            z.writestr(info, "/etc/passwd")
+    return api.post("/functions", data={"name": name, "file": (io.BytesIO(buffer.getvalue()), "code.zip")},
+                    content_type="multipart/form-data")
+
+
+def test_hostile_zips_are_refused(api):
+    assert error_of(zip_upload(api, "slip", {"main.py": "x=1", "../evil.py": "x=1"}))[0] == 400
+    assert error_of(zip_upload(api, "abs", {"main.py": "x=1", "/etc/evil.py": "x=1"}))[0] == 400
+    assert error_of(zip_upload(api, "link", {"main.py": "x=1"}, symlink="data"))[0] == 400
+    assert error_of(zip_upload(api, "nomain", {"other.py": "x=1"}))[0] == 400
+    assert error_of(zip_upload(api, "bomb", {"main.py": "x=1", "zeros.txt": b"\0" * (60 * 1024 * 1024)}))[0] == 413
+    assert error_of(zip_upload(api, "latin1", {"main.py": "s = 'caf\xe9'".encode("latin-1")}))[0] == 400
+    assert error_of(api.post("/functions", data={"name": "l1", "file": (io.BytesIO(b"s='\xe9'"), "m.py")},
+                             content_type="multipart/form-data"))[0] == 400
+    assert api.get("/functions").get_json()["functions"] == []
+
+
+def test_health_and_limits(api):
+    health = api.get("/health")
+    assert health.status_code == 200, health.get_json()
+    assert health.get_json()["components"]["sandbox"]["isolated"] is False
+    limits = api.get("/limits").get_json()
+    assert limits["timeout_s"] == {"default": 30, "ceiling": 86400}
