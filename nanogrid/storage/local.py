@@ -7,6 +7,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from nanogrid.errors import Conflict, NotFound, Unavailable
@@ -58,6 +59,19 @@ class LocalArchive:
         return True
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Switching a fresh file to WAL takes a lock that ignores the busy timeout, so processes
+    # opening the same new database at once (API and worker starting together) retry it.
+    for attempt in range(100):
+        try:
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+        time.sleep(0.05)
+
+
 class SQLiteTable:
     """A DocumentTable in one SQLite file shared by the API and worker processes."""
 
@@ -74,7 +88,7 @@ class SQLiteTable:
         if conn is None or self._local.pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.name} (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, doc TEXT NOT NULL)"

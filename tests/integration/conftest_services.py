@@ -1,0 +1,102 @@
+"""Session fixtures that run real local servers: moto (AWS APIs) and gcp-storage-emulator (GCS).
+
+They fail instead of skipping when a server cannot start, so a broken test environment shows up
+as errors rather than as a quietly green run. Both servers are started with this interpreter
+(`python -m ...`), so they come from the same virtualenv as the tests whatever PATH says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+import pytest
+
+STARTUP_TIMEOUT_S = 30
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers_http(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True  # any status means the server is up
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def running_server(name: str, command: list[str], ready_url: str) -> Iterator[None]:
+    # Server logs go to a file, not a pipe: both servers log every request, and a pipe nobody
+    # reads fills up and blocks them mid-test.
+    with tempfile.TemporaryFile() as log:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            pytest.fail(f"{name} could not be started ({' '.join(command)}): {exc}")
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not _answers_http(ready_url):
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with status {process.returncode}:\n{output()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not answer {ready_url} within {STARTUP_TIMEOUT_S}s:\n{output()}")
+                time.sleep(0.1)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """Endpoint URL of a moto server, with dummy AWS credentials in the environment."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with pytest.MonkeyPatch.context() as env, running_server("moto server", command, f"{endpoint}/moto-api/"):
+        for name, value in DUMMY_AWS_ENV.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """host:port of an in-memory gcp-storage-emulator, also exported as STORAGE_EMULATOR_HOST."""
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "gcp_storage_emulator", "start",
+        "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet",
+    ]
+    with pytest.MonkeyPatch.context() as env, running_server("gcp-storage-emulator", command, f"http://{host}/"):
+        # google-cloud-storage treats the variable as a URL, so it needs the scheme.
+        env.setenv("STORAGE_EMULATOR_HOST", f"http://{host}")
+        yield host
