@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args, extra)
+        return args.run(args, extra)
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -37,18 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--data-dir", type=Path, default=Path("~/.nanogrid"))
     dev.add_argument("--sandbox", choices=("auto", "docker", "process"), default="auto")
-    dev.set_defaults(handler=cmd_dev)
+    dev.set_defaults(run=cmd_dev)
 
     api = sub.add_parser("api", help="run the REST API under gunicorn (extra arguments go to gunicorn)")
-    api.set_defaults(handler=cmd_api)
+    api.set_defaults(run=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
-    worker.set_defaults(handler=cmd_worker)
+    worker.set_defaults(run=cmd_worker)
 
     image = sub.add_parser("image", help="the runtime image the Docker sandbox runs")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build the runtime image (Dockerfile, or offline from a Debian rootfs)")
     build.add_argument("--method", choices=("auto", "dockerfile", "rootfs"), default="auto")
-    build.set_defaults(handler=cmd_image_build)
+    build.set_defaults(run=cmd_image_build)
 
     for name, help_text, handler in (
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=os.environ.get("NANOGRID_URL", DEFAULT_URL))
         p.add_argument("--json", action="store_true", help="print the raw JSON document")
-        p.set_defaults(handler=handler)
+        p.set_defaults(run=handler)
         if name == "deploy":
             p.add_argument("file", type=Path)
             p.add_argument("--name", required=True)

@@ -191,7 +191,9 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         name = signal.Signals(raw.exit_signal).name if raw.exit_signal in signal.Signals._value2member_map_ else str(raw.exit_signal)
         return failed("runtime_error", f"the function was killed by signal {name}", signal=raw.exit_signal)
     if raw.exit_code != 0:
-        return failed("runtime_error", f"the function exited with code {raw.exit_code}; stderr holds the details")
+        last_line = next((line for line in reversed(raw.stderr.decode("utf-8", "replace").splitlines()) if line.strip()), "")
+        detail = f": {last_line.strip()[:300]}" if last_line else ""
+        return failed("runtime_error", f"the function exited with code {raw.exit_code}{detail}")
     if raw.result is not None and not raw.result.get("ok", False):
         return failed(raw.result.get("error", "invalid_result"), raw.result.get("message", "invalid result"))
     value = raw.result.get("value") if raw.result else None
