@@ -71,10 +71,11 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
         "NANOGRID_SANDBOX": mode,
     }
     env = {**os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}"}
+    worker_name = f"nanogrid-dev-{os.getpid()}@{socket.gethostname()}"
     children = [
         subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "wsgi:app"], env=env),
         subprocess.Popen([sys.executable, "-m", "celery", "-A", "nanogrid", "worker", "--loglevel", "INFO",
-                          "-n", f"nanogrid-dev-{os.getpid()}@%h"], env=env),
+                          "-n", worker_name], env=env),
     ]
     stopping = False
 
@@ -88,6 +89,9 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
         url = f"http://{host}:{port}"
         if not wait_healthy(url, children, lambda: stopping):
             say("nanogrid dev: the API did not become healthy; stopping.")
+            return 1
+        if not wait_worker(Settings.from_env(operator_env), worker_name, children, lambda: stopping):
+            say("nanogrid dev: the worker did not answer; stopping.")
             return 1
         exports = "".join(f"export {k}={v}\n" for k, v in operator_env.items())
         (data_dir / "operator.env").write_text(exports)
@@ -123,6 +127,20 @@ def wait_healthy(url: str, children, stopping, timeout_s: float = 60) -> bool:
         except OSError:
             pass
         time.sleep(0.3)
+    return False
+
+
+def wait_worker(settings: Settings, name: str, children, stopping, timeout_s: float = 60) -> bool:
+    """Wait until the worker answers a ping, so the banner never promises a worker that is not there."""
+    from nanogrid.worker.celery_app import make_celery
+
+    app = make_celery(settings)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping():
+        if any(c.poll() is not None for c in children):
+            return False
+        if app.control.ping(destination=[name], timeout=0.5):
+            return True
     return False
 
 

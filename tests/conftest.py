@@ -1,7 +1,8 @@
-"""Fixtures shared by every test layer: a real redis-server and Settings built on it."""
+"""Fixtures shared by every test layer: real redis-server, moto, GCS emulator, dockerd + runtime image."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -12,14 +13,10 @@ import pytest
 import redis
 
 from nanogrid.config import Settings
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from nanogrid.errors import Unavailable
+from nanogrid.sandbox.docker import connect
+from nanogrid.sandbox.image import build_image, image_status
+from services import free_port, gcs_emulator, moto_server  # noqa: F401 - session fixtures
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +25,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run the suite with ./scripts/test, which installs it")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -59,3 +56,21 @@ def local_settings(tmp_path: Path, redis_url: str) -> Settings:
         "NANOGRID_REDIS_URL": redis_url,
         "NANOGRID_SANDBOX": "process",
     })
+
+
+@pytest.fixture(scope="session")
+def runtime_image() -> Settings:
+    """Settings whose runtime image exists and is current, built offline (rootfs) if it is not.
+
+    Fails, never skips, when dockerd is unreachable: a missing dockerd must not pass as green.
+    """
+    settings = Settings().replace(runtime_image=os.environ.get("NANOGRID_RUNTIME_IMAGE", Settings.runtime_image))
+    try:
+        connect()
+    except Unavailable as exc:
+        pytest.fail(f"the Docker sandbox tests need a running dockerd: {exc}")
+    ready, message = image_status(settings)
+    if not ready:
+        print(message)
+        build_image(settings, method="rootfs", log=print)
+    return settings

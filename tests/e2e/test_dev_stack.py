@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from servers import free_port
+from services import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from conftest_services import DUMMY_AWS_ENV, free_port
+from services import DUMMY_AWS_ENV, free_port
 
 from nanogrid import storage
 from nanogrid.config import Settings

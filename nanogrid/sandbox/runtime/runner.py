@@ -17,6 +17,7 @@ import json
 import os
 import runpy
 import select
+import signal
 import struct
 import sys
 import time
@@ -57,7 +58,8 @@ def frame(fd, kind, payload):
 def print_user_traceback(exc):
     """Print the traceback without the runner's own frames: the user should see only theirs."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen")):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
 
@@ -72,7 +74,8 @@ def exit_code_of(exc):
 
 
 def run_user_code(run_dir, spec, result_fd):
-    sys.path.insert(0, run_dir)
+    # The runner runs with -I (PYTHONPATH ignored); its own folder holds nanogrid_ai.
+    sys.path[:0] = [run_dir, os.path.dirname(os.path.abspath(__file__))]
     sys.argv = [os.path.join(run_dir, "main.py")]
     sys.dont_write_bytecode = True
     handler = spec.get("handler")
@@ -119,6 +122,9 @@ def child(run_dir, spec, pipes):
     os.dup2(input_fd, 0)
     os.close(input_fd)
     os.chdir(run_dir)
+    # Python ignores SIGXFSZ and raises EFBIG instead; the default action lets the worker see
+    # the file size limit as what it is.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     os.environ.update(spec.get("env") or {})
     code = run_user_code(run_dir, spec, w_res)
     for stream in (sys.stdout, sys.stderr):

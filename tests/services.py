@@ -1,4 +1,4 @@
-"""Session fixtures that run real local servers: moto (AWS APIs) and gcp-storage-emulator (GCS).
+"""Real local servers for tests: moto (AWS APIs), gcp-storage-emulator (GCS), and helpers.
 
 They fail instead of skipping when a server cannot start, so a broken test environment shows up
 as errors rather than as a quietly green run. Both servers are started with this interpreter
@@ -100,3 +100,13 @@ def gcs_emulator() -> Iterator[str]:
         # google-cloud-storage treats the variable as a URL, so it needs the scheme.
         env.setenv("STORAGE_EMULATOR_HOST", f"http://{host}")
         yield host
+
+
+def wait_for_http(url: str, timeout_s: float, alive=lambda: True) -> bool:
+    """True once url answers with any HTTP status; False on timeout or when alive() turns false."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        if _answers_http(url):
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,156 @@
+"""The process sandbox: the runner as a plain child process of the worker, for development.
+
+It is NOT isolation: the code runs as the worker's user, sees its filesystem and network.
+What it does give is the same runner and frames as the Docker sandbox, a minimal environment
+(no worker secrets), a private scratch directory, kernel rlimits on memory, CPU time, open files
+and file size, and the same deadline and output cap, enforced by killing the process group.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from nanogrid.config import Settings
+from nanogrid.sandbox import RUNTIME_DIR, FrameReader, Limits, RawRun, RunSpec
+
+MiB = 1024 * 1024
+READ_CHUNK = 64 * 1024
+RUNNER_STDERR_KEEP = 64 * 1024
+# After its output ends the runner is exiting; longer than this means it is stuck.
+EXIT_WAIT_S = 10
+
+
+def _rlimits(limits: Limits) -> list[tuple[int, int]]:
+    """(resource, value) pairs, lowered to this process's hard limits so setrlimit cannot fail."""
+    wanted = [
+        (resource.RLIMIT_AS, limits.memory_mb * MiB),
+        # A backstop only: the wall-clock deadline normally ends the run first.
+        (resource.RLIMIT_CPU, math.ceil(limits.timeout_s) + 1),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb * MiB),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    result = []
+    for kind, value in wanted:
+        hard = resource.getrlimit(kind)[1]
+        result.append((kind, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    return result
+
+
+def _apply_rlimits(rlimits: list[tuple[int, int]]) -> None:
+    # Runs in the child between fork and exec, where a lock held by another worker thread would
+    # never be released: so it only calls setrlimit, with values computed beforehand.
+    for kind, value in rlimits:
+        resource.setrlimit(kind, (value, value))
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the whole group has already exited
+
+
+class _Run:
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.cancelled = False
+
+
+class ProcessSandbox:
+    kind = "process"
+    isolated = False
+
+    def __init__(self, settings: Settings, worker_id: str = ""):
+        """Takes DockerSandbox's arguments so either can be built alike; neither is needed here."""
+        self._running: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    def run(self, spec: RunSpec) -> RawRun:
+        limits = spec.limits
+        with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as scratch:
+            environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
+                           "LANG": "C.UTF-8"}
+            started = time.monotonic()
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.run_dir)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=scratch, env=environment, start_new_session=True,
+                preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits)),
+            )
+            run = _Run(process)
+            with self._lock:
+                self._running[spec.job_id] = run
+            try:
+                raw = self._supervise(process, limits, started)
+            finally:
+                # Also ends whatever the user code left running in the background.
+                _kill_group(process)
+                process.wait()
+                process.stdout.close()
+                process.stderr.close()
+                with self._lock:
+                    self._running.pop(spec.job_id, None)
+        raw.cancelled = run.cancelled
+        return raw
+
+    def kill(self, job_id: str) -> bool:
+        """Kill job_id's run if this process is running it; True if it was."""
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is None:
+            return False
+        run.cancelled = True
+        _kill_group(run.process)
+        return True
+
+    def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
+        return 0  # runs leave no containers; their processes die with the run
+
+    def _supervise(self, process: subprocess.Popen, limits: Limits, started: float) -> RawRun:
+        raw = RawRun()
+        frames = FrameReader(limits.output_bytes)
+        runner_stderr = bytearray()
+        deadline = started + limits.timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            selector.register(process.stderr, selectors.EVENT_READ)
+            while selector.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raw.timed_out = True
+                    _kill_group(process)
+                    break
+                for key, _ in selector.select(remaining):
+                    data = os.read(key.fd, READ_CHUNK)
+                    if not data:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is process.stdout:
+                        frames.feed(data)
+                    else:
+                        runner_stderr += data
+                        del runner_stderr[:-RUNNER_STDERR_KEEP]
+                if frames.over_cap:
+                    _kill_group(process)
+                    break
+        try:
+            process.wait(timeout=EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            process.wait()
+        raw.duration_ms = int((time.monotonic() - started) * 1000)
+        frames.fill(raw)
+        # Reported like a container's exit code: 128 + signal number when killed by a signal.
+        raw.runner_exit_code = process.returncode if process.returncode >= 0 else 128 - process.returncode
+        raw.runner_stderr = bytes(runner_stderr)
+        return raw

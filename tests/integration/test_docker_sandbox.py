@@ -1,0 +1,363 @@
+"""DockerSandbox against the real dockerd and the real runtime image (built by `runtime_image`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nanogrid.errors import Unavailable
+from nanogrid.sandbox import LABEL_FUNCTION, LABEL_JOB, LABEL_WORKER, RUN_FILE, Limits, RunSpec, classify
+from nanogrid.sandbox.docker import DockerSandbox
+from nanogrid.sandbox.image import image_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+LIMITS = Limits(timeout_s=10, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
+                output_bytes=64 * 1024)
+WORKER_ID = "test-worker"
+FUNCTION_ID = "fn-test"
+
+
+def write_run_dir(run_dir: Path, code: str, handler: str | None, event, job_id: str, limits: Limits) -> Path:
+    """What the worker prepares: the bundle, the run file and the input, readable by uid 65534."""
+    run_dir.mkdir(mode=0o755)
+    (run_dir / "main.py").write_text(textwrap.dedent(code))
+    context = {"job_id": job_id, "function_id": FUNCTION_ID, "function_version": 1,
+               "deadline": time.time() + limits.timeout_s}
+    (run_dir / RUN_FILE).write_text(json.dumps({"handler": handler, "context": context}))
+    (run_dir / ".nanogrid-input.json").write_text(json.dumps(event if event is not None else {}))
+    for path in run_dir.iterdir():
+        path.chmod(0o644)
+    return run_dir
+
+
+def job_containers(sandbox: DockerSandbox, job_id: str) -> list[dict]:
+    return sandbox.client.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+
+
+@pytest.fixture
+def sandbox(runtime_image) -> DockerSandbox:
+    return DockerSandbox(runtime_image, WORKER_ID)
+
+
+@pytest.fixture
+def prepare(sandbox, tmp_path):
+    def prepare(code: str, handler: str | None = None, event=None, **limit_changes) -> RunSpec:
+        limits = dataclasses.replace(LIMITS, **limit_changes)
+        job_id = f"test-{uuid.uuid4().hex[:12]}"
+        run_dir = write_run_dir(tmp_path / job_id, code, handler, event, job_id, limits)
+        return RunSpec(job_id, FUNCTION_ID, run_dir, handler, limits)
+
+    return prepare
+
+
+@pytest.fixture
+def run(sandbox, prepare):
+    """Run code in a fresh container; every run must leave no container behind."""
+
+    def run(code: str, handler: str | None = None, event=None, **limit_changes):
+        spec = prepare(code, handler, event, **limit_changes)
+        raw = sandbox.run(spec)
+        assert job_containers(sandbox, spec.job_id) == []
+        return raw, classify(raw, spec.limits)
+
+    return run
+
+
+def test_image_is_current(runtime_image):
+    ready, message = image_status(runtime_image)
+    assert ready, message
+
+
+def test_handler_result(run):
+    raw, outcome = run(
+        """
+        def handler(event, context):
+            return {"sum": event["a"] + event["b"], "job": context.job_id, "left_ms": context.remaining_time_ms()}
+        """,
+        handler="handler", event={"a": 2, "b": 3},
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert outcome.result["sum"] == 5
+    assert outcome.result["job"].startswith("test-")
+    assert 0 < outcome.result["left_ms"] <= LIMITS.timeout_s * 1000
+    assert raw.runner_exit_code == 0 and raw.exit_code == 0
+    assert raw.duration_ms > 0
+
+
+def test_script_reads_input_from_stdin(run):
+    raw, outcome = run(
+        """
+        import json, sys
+        event = json.load(sys.stdin)
+        print("hello", event["name"])
+        """,
+        event={"name": "grid"},
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert raw.stdout == b"hello grid\n"
+    assert raw.result is None
+
+
+def test_stdout_stderr_and_user_traceback(run):
+    raw, outcome = run(
+        """
+        import sys
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+        raise ValueError("boom")
+        """
+    )
+    assert outcome.error["type"] == "runtime_error"
+    assert outcome.exit_code == 1
+    assert raw.stdout == b"to stdout\n"
+    stderr = raw.stderr.decode()
+    assert stderr.startswith("to stderr\n")
+    assert 'File "/code/main.py", line 5' in stderr
+    assert stderr.rstrip().endswith("ValueError: boom")
+    assert "runner.py" not in stderr
+
+
+def test_non_zero_exit(run):
+    raw, outcome = run("import sys\nsys.exit(3)\n")
+    assert outcome.status == "FAILED"
+    assert outcome.error["type"] == "runtime_error"
+    assert raw.exit_code == 3 and outcome.exit_code == 3
+
+
+@pytest.mark.parametrize("code", ["while True:\n    pass\n", "import time\ntime.sleep(600)\n"], ids=["busy", "sleep"])
+def test_timeout_kills_the_container(run, code):
+    started = time.monotonic()
+    raw, outcome = run(code, timeout_s=2)
+    elapsed = time.monotonic() - started
+    assert raw.timed_out
+    assert outcome.error["type"] == "timeout"
+    assert 2 <= elapsed < 2 + 5
+
+
+def test_memory_limit(run):
+    raw, outcome = run("data = bytearray(512 * 1024 * 1024)\n", memory_mb=64)
+    assert raw.oom_killed
+    assert outcome.error["type"] == "memory_limit", outcome
+
+
+def test_output_cap_keeps_the_head_and_kills(run):
+    started = time.monotonic()
+    raw, outcome = run(
+        """
+        import sys
+        print("HEAD")
+        chunk = "x" * (1024 * 1024)
+        for _ in range(50):
+            sys.stdout.write(chunk)
+        """,
+        output_bytes=64 * 1024,
+    )
+    assert raw.output_truncated
+    assert outcome.error["type"] == "output_limit"
+    assert outcome.extra == {"truncated": True}
+    assert raw.stdout.startswith(b"HEAD\nxxxx")
+    assert len(raw.stdout) + len(raw.stderr) <= 64 * 1024
+    assert time.monotonic() - started < 10
+
+
+WRITE_100_MB = """
+    chunk = b"x" * (1024 * 1024)
+    with open("/tmp/big", "wb") as f:
+        for _ in range(100):
+            f.write(chunk)
+    """
+
+
+def test_file_size_limit(run):
+    raw, outcome = run(WRITE_100_MB, file_size_mb=10, tmpfs_mb=200, memory_mb=256)
+    assert outcome.error["type"] == "file_limit", outcome
+
+
+def test_no_network(run):
+    raw, outcome = run(
+        """
+        import os, socket
+        def handler(event, context):
+            try:
+                socket.create_connection(("1.1.1.1", 53), timeout=3).close()
+                error = None
+            except OSError as exc:
+                error = repr(exc)
+            return {"error": error, "interfaces": sorted(os.listdir("/sys/class/net"))}
+        """,
+        handler="handler",
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert outcome.result["error"] is not None
+    assert outcome.result["interfaces"] == ["lo"]
+
+
+def test_unprivileged_user_without_capabilities(run):
+    raw, outcome = run(
+        """
+        import os
+        def handler(event, context):
+            status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+            return {
+                "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                "cap_eff": status["CapEff"].strip(), "cap_prm": status["CapPrm"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(),
+            }
+        """,
+        handler="handler",
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert outcome.result == {"uid": 65534, "gid": 65534, "groups": [65534], "cap_eff": "0000000000000000",
+                              "cap_prm": "0000000000000000", "no_new_privs": "1"}
+
+
+def test_read_only_root_and_code_noexec_tmp(run):
+    raw, outcome = run(
+        """
+        import errno, os, subprocess
+        def attempt(action):
+            try:
+                action()
+                return "ok"
+            except OSError as exc:
+                return errno.errorcode[exc.errno]
+        def write(path):
+            return lambda: open(path, "w").close()
+        def handler(event, context):
+            with open("/tmp/script.sh", "w") as script:
+                script.write("#!/bin/sh\\necho ran\\n")
+            os.chmod("/tmp/script.sh", 0o755)
+            return {
+                "root": attempt(write("/escape")),
+                "runtime": attempt(write("/opt/nanogrid/runner.py")),
+                "code": attempt(write("/code/main.py")),
+                "tmp": attempt(write("/tmp/scratch")),
+                "exec_tmp": attempt(lambda: subprocess.run(["/tmp/script.sh"])),
+                "cwd": os.getcwd(),
+            }
+        """,
+        handler="handler",
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert outcome.result == {"root": "EROFS", "runtime": "EROFS", "code": "EROFS", "tmp": "ok",
+                              "exec_tmp": "EACCES", "cwd": "/code"}
+
+
+def test_limits_and_environment_inside_the_container(run):
+    raw, outcome = run(
+        """
+        import os, resource
+        def handler(event, context):
+            cgroup = "/sys/fs/cgroup"
+            def read(path):
+                try:
+                    return open(path).read().strip()
+                except OSError:
+                    return None
+            return {
+                "env": sorted(os.environ),
+                "home": os.environ.get("HOME"),
+                "path": os.environ.get("PYTHONPATH"),
+                "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+                "fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
+                "core": resource.getrlimit(resource.RLIMIT_CORE),
+                "memory": read(f"{cgroup}/memory/memory.limit_in_bytes") or read(f"{cgroup}/memory.max"),
+                "pids": read(f"{cgroup}/pids/pids.max") or read(f"{cgroup}/pids.max"),
+            }
+        """,
+        handler="handler", memory_mb=96, pids=32, open_files=50, file_size_mb=7,
+    )
+    assert outcome.status == "SUCCESS", outcome
+    result = outcome.result
+    assert set(result["env"]) <= {"HOME", "LANG", "PATH", "PYTHONPATH", "HOSTNAME"}
+    assert result["home"] == "/tmp" and result["path"] == "/opt/nanogrid"
+    assert result["nofile"] == [50, 50]
+    assert result["fsize"] == [7 * 1024 * 1024] * 2
+    assert result["core"] == [0, 0]
+    assert result["memory"] == str(96 * 1024 * 1024)
+    assert result["pids"] == "32"
+
+
+def test_missing_image_is_unavailable(runtime_image, prepare):
+    settings = runtime_image.replace(runtime_image="nanogrid-runtime:no-such-tag")
+    sandbox = DockerSandbox(settings, WORKER_ID)
+    spec = prepare("print('never runs')\n")
+    with pytest.raises(Unavailable, match="nanogrid image build"):
+        sandbox.run(spec)
+    ready, message = image_status(settings)
+    assert not ready and "nanogrid image build" in message
+    assert job_containers(sandbox, spec.job_id) == []
+
+
+def test_unreachable_dockerd_is_unavailable(runtime_image, monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-dockerd.sock")
+    with pytest.raises(Unavailable, match="dockerd"):
+        DockerSandbox(runtime_image, WORKER_ID).ping()
+    ready, message = image_status(runtime_image)
+    assert not ready and "dockerd" in message
+
+
+def run_in_background(sandbox: DockerSandbox, spec: RunSpec) -> tuple[threading.Thread, dict]:
+    """Start a run in a thread; returns once its container is running, with the container's labels."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(raw=sandbox.run(spec)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (running := sandbox.client.api.containers(filters={"label": f"{LABEL_JOB}={spec.job_id}"})):
+        assert time.monotonic() < deadline, "the container never started"
+        time.sleep(0.05)
+    outcome["labels"] = running[0]["Labels"]
+    return thread, outcome
+
+
+@pytest.mark.parametrize("same_instance", [True, False], ids=["same-sandbox", "other-process"])
+def test_kill_cancels_the_run(sandbox, runtime_image, prepare, same_instance):
+    spec = prepare("import time\nprint('started', flush=True)\ntime.sleep(600)\n", timeout_s=30)
+    thread, outcome = run_in_background(sandbox, spec)
+    try:
+        expected_labels = {LABEL_JOB: spec.job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID}
+        assert outcome["labels"].items() >= expected_labels.items()
+        killer = sandbox if same_instance else DockerSandbox(runtime_image, "another-worker")
+        assert killer.kill(spec.job_id)
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+    finally:
+        sandbox.remove_containers(job_ids={spec.job_id})  # a failed test must not leave it sleeping
+    raw = outcome["raw"]
+    assert raw.cancelled and not raw.timed_out
+    assert classify(raw, spec.limits).error["type"] == "cancelled"
+    assert job_containers(sandbox, spec.job_id) == []
+    assert not killer.kill(spec.job_id)
+
+
+def test_labels_and_remove_containers(sandbox, runtime_image):
+    jobs = [f"test-leftover-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    try:
+        for job_id in jobs:
+            container = sandbox.client.containers.create(
+                runtime_image.runtime_image, ["python3", "-c", "import time; time.sleep(600)"],
+                labels={LABEL_JOB: job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID},
+                network_mode="none",
+            )
+            if job_id != jobs[2]:
+                container.start()
+        assert sandbox.remove_containers(job_ids={jobs[0]}) == 1
+        assert job_containers(sandbox, jobs[0]) == []
+        # Other test runs may share this dockerd: keep every job container that is not ours.
+        others = {c["Labels"][LABEL_JOB] for c in sandbox.client.api.containers(all=True, filters={"label": LABEL_JOB})}
+        assert sandbox.remove_containers(keep=(others - {jobs[2]})) == 1
+        assert job_containers(sandbox, jobs[2]) == []
+        assert len(job_containers(sandbox, jobs[1])) == 1
+        assert sandbox.remove_containers(job_ids={jobs[1]}) == 1
+        assert sandbox.remove_containers(job_ids={jobs[1]}) == 0
+    finally:
+        sandbox.remove_containers(job_ids=set(jobs))

@@ -1,0 +1,198 @@
+"""ProcessSandbox: the real runner as a child process, with rlimits, deadline and output cap."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nanogrid.config import Settings
+from nanogrid.sandbox import RUN_FILE, Limits, RunSpec, classify
+from nanogrid.sandbox.process import ProcessSandbox
+
+LIMITS = Limits(timeout_s=10, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
+                output_bytes=64 * 1024)
+
+
+def write_run_dir(run_dir: Path, code: str, handler: str | None, event, job_id: str, limits: Limits) -> Path:
+    """What the worker prepares: the bundle, the run file and the input."""
+    run_dir.mkdir()
+    (run_dir / "main.py").write_text(textwrap.dedent(code))
+    context = {"job_id": job_id, "function_id": "fn-test", "function_version": 1,
+               "deadline": time.time() + limits.timeout_s}
+    (run_dir / RUN_FILE).write_text(json.dumps({"handler": handler, "context": context}))
+    (run_dir / ".nanogrid-input.json").write_text(json.dumps(event if event is not None else {}))
+    return run_dir
+
+
+@pytest.fixture
+def sandbox() -> ProcessSandbox:
+    return ProcessSandbox(Settings(), "test-worker")
+
+
+@pytest.fixture
+def prepare(tmp_path):
+    def prepare(code: str, handler: str | None = None, event=None, **limit_changes) -> RunSpec:
+        limits = dataclasses.replace(LIMITS, **limit_changes)
+        job_id = f"test-{uuid.uuid4().hex[:12]}"
+        return RunSpec(job_id, "fn-test", write_run_dir(tmp_path / job_id, code, handler, event, job_id, limits),
+                       handler, limits)
+
+    return prepare
+
+
+@pytest.fixture
+def run(sandbox, prepare):
+    def run(code: str, handler: str | None = None, event=None, **limit_changes):
+        spec = prepare(code, handler, event, **limit_changes)
+        raw = sandbox.run(spec)
+        return raw, classify(raw, spec.limits)
+
+    return run
+
+
+def test_kind():
+    assert (ProcessSandbox.kind, ProcessSandbox.isolated) == ("process", False)
+
+
+def test_handler_result(run):
+    raw, outcome = run(
+        "def handler(event, context):\n    return {'sum': event['a'] + event['b'], 'job': context.job_id}\n",
+        handler="handler", event={"a": 2, "b": 3},
+    )
+    assert outcome.status == "SUCCESS", (outcome, raw.runner_stderr)
+    assert outcome.result["sum"] == 5 and outcome.result["job"].startswith("test-")
+    assert raw.runner_exit_code == 0 and raw.duration_ms > 0
+
+
+def test_script_reads_input_from_stdin(run):
+    raw, outcome = run("import json, sys\nprint('hello', json.load(sys.stdin)['name'])\n", event={"name": "grid"})
+    assert outcome.status == "SUCCESS", outcome
+    assert raw.stdout == b"hello grid\n"
+
+
+def test_stdout_stderr_and_user_traceback(run):
+    raw, outcome = run("import sys\nprint('out')\nprint('err', file=sys.stderr)\nraise ValueError('boom')\n")
+    assert outcome.error["type"] == "runtime_error" and outcome.exit_code == 1
+    assert raw.stdout == b"out\n"
+    stderr = raw.stderr.decode()
+    assert stderr.startswith("err\n") and stderr.rstrip().endswith("ValueError: boom")
+    assert "main.py\", line 4" in stderr
+    assert "runner.py" not in stderr
+
+
+def test_non_zero_exit(run):
+    raw, outcome = run("import sys\nsys.exit(3)\n")
+    assert raw.exit_code == 3 and outcome.error["type"] == "runtime_error"
+
+
+@pytest.mark.parametrize("code", ["while True:\n    pass\n", "import time\ntime.sleep(600)\n"], ids=["busy", "sleep"])
+def test_timeout_kills_the_process_group(run, code):
+    started = time.monotonic()
+    raw, outcome = run(code, timeout_s=1)
+    assert raw.timed_out and outcome.error["type"] == "timeout"
+    assert 1 <= time.monotonic() - started < 1 + 5
+
+
+def test_memory_limit(run):
+    raw, outcome = run("data = bytearray(1024 * 1024 * 1024)\n", memory_mb=256)
+    assert raw.memory_error
+    assert outcome.error["type"] == "memory_limit", outcome
+
+
+def test_output_cap_keeps_the_head_and_kills(run):
+    started = time.monotonic()
+    raw, outcome = run(
+        "import sys\nprint('HEAD')\nchunk = 'x' * (1024 * 1024)\nfor _ in range(50):\n    sys.stdout.write(chunk)\n",
+        output_bytes=64 * 1024,
+    )
+    assert raw.output_truncated and outcome.error["type"] == "output_limit"
+    assert raw.stdout.startswith(b"HEAD\nxxxx")
+    assert len(raw.stdout) + len(raw.stderr) <= 64 * 1024
+    assert time.monotonic() - started < 5
+
+
+WRITE_100_MB = """
+chunk = b"x" * (1024 * 1024)
+with open("big", "wb") as f:
+    for _ in range(100):
+        f.write(chunk)
+"""
+
+
+def test_file_size_limit(run):
+    raw, outcome = run("import os\nos.chdir(os.environ['HOME'])\n" + WRITE_100_MB)
+    assert outcome.error["type"] == "file_limit", outcome
+
+
+def test_open_files_limit(run):
+    raw, outcome = run("files = [open('/dev/null') for _ in range(100)]\n", open_files=32)
+    assert outcome.error["type"] == "runtime_error"
+    assert b"Too many open files" in raw.stderr
+
+
+def test_minimal_environment_and_private_scratch_directory(run, monkeypatch):
+    monkeypatch.setenv("NANOGRID_TEST_SECRET", "do-not-leak")
+    raw, outcome = run(
+        """
+        import os, resource
+        def handler(event, context):
+            return {"env": sorted(os.environ), "home": os.environ["HOME"],
+                    "cpu": resource.getrlimit(resource.RLIMIT_CPU),
+                    "core": resource.getrlimit(resource.RLIMIT_CORE)}
+        """,
+        handler="handler", timeout_s=2.5,
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert outcome.result["env"] == ["HOME", "LANG", "PATH", "TMPDIR"]
+    assert outcome.result["cpu"] == [4, 4]
+    assert outcome.result["core"] == [0, 0]
+    assert not os.path.exists(outcome.result["home"])
+
+
+def test_background_processes_die_with_the_run(run):
+    raw, outcome = run("import subprocess\nprint(subprocess.Popen(['sleep', '600']).pid)\n")
+    assert outcome.status == "SUCCESS", outcome
+    pid = int(raw.stdout)
+    deadline = time.monotonic() + 5
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the background process outlived the run"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_cancels_the_run(sandbox, prepare):
+    spec = prepare("import time\ntime.sleep(600)\n", timeout_s=30)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(raw=sandbox.run(spec)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not sandbox.kill(spec.job_id):
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.02)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    raw = outcome["raw"]
+    assert raw.cancelled and not raw.timed_out
+    assert classify(raw, spec.limits).error["type"] == "cancelled"
+    assert not sandbox.kill(spec.job_id)
+
+
+def test_remove_containers_has_nothing_to_remove(sandbox):
+    assert sandbox.remove_containers(job_ids={"a"}) == 0
+    assert sandbox.remove_containers(keep=set()) == 0
