@@ -31,8 +31,8 @@ class Reaper:
         self.services = services
         self.dispatch = dispatch
 
-    def run_once(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def run_once(self) -> None:
+        now = time.time()
         jobs = self.services.jobs
         for job_id in jobs.expired_leases(now):
             done = jobs.finish(

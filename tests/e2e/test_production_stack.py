@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import docker
@@ -60,10 +61,14 @@ def stack(tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image)
     ensure_resources(settings)
     cli = [sys.executable, "-m", "nanogrid.cli"]
     logs = {name: open(workdir / f"{name}.log", "wb") for name in ("api", "worker")}
+
+    def start_worker() -> subprocess.Popen:
+        return subprocess.Popen([*cli, "worker", "-n", f"prod-{os.getpid()}@%h"], env=env,
+                                stdout=logs["worker"], stderr=subprocess.STDOUT)
+
     processes = {
         "api": subprocess.Popen([*cli, "api"], env=env, stdout=logs["api"], stderr=subprocess.STDOUT),
-        "worker": subprocess.Popen([*cli, "worker", "-n", f"prod-{os.getpid()}@%h"], env=env,
-                                   stdout=logs["worker"], stderr=subprocess.STDOUT),
+        "worker": start_worker(),
     }
     url = f"http://127.0.0.1:{api_port}"
 
@@ -73,7 +78,7 @@ def stack(tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image)
     if not wait_for_http(url + "/health", 60, lambda: all(p.poll() is None for p in processes.values())):
         pytest.fail("the production stack did not come up\n" + log_tail())
     yield {"url": url, "env": env, "settings": settings, "processes": processes, "log_tail": log_tail,
-           "workdir": workdir}
+           "start_worker": start_worker}
     for process in processes.values():
         process.send_signal(signal.SIGTERM)
     for process in processes.values():
@@ -198,3 +203,26 @@ def stack_job_holder(stack, job_id: str) -> int:
         record = Services(stack["settings"]).jobs.get(job_id)
     return int(record["worker_id"].rsplit(":", 1)[1])
 
+
+def test_kill_9_of_the_whole_worker_fails_the_job_and_a_restarted_worker_removes_its_container(stack):
+    function_id = deploy(stack, "prod-victim-2", "import time\ntime.sleep(120)\n", timeout_s=300)
+    job = run(stack, function_id, wait_s=0)
+    client = docker.from_env()
+    deadline = time.monotonic() + 30
+    while not client.containers.list(filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+        assert time.monotonic() < deadline, "the run never started a container"
+        time.sleep(0.2)
+    worker = stack["processes"]["worker"]
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    for pid in [worker.pid, *map(int, children)]:
+        os.kill(pid, signal.SIGKILL)
+    worker.wait()
+    killed_at = time.monotonic()
+    # systemd restarts a dead worker in production; the new one's reaper cleans up after the old.
+    stack["processes"]["worker"] = stack["start_worker"]()
+    final = wait_terminal(stack, job["job_id"], 60)
+    assert final["status"] == "FAILED" and final["error"]["type"] == "worker_lost", final
+    while client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+        assert time.monotonic() - killed_at < 60, "the dead worker's container was not removed"
+        time.sleep(0.5)
+    assert run(stack, deploy(stack, "prod-after-2", "def handler(e, c):\n    return 'alive'\n"))["result"] == "alive"

@@ -1,0 +1,85 @@
+# Internet-facing ALB: listener 80 (redirecting to 443 when a certificate is given), target
+# group on 8080 with the health check on /health.
+
+locals {
+  https = var.acm_certificate_arn != ""
+}
+
+resource "aws_lb" "this" {
+  #checkov:skip=CKV2_AWS_76:Log4j protection comes from AWSManagedRulesKnownBadInputsRuleSet (in the web ACL); the check also demands AWSManagedRulesAnonymousIpList, whose hosting-provider list would block legitimate API clients running in clouds.
+  name                       = "${var.name}-alb"
+  internal                   = false
+  load_balancer_type         = "application"
+  security_groups            = [var.alb_security_group_id]
+  subnets                    = var.public_subnet_ids
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+  # Runs wait for their result up to NANOGRID_MAX_WAIT_S (300 s); the ALB must not cut them.
+  idle_timeout = 330
+
+  access_logs {
+    bucket  = var.access_logs_bucket
+    prefix  = "alb"
+    enabled = true
+  }
+
+  tags = { Name = "${var.name}-alb" }
+}
+
+resource "aws_lb_target_group" "api" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the ALB; the hop to the controllers on 8080 stays inside the VPC and is restricted to the ALB security group.
+  name                 = "${var.name}-api"
+  port                 = 8080
+  protocol             = "HTTP"
+  vpc_id               = var.vpc_id
+  target_type          = "instance"
+  deregistration_delay = 30
+
+  health_check {
+    enabled             = true
+    path                = "/health"
+    port                = "traffic-port"
+    protocol            = "HTTP"
+    matcher             = "200"
+    interval            = 15
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+}
+
+resource "aws_lb_listener" "http" {
+  #checkov:skip=CKV_AWS_2:Port 80 is the founding document listener; it forwards only while no certificate is configured and redirects to 443 once acm_certificate_arn is set.
+  load_balancer_arn = aws_lb.this.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type             = local.https ? "redirect" : "forward"
+    target_group_arn = local.https ? null : aws_lb_target_group.api.arn
+
+    dynamic "redirect" {
+      for_each = local.https ? [1] : []
+      content {
+        port        = "443"
+        protocol    = "HTTPS"
+        status_code = "HTTP_301"
+      }
+    }
+  }
+}
+
+resource "aws_lb_listener" "https" {
+  count = local.https ? 1 : 0
+
+  load_balancer_arn = aws_lb.this.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.acm_certificate_arn
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.api.arn
+  }
+}

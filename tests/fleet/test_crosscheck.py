@@ -1,0 +1,481 @@
+"""Cross-checks between the code, the IAM policies in deploy/terraform and the Ansible templates.
+
+- Every AWS API action the code can call (boto3 calls found by scanning the source that each
+  process runs) is granted to the IAM role of the instances that run it, and every granted
+  action is needed: called by that code, by kombu's SQS transport on its behalf (a short list,
+  each entry checked against kombu's source), or implied by a call (listed with its evidence).
+- Every environment variable a process reads is set by the Ansible template of the role that
+  runs it, or is on an explicit list of optional settings, each with the reason its default is
+  right in production; the rendered files load with Settings.from_env.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import kombu
+import pytest
+import yaml
+
+import codescan
+from fleetlib import ANSIBLE, PACKAGE, REPO, root_default, single, tf_module
+
+# --- Who runs what ------------------------------------------------------------------------------
+
+# Each process: the modules it starts from, the Ansible role and env template that configure it,
+# the systemd unit that runs it (and what its ExecStart must contain), and the IAM role of the
+# instances it runs on.
+PROCESSES = {
+    "api": {
+        "entries": ["wsgi", "nanogrid.api.gunicorn_conf"],
+        "role": "controller", "env": "controller.env.j2",
+        "unit": "controller/templates/nanogrid-api.service.j2", "exec": "/bin/nanogrid api",
+        "iam": "controller",
+    },
+    "publisher": {
+        "entries": ["nanogrid.scaling"],
+        "role": "controller", "env": "controller.env.j2",
+        "unit": "controller/templates/nanogrid-scaling-publisher.service.j2", "exec": "-m nanogrid.scaling publish",
+        "iam": "controller",
+    },
+    "flower": {
+        "entries": ["celeryconfig", "nanogrid.celery"],
+        "role": "flower", "env": "flower.env.j2",
+        "unit": "flower/templates/nanogrid-flower.service.j2", "exec": "/bin/celery -A nanogrid flower",
+        "iam": "controller",
+    },
+    "worker": {
+        "entries": ["celeryconfig", "nanogrid.celery", "nanogrid.worker.tasks", "nanogrid.sandbox.image"],
+        "role": "worker", "env": "worker.env.j2",
+        "unit": "worker/templates/nanogrid-worker.service.j2", "exec": "/bin/nanogrid worker",
+        "iam": "worker",
+    },
+}
+
+# Inventory group -> IAM role of its instances (deploy/terraform/modules/compute).
+GROUP_IAM = {"controllers": "controller", "flower": "controller", "workers": "worker", "ai_nodes": "ai"}
+
+# Actions kombu's SQS transport calls on the code's behalf (Celery publishes and consumes through
+# it). Each maps to the client method that must appear in kombu's transport source.
+LIBRARY_ACTIONS = {
+    "sqs:SendMessage": ("send_message", "Celery publishes run tasks; the worker's reaper re-dispatches unclaimed jobs; workers send control replies"),
+    "sqs:GetQueueAttributes": ("get_queue_attributes", "kombu reads the queue size on declare and the RedrivePolicy before deleting a rejected message"),
+    "sqs:ChangeMessageVisibility": ("change_message_visibility", "kombu returns messages received after a consumer was cancelled (warm shutdown)"),
+    "sqs:ReceiveMessage": ("receive_message", "kombu's asynchronous consumer polls the task queue"),
+    "sqs:DeleteMessage": ("delete_message", "kombu acknowledges a message by deleting it"),
+}
+# Only when the broadcast transport is on (supports_fanout): kombu's SNS fanout.
+FANOUT_LIBRARY_ACTIONS = {
+    "sns:CreateTopic": ("create_topic", "kombu creates the SNS topic of a fanout exchange (get-or-create)"),
+    "sns:Subscribe": ("subscribe", "kombu subscribes a broadcast queue to its exchange's topic"),
+    "sns:Publish": ("publish", "kombu publishes a broadcast message to the topic"),
+    "sns:Unsubscribe": ("unsubscribe", "kombu removes stale subscriptions of a topic"),
+    "sns:ListSubscriptionsByTopic": ("list_subscriptions_by_topic", "kombu lists a topic's subscriptions to clean them up"),
+    "sqs:SetQueueAttributes": ("set_queue_attributes", "kombu lets the topic deliver to a subscribed queue (queue policy)"),
+    "sqs:GetQueueUrl": ("get_queue_url", "kombu resolves the URL of a subscribed queue"),
+}
+# Actions a call needs without being its name: (reason, file, regex that must match there).
+IMPLIED_ACTIONS = {
+    "s3:ListBucket": ("S3BlobStore.get maps NoSuchKey to NotFound; without s3:ListBucket S3 answers a missing key with AccessDenied",
+                      "nanogrid/storage/s3.py", r"NoSuchKey"),
+}
+# Actions the role's code can reach but never calls on that role's instances: (reason, regex that
+# must NOT match in the role's own modules, which would mean the reason no longer holds).
+NOT_GRANTED = {
+    "worker": {
+        "s3:DeleteObject": ("BlobStore.delete is called only by FunctionRegistry.delete, from the API's DELETE /functions route",
+                            r"functions\.delete\(|\.code\.delete\(|outputs\.delete\("),
+    },
+}
+# The only actions granted on every resource: IAM offers no resource-level permission for them.
+RESOURCE_STAR_ACTIONS = {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingGroups", "sqs:ListQueues"}
+
+# --- Environment: what may stay unset, and why --------------------------------------------------
+
+OPTIONAL_EVERYWHERE = {
+    "AWS_DEFAULT_REGION": "fallback when AWS_REGION is unset; the templates always set AWS_REGION",
+    "AWS_ENDPOINT_URL": "points boto3 at a local emulator (moto); must stay unset against AWS",
+    "STORAGE_EMULATOR_HOST": "points the GCS client at a local emulator; must stay unset in production",
+    "NANOGRID_BROKER_URL": "derived: sqs:// whenever SQS_QUEUE_URL is set",
+    "NANOGRID_MAX_CODE_BYTES": "upload limit; the 10 MB default is the documented product limit",
+    "NANOGRID_MAX_INPUT_BYTES": "run input limit; the 256 KiB default keeps SQS-era sizes",
+    "NANOGRID_MAX_ZIP_MEMBERS": "archive safety limit; default 1000",
+    "NANOGRID_MAX_UNPACKED_BYTES": "archive safety limit; default 50 MB",
+    "NANOGRID_DEFAULT_WAIT_S": "synchronous run wait; default 30 s",
+    "NANOGRID_MAX_WAIT_S": "synchronous run wait ceiling; default 300 s, under the ALB idle timeout of 330 s",
+    "NANOGRID_INLINE_OUTPUT_BYTES": "outputs above 64 KiB go to the user-data bucket; the default is right",
+    "NANOGRID_DOCKER_RUNTIME": "an alternative OCI runtime (e.g. runsc); unset uses Docker's default",
+    "NANOGRID_LEASE_S": "exactly-once lease; the 30 s default is what the reliability tests prove",
+    "NANOGRID_REAPER_INTERVAL_S": "reaper period; default 5 s",
+    "NANOGRID_REDISPATCH_AFTER_S": "re-dispatch of unclaimed jobs; default 300 s",
+    "NANOGRID_MAX_DISPATCH_ATTEMPTS": "re-dispatch limit; default 3",
+    "NANOGRID_BIND": "gunicorn bind; derived from NANOGRID_HOST:NANOGRID_PORT",
+    "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
+    "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
+}
+RUN_LIMITS_REASON = "per-run sandbox limits (NANOGRID_DEFAULT_x / NANOGRID_MAX_x); the defaults in nanogrid/config.py are the documented ones"
+# Set by systemd or the OS, not by the templates.
+SYSTEM = {"PATH": "set by systemd for every service", "HOME": "set by systemd from the service user"}
+OPTIONAL_BY_PROCESS = {
+    "api": {
+        "AI_ENDPOINT": "only sandboxed runs on the workers call the AI node",
+        "GCP_BUCKET_NAME": "NANOGRID_ARCHIVE=none: only workers archive, so the controllers get no GCP key",
+        "GOOGLE_APPLICATION_CREDENTIALS": "NANOGRID_ARCHIVE=none: only workers archive",
+        "NANOGRID_SANDBOX": "only workers run sandboxes",
+        "NANOGRID_RUNTIME_IMAGE": "only workers run sandboxes",
+        "NANOGRID_WORKER_CONCURRENCY": "only workers consume the queue",
+    },
+    "worker": {
+        "NANOGRID_HOST": "only the API listens",
+        "NANOGRID_PORT": "only the API listens",
+    },
+}
+OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
+OPTIONAL_BY_PROCESS["publisher"] = OPTIONAL_BY_PROCESS["flower"]
+# Names the production templates must set whatever the code does: the backends.
+ALWAYS_REQUIRED = {"NANOGRID_STORAGE", "NANOGRID_ARCHIVE", "AWS_REGION"}
+PUBLISHER_REQUIRED = {"NANOGRID_WORKER_ASG"}
+
+
+# --- Building blocks ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def modules():
+    return codescan.load_modules(REPO)
+
+
+def process_modules(modules, process: str) -> set[str]:
+    return codescan.reachable(modules, PROCESSES[process]["entries"])
+
+
+def fanout_enabled() -> bool:
+    """Whether the code turns kombu's SNS fanout on (a transport option or the transport default)."""
+    pattern = re.compile(r"""["']supports_fanout["']\s*:\s*True|supports_fanout["']?\s*,\s*True""")
+    return any(pattern.search(p.read_text()) for p in PACKAGE.rglob("*.py"))
+
+
+def policy_statements(name: str, fanout: bool) -> list[dict]:
+    document = tf_module("modules/compute").data["aws_iam_policy_document"][name]
+    statements = list(document.get("statement", []))
+    for block in document.get("dynamic", []):
+        body = block["statement"]
+        assert body["for_each"] == "${var.celery_sns_fanout ? [1] : []}", body["for_each"]
+        if fanout:
+            statements.append(single(body["content"]))
+    return statements
+
+
+def granted(name: str, fanout: bool) -> dict[str, list[str]]:
+    actions: dict[str, list[str]] = {}
+    for statement in policy_statements(name, fanout):
+        if statement.get("effect", "Allow") != "Allow":
+            continue
+        for action in statement["actions"]:
+            actions.setdefault(action, []).extend(statement["resources"])
+    return actions
+
+
+def roles_of_groups() -> dict[str, set[str]]:
+    """Ansible role -> IAM roles of the instances whose plays include it."""
+    result: dict[str, set[str]] = {}
+    for playbook in ANSIBLE.glob("*.yml"):
+        for play in yaml.safe_load(playbook.read_text()) or []:
+            if "hosts" not in play:
+                continue
+            for role in play.get("roles", []):
+                role_name = role["role"] if isinstance(role, dict) else role
+                result.setdefault(role_name, set()).add(GROUP_IAM[play["hosts"]])
+    return result
+
+
+def script_actions() -> dict[str, dict[str, list[str]]]:
+    """IAM role -> actions called by the scripts the Ansible roles install on its instances."""
+    by_iam: dict[str, dict[str, list[str]]] = {}
+    for role, iam_roles in roles_of_groups().items():
+        for script in sorted((ANSIBLE / "roles" / role / "files").glob("*.py")):
+            calls, problems = codescan.script_calls(script)
+            assert not problems, problems
+            for action, where in codescan.actions_of(calls).items():
+                for iam in iam_roles:
+                    by_iam.setdefault(iam, {}).setdefault(action, []).extend(f"{role}/{w}" for w in where)
+    return by_iam
+
+
+def kombu_source() -> str:
+    root = Path(kombu.__file__).parent / "transport" / "SQS"
+    return "\n".join(p.read_text() for p in sorted(root.glob("*.py")))
+
+
+def required(modules, iam: str, fanout: bool) -> dict[str, str]:
+    """Action -> why it is needed, for one IAM role."""
+    needs: dict[str, str] = {}
+    for process, spec in PROCESSES.items():
+        if spec["iam"] != iam:
+            continue
+        calls, problems = codescan.calls_in(modules, process_modules(modules, process))
+        assert not problems, problems
+        for action, where in codescan.actions_of(calls).items():
+            needs.setdefault(action, f"called by {where[0]}")
+    for action, where in script_actions().get(iam, {}).items():
+        needs.setdefault(action, f"called by {where[0]}")
+    library = {**LIBRARY_ACTIONS, **(FANOUT_LIBRARY_ACTIONS if fanout else {})}
+    for action, (_, reason) in library.items():
+        needs.setdefault(action, f"kombu: {reason}")
+    for action, (reason, _, _) in IMPLIED_ACTIONS.items():
+        if action.split(":")[0] in {a.split(":")[0] for a in needs}:
+            needs.setdefault(action, reason)
+    for action in NOT_GRANTED.get(iam, {}):
+        needs.pop(action, None)
+    return needs
+
+
+# --- IAM ----------------------------------------------------------------------------------------
+
+
+def test_the_scanner_sees_the_storage_adapters(modules):
+    calls, problems = codescan.calls_in(modules, set(modules))
+    assert not problems, problems
+    actions = codescan.actions_of(calls)
+    # Guards against a scanner that silently finds nothing.
+    for action in ("s3:PutObject", "s3:GetObject", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Scan"):
+        assert action in actions, action
+
+
+def test_units_run_the_processes_the_checks_assume():
+    for process, spec in PROCESSES.items():
+        unit = (ANSIBLE / "roles" / spec["unit"]).read_text()
+        exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+        assert spec["exec"] in exec_start, (process, exec_start)
+
+
+def test_library_actions_are_really_called_by_kombu():
+    source = kombu_source()
+    for action, (method, _) in {**LIBRARY_ACTIONS, **FANOUT_LIBRARY_ACTIONS}.items():
+        assert re.search(rf"\.{method}\(|[\"']{method}[\"']", source), f"{action}: kombu no longer calls {method}"
+
+
+def test_implied_and_withheld_actions_still_hold(modules):
+    for action, (_, path, pattern) in IMPLIED_ACTIONS.items():
+        assert re.search(pattern, (REPO / path).read_text()), f"{action}: {path} no longer matches {pattern}"
+    for iam, withheld in NOT_GRANTED.items():
+        own = set()
+        for process, spec in PROCESSES.items():
+            if spec["iam"] == iam:
+                own |= {m for m in process_modules(modules, process) if m.startswith(f"nanogrid.{iam}")}
+        assert own, iam
+        for action, (_, pattern) in withheld.items():
+            for name in own:
+                assert not re.search(pattern, modules[name].path.read_text()), f"{iam} now calls {action} in {name}"
+
+
+def test_fanout_permissions_follow_the_code():
+    enabled = fanout_enabled()
+    assert root_default("celery_sns_fanout") is enabled, (
+        "deploy/terraform celery_sns_fanout must match whether the Celery transport enables supports_fanout")
+    prefix_module = PACKAGE / "transport" / "__init__.py"
+    if prefix_module.exists():
+        match = re.search(r'^DYNAMIC_PREFIX\s*=\s*"([^"]+)"', prefix_module.read_text(), re.M)
+        if match:
+            assert root_default("dynamic_queue_prefix") == match.group(1)
+
+
+@pytest.mark.parametrize("iam", ["controller", "worker"])
+def test_every_called_action_is_granted_and_nothing_more(modules, iam):
+    fanout = root_default("celery_sns_fanout")
+    needs = required(modules, iam, fanout)
+    grants = granted(iam, fanout)
+    missing = {a: why for a, why in needs.items() if a not in grants}
+    assert not missing, f"{iam} role lacks: " + "; ".join(f"{a} ({why})" for a, why in sorted(missing.items()))
+    extra = sorted(set(grants) - set(needs))
+    assert not extra, f"{iam} role grants actions nothing calls: {extra}"
+
+
+@pytest.mark.parametrize("iam", ["controller", "worker"])
+def test_grants_are_scoped_to_resources(iam):
+    fanout = root_default("celery_sns_fanout")
+    for statement in policy_statements(iam, fanout):
+        actions, resources = statement["actions"], statement["resources"]
+        assert all("*" not in a for a in actions), actions
+        if statement.get("effect", "Allow") == "Deny":
+            continue
+        if resources in (["*"], "*"):
+            assert set(actions) <= RESOURCE_STAR_ACTIONS, actions
+            if "cloudwatch:PutMetricData" in actions:
+                condition = single(statement["condition"])
+                assert condition["variable"] == "cloudwatch:namespace"
+            continue
+        for action in actions:
+            if action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+                assert all(r.endswith("/*") and "bucket" in r for r in resources), (action, resources)
+            if action == "s3:ListBucket":
+                assert all("bucket" in r and not r.endswith("/*") for r in resources), resources
+            if action.startswith("sns:"):
+                assert resources == ["${local.dynamic_topic_arn}"], resources
+            if action.startswith("dynamodb:"):
+                assert all("table" in r for r in resources), resources
+            if action.startswith("secretsmanager:"):
+                assert all("secrets." in r for r in resources), resources
+    if fanout:
+        deny = [s for s in policy_statements(iam, fanout) if s.get("effect") == "Deny"]
+        assert deny and deny[0]["resources"] == "${local.fixed_queue_arns}"
+        assert "sqs:DeleteQueue" in deny[0]["actions"]
+
+
+def test_only_workers_read_the_gcp_secret_and_the_ai_node_calls_nothing():
+    compute = tf_module("modules/compute")
+    documents = compute.data["aws_iam_policy_document"]
+    assert "ai" not in documents  # the AI node has no inline policy
+    assert set(compute.resources["aws_iam_role_policy"]) == {"controller", "worker"}
+    controller = str(documents["controller"])
+    assert "gcp_credentials" not in controller
+    assert "gcp_credentials" in str(documents["worker"])
+    attachments = compute.resources["aws_iam_role_policy_attachment"]
+    assert [a["policy_arn"].rsplit("/", 1)[1] for a in attachments.values()] == ["AmazonSSMManagedInstanceCore"]
+
+
+# --- Environment ----------------------------------------------------------------------------------
+
+
+def _ansible_bool(value) -> bool:
+    """Ansible's `bool` filter, for rendering the templates without a play."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("yes", "on", "1", "true", "y")
+
+
+def _jinja(**options) -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, **options)
+    env.filters["bool"] = _ansible_bool
+    return env
+
+
+def _role_vars(*roles: str) -> dict:
+    context: dict = {}
+    for role in roles:
+        defaults = ANSIBLE / "roles" / role / "defaults" / "main.yml"
+        if defaults.exists():
+            context.update(yaml.safe_load(defaults.read_text()) or {})
+    context.update(yaml.safe_load((ANSIBLE / "inventories" / "example" / "group_vars" / "all.yml").read_text()))
+    context["nanogrid_redis_auth"] = {"stdout": "example-token/with+specials"}
+    context["ansible_managed"] = "Ansible managed"
+    env = _jinja()
+    for _ in range(5):  # defaults refer to other variables
+        for key, value in list(context.items()):
+            if isinstance(value, str) and "{{" in value:
+                context[key] = env.from_string(value).render(context)
+    return context
+
+
+def render_env(process: str) -> dict[str, str]:
+    spec = PROCESSES[process]
+    context = _role_vars("common", "nanogrid", spec["role"])
+    # Ansible's template module renders with trim_blocks on.
+    env = _jinja(trim_blocks=True)
+    path = ANSIBLE / "roles" / spec["role"] / "templates" / spec["env"]
+    text = env.from_string(path.read_text()).render(context)
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", key), f"{path.name}: bad line {line!r}"
+        assert key not in values, f"{path.name}: {key} set twice"
+        values[key] = value
+    return values
+
+
+def config_names(modules) -> set[str]:
+    reads, _ = codescan.env_reads(modules, {"nanogrid.config"})
+    return set(reads)
+
+
+def production_required(modules, process: str) -> set[str]:
+    """The founding document's names Settings reads, minus emulator-only ones and those a process
+    does not use, plus the backend selectors."""
+    founding = {n for n in config_names(modules) if not n.startswith("NANOGRID_")}
+    needed = founding - set(OPTIONAL_EVERYWHERE) - set(OPTIONAL_BY_PROCESS.get(process, {}))
+    needed |= ALWAYS_REQUIRED
+    if process == "publisher":
+        needed |= PUBLISHER_REQUIRED
+    return needed
+
+
+def test_the_env_scanner_sees_the_settings(modules):
+    names = config_names(modules)
+    for name in ("SQS_QUEUE_URL", "REDIS_HOST", "REDIS_PORT", "S3_CODE_BUCKET", "GCP_BUCKET_NAME", "AI_ENDPOINT",
+                 "GOOGLE_APPLICATION_CREDENTIALS", "NANOGRID_STORAGE", "NANOGRID_DEFAULT_TIMEOUT_S", "NANOGRID_MAX_MEMORY_MB"):
+        assert name in names, name
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+def test_every_variable_a_process_reads_is_set_or_optional_with_a_reason(modules, process):
+    reads, dynamic = codescan.env_reads(modules, process_modules(modules, process))
+    assert not dynamic, f"environment reads with computed names: {dynamic}"
+    rendered = render_env(process)
+    limits = {n for n in config_names(modules) if re.fullmatch(r"NANOGRID_(DEFAULT|MAX)_[A-Z_]+", n)
+              and n not in OPTIONAL_EVERYWHERE and n != "NANOGRID_MAX_DISPATCH_ATTEMPTS"}
+    optional = {**OPTIONAL_EVERYWHERE, **OPTIONAL_BY_PROCESS.get(process, {}), **SYSTEM,
+                **{n: RUN_LIMITS_REASON for n in limits}}
+    unset = sorted(n for n in reads if n not in rendered and n not in optional)
+    assert not unset, f"{process} reads {unset} but {PROCESSES[process]['env']} does not set them " + \
+        "(set them, or add them to the optional list with the reason their default is right)"
+    missing = sorted(production_required(modules, process) - set(rendered))
+    assert not missing, f"{PROCESSES[process]['env']} must set {missing}"
+    for key, value in rendered.items():
+        assert value.strip(), f"{key} is empty"
+
+
+def test_optional_lists_name_only_variables_the_code_reads(modules):
+    everything, _ = codescan.env_reads(modules, set(modules))
+    stale = [n for n in list(OPTIONAL_EVERYWHERE) + [n for m in OPTIONAL_BY_PROCESS.values() for n in m]
+             if n not in everything]
+    assert not stale, f"optional names the code no longer reads: {sorted(set(stale))}"
+
+
+@pytest.mark.parametrize("env_file", ["controller.env.j2", "worker.env.j2", "flower.env.j2"])
+def test_templates_set_only_variables_their_processes_read(modules, env_file):
+    processes = [p for p, spec in PROCESSES.items() if spec["env"] == env_file]
+    read: set[str] = set()
+    for process in processes:
+        read |= set(codescan.env_reads(modules, process_modules(modules, process))[0])
+    rendered = render_env(processes[0])
+    dead = sorted(set(rendered) - read)
+    assert not dead, f"{env_file} sets {dead}, which no process using it reads"
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+def test_rendered_environment_loads_as_production_settings(process):
+    from nanogrid.config import Settings
+
+    rendered = render_env(process)
+    settings = Settings.from_env(rendered)
+    assert settings.storage == "aws"
+    assert settings.uses_sqs and settings.queue_name == root_default("task_queue_name")
+    assert settings.redis_url.startswith("rediss://") and "ssl_cert_reqs=required" in settings.redis_url
+    assert settings.functions_table == root_default("functions_table_name")
+    assert settings.jobs_table == root_default("jobs_table_name")
+    assert settings.aws_region == root_default("region")
+    assert settings.aws_endpoint_url is None
+    if process == "worker":
+        assert settings.archive == "gcs" and settings.gcp_bucket_name
+        assert settings.extra["GOOGLE_APPLICATION_CREDENTIALS"].startswith("/etc/nanogrid/")
+        assert settings.ai_endpoint.endswith(":11434")
+        assert settings.sandbox == "docker"
+    else:
+        assert settings.archive == "none"
+    if process == "api":
+        assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+
+
+def test_terraform_passes_every_deployment_value_the_playbooks_need():
+    """ansible-pull at boot gets its values from Terraform: the same keys as the example inventory."""
+    inventory = yaml.safe_load((ANSIBLE / "inventories" / "example" / "group_vars" / "all.yml").read_text())
+    passed = set(tf_module("modules/compute").locals["common_vars"])
+    missing = sorted(set(inventory) - passed)
+    assert not missing, f"Terraform's bootstrap vars lack {missing}"
+    defaults = yaml.safe_load((ANSIBLE / "roles" / "nanogrid" / "defaults" / "main.yml").read_text())
+    for name in defaults["nanogrid_required_vars"]:
+        assert name in passed, name

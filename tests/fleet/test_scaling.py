@@ -1,0 +1,193 @@
+"""nanogrid.scaling: the simulator's figures equal Terraform's, its runs are sane, the publisher works."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fleetlib import TRACES, root_default
+from nanogrid import scaling
+
+TRACE_FILES = [TRACES / "steady.csv", TRACES / "burst.csv", TRACES / "daily.csv"]
+
+
+def test_fleet_figures_equal_the_terraform_defaults():
+    fleet = scaling.FLEET
+    expected = {
+        "min_size": "worker_min_size",
+        "desired_capacity": "worker_desired_capacity",
+        "max_size": "worker_max_size",
+        "scale_out_threshold": "scale_out_threshold",
+        "scale_in_threshold": "scale_in_threshold",
+        "alarm_period_s": "alarm_period_seconds",
+        "scale_out_evaluation_periods": "scale_out_evaluation_periods",
+        "scale_in_evaluation_periods": "scale_in_evaluation_periods",
+        "cooldown_s": "scaling_cooldown_seconds",
+        "backlog_target_per_instance": "backlog_target_per_instance",
+        "instance_warmup_s": "instance_warmup_seconds",
+        "metric_namespace": "metric_namespace",
+        "backlog_metric_name": "backlog_metric_name",
+        "queue_name": "task_queue_name",
+    }
+    assert set(expected) == {f.name for f in dataclasses.fields(fleet)}
+    for attribute, variable in expected.items():
+        assert getattr(fleet, attribute) == root_default(variable), attribute
+    # The founding document's figures themselves.
+    assert (fleet.min_size, fleet.desired_capacity, fleet.max_size) == (2, 2, 5)
+    assert (fleet.scale_out_threshold, fleet.cooldown_s) == (10, 300)
+    assert fleet.scale_in_evaluation_periods * fleet.alarm_period_s == 180
+
+
+def test_model_defaults_match_the_platform():
+    from nanogrid.config import Settings
+
+    assert scaling.Model().concurrency == Settings().worker_concurrency
+    assert scaling.Model().boot_s == scaling.FLEET.instance_warmup_s
+
+
+def test_traces_load():
+    steady, burst, daily = (scaling.load_trace(p) for p in TRACE_FILES)
+    assert steady.jobs == 720 and steady.duration_s == 7200
+    assert burst.jobs == 1000 and burst.rows == ((60, 1000, 0),)
+    assert daily.duration_s == 86400 and 5000 < daily.jobs < 10000
+    assert all(0 <= t < 86400 for t in daily.arrivals())
+    for trace in (steady, burst, daily):
+        assert len(trace.arrivals()) == trace.jobs
+        assert (TRACES / f"{trace.name}.csv").stat().st_size < 20_000
+
+
+def test_bad_trace_rows_are_rejected(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_s,jobs\n0,x\n")
+    with pytest.raises(ValueError, match="bad.csv:2"):
+        scaling.load_trace(bad)
+    assert scaling.main(["simulate", "--trace", str(bad)]) == 2
+    empty = tmp_path / "empty.csv"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no arrivals"):
+        scaling.load_trace(empty)
+
+
+@pytest.fixture(scope="module")
+def results():
+    out = {}
+    for path in TRACE_FILES:
+        trace = scaling.load_trace(path)
+        for policy in scaling.POLICIES:
+            out[trace.name, policy] = scaling.simulate(trace, policy)
+    return out
+
+
+def test_every_job_runs_and_the_group_stays_within_its_bounds(results):
+    for (trace, policy), result in results.items():
+        assert result.jobs > 0
+        assert scaling.FLEET.min_size <= result.max_workers <= scaling.FLEET.max_size, (trace, policy)
+        minimum = scaling.FLEET.min_size * result.window_s / 60
+        assert result.instance_minutes >= minimum - 1, (trace, policy)
+
+
+def test_steady_load_below_capacity_does_not_scale(results):
+    for policy in scaling.POLICIES:
+        result = results["steady", policy]
+        assert result.max_workers == scaling.FLEET.min_size
+        assert result.peak_backlog < scaling.FLEET.scale_out_threshold
+        assert result.instance_minutes == pytest.approx(scaling.FLEET.min_size * result.window_s / 60)
+
+
+def test_a_burst_scales_out_to_the_maximum_and_drains(results):
+    for policy in scaling.POLICIES:
+        result = results["burst", policy]
+        assert result.max_workers == scaling.FLEET.max_size
+        assert result.peak_backlog >= 990
+        # 1,000 runs of 30 s on 10 slots take 50 min at the very least; on the 4 slots of the
+        # minimum group they would take 125 min.
+        assert 50 * 60 < result.drain_s < 125 * 60, (policy, result.drain_s)
+
+
+def test_step_policy_adds_one_worker_per_cooldown():
+    """A burst under the step policy: +1 at a time, each after the previous one's cooldown."""
+    trace = scaling.Trace("one-burst", 3600, ((0, 400, 0),))
+    fast = scaling.simulate(trace, scaling.STEP, scaling.Model(boot_s=60, launch_s=60))
+    slow = scaling.simulate(trace, scaling.STEP, scaling.Model(boot_s=60, launch_s=60),
+                            dataclasses.replace(scaling.FLEET, cooldown_s=1800))
+    assert fast.max_workers == scaling.FLEET.max_size
+    assert slow.max_workers < fast.max_workers
+    assert slow.drain_s > fast.drain_s
+
+
+def test_simulation_is_deterministic():
+    trace = scaling.load_trace(TRACES / "burst.csv")
+    assert scaling.simulate(trace, scaling.TARGET) == scaling.simulate(trace, scaling.TARGET)
+
+
+def test_simulate_command_prints_the_table(capsys):
+    args = ["simulate", "--policy", "both"]
+    for path in TRACE_FILES:
+        args += ["--trace", str(path)]
+    assert scaling.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "policy" not in line]
+    assert len(rows) == 6
+    assert {row.split("|")[2].strip() for row in rows} == {"step", "target"}
+    assert "drain time" in out and "p95 queue wait" in out and "instance-minutes" in out
+
+
+def test_simulate_rejects_bad_parameters(capsys):
+    assert scaling.main(["simulate", "--trace", str(TRACE_FILES[0]), "--concurrency", "0"]) == 2
+
+
+# --- Publisher against moto ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_aws(monkeypatch):
+    import moto
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "ap-northeast-2"}.items():
+        monkeypatch.setenv(key, value)
+    from nanogrid.storage import aws
+
+    aws._clients.clear()
+    with moto.mock_aws():
+        yield
+    aws._clients.clear()
+
+
+def test_publisher_sends_backlog_per_in_service_worker(fake_aws):
+    import boto3
+
+    from nanogrid.config import Settings
+
+    region = "ap-northeast-2"
+    sqs = boto3.client("sqs", region_name=region)
+    url = sqs.create_queue(QueueName="nanogrid-task-queue")["QueueUrl"]
+    for i in range(9):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job-{i}")
+    ec2 = boto3.client("ec2", region_name=region)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName="nanogrid-worker", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.small"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    autoscaling = boto3.client("autoscaling", region_name=region)
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="nanogrid-workers", MinSize=2, MaxSize=5, DesiredCapacity=3,
+        LaunchTemplate={"LaunchTemplateId": template}, AvailabilityZones=[f"{region}a"],
+    )
+    settings = Settings(sqs_queue_url=url, aws_region=region, broker_url="sqs://")
+    config = scaling.PublisherConfig.from_env({"NANOGRID_WORKER_ASG": "nanogrid-workers"})
+    sample = scaling.publish_once(settings, config)
+    assert sample == {"visible": 9, "in_service": 3, "backlog_per_instance": 3.0}
+    cloudwatch = boto3.client("cloudwatch", region_name=region)
+    metrics = cloudwatch.list_metrics(Namespace=scaling.FLEET.metric_namespace)["Metrics"]
+    names = {m["MetricName"] for m in metrics}
+    assert names == {scaling.FLEET.backlog_metric_name, "QueueBacklog", "InServiceWorkers"}
+    for metric in metrics:
+        assert metric["Dimensions"] == [{"Name": "QueueName", "Value": "nanogrid-task-queue"}]
+
+
+def test_publisher_needs_the_group_name():
+    with pytest.raises(SystemExit, match="NANOGRID_WORKER_ASG"):
+        scaling.PublisherConfig.from_env({})
+    config = scaling.PublisherConfig.from_env({"NANOGRID_WORKER_ASG": "g", "NANOGRID_SCALING_INTERVAL_S": "15"})
+    assert config.interval_s == 15 and config.namespace == "NanoGrid"
