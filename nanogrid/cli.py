@@ -16,7 +16,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("worker", "api"):
+    if extra and args.command not in ("worker", "api", "scaling"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     worker.set_defaults(run=cmd_worker)
+
+    scaling = sub.add_parser("scaling", add_help=False,
+                             help="publish the backlog metric, or simulate scaling policies (see: scaling --help)")
+    scaling.add_argument("args", nargs=argparse.REMAINDER)
+    scaling.set_defaults(run=cmd_scaling)
 
     image = sub.add_parser("image", help="the runtime image the Docker sandbox runs")
     image_sub = image.add_subparsers(dest="image_command", required=True)
@@ -89,6 +94,12 @@ def cmd_api(_args, extra) -> int:
 
 def cmd_worker(_args, extra) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", "worker", "--loglevel", "INFO", *extra])
+
+
+def cmd_scaling(args, extra) -> int:
+    from nanogrid import scaling
+
+    return scaling.main(args.args + extra)
 
 
 def cmd_image_build(args, _extra) -> int:
