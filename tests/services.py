@@ -110,3 +110,13 @@ def wait_for_http(url: str, timeout_s: float, alive=lambda: True) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def job_containers(job_id: str, *, running_only: bool = False) -> list[dict]:
+    """Summaries of the containers labelled with a job (the low-level call: no per-container
+    inspect, so a container removed while listing cannot make the call fail)."""
+    import docker
+
+    from nanogrid.sandbox import LABEL_JOB
+
+    return docker.from_env().api.containers(all=not running_only, filters={"label": f"{LABEL_JOB}={job_id}"})

@@ -10,6 +10,7 @@ import re
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from nanogrid import bundles, functions
+from nanogrid.ai import client as ai_client
 from nanogrid.api.errors import ApiError
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import FAILED, TERMINAL
@@ -175,7 +176,9 @@ def health():
     if svc.settings.sandbox == "process":
         sandbox["warning"] = "process sandbox: user code runs as a plain child process and is NOT isolated"
     components["sandbox"] = sandbox
-    down = [n for n, c in components.items() if c["status"] != "ok"]
+    # The AI node is optional: functions that use it fail without it, the platform does not.
+    components["ai"] = ai_client.health(svc.settings)
+    down = [n for n, c in components.items() if c["status"] != "ok" and not c.get("optional")]
     body = {"status": "ok" if not down else "unavailable", "components": components}
     if down:
         body["failing"] = down
@@ -271,3 +274,21 @@ def run_function(function_id: str):
 def get_job(job_id: str):
     svc = services()
     return jsonify(svc.jobs.public(svc.jobs.get(job_id)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Stop a queued or running job: FAILED/cancelled at once, its sandbox killed."""
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job["status"] in TERMINAL:
+        raise ApiError(f"job {job_id} already ended with {job['status']}", status=409, code="conflict")
+    cancelled = svc.jobs.finish(job_id, None, FAILED, error={"type": "cancelled", "message": "cancelled by request"})
+    if cancelled is None:
+        raise ApiError(f"job {job_id} ended before it could be cancelled", status=409, code="conflict")
+    if cancelled.get("worker_id"):
+        try:
+            svc.celery.control.broadcast("cancel_job", arguments={"job_id": job_id})
+        except Exception as exc:  # noqa: BLE001 - the refused lease renewal stops the run anyway
+            log.warning("cancel broadcast for %s failed: %s", job_id, exc)
+    return jsonify(svc.jobs.public(cancelled))

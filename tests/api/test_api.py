@@ -198,3 +198,15 @@ def test_health_and_limits(api):
     assert health.get_json()["components"]["sandbox"]["isolated"] is False
     limits = api.get("/limits").get_json()
     assert limits["timeout_s"] == {"default": 30, "ceiling": 86400}
+
+
+def test_cancel_a_queued_job(api, services):
+    fn = deploy(api, "cancel-me")
+    job_id = api.post(f"/functions/{fn['function_id']}/run", json={"wait_s": 0}).get_json()["job_id"]
+    cancelled = api.post(f"/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["error"] == {"type": "cancelled", "message": "cancelled by request"}
+    assert execute.run(services, job_id) == "duplicate"
+    assert api.get(f"/jobs/{job_id}").get_json()["status"] == "FAILED"
+    assert error_of(api.post(f"/jobs/{job_id}/cancel")) == (409, "conflict")
+    assert error_of(api.post("/jobs/00000000-0000-4000-8000-000000000000/cancel"))[0] == 404

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from services import free_port
+from services import free_port, job_containers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -141,6 +141,24 @@ def test_cli_deploy_invoke_job(dev, tmp_path):
     failing = subprocess.run([*cli, "invoke", "greet", "--input", '{}', "--json"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert failing.returncode == 1 and '"runtime_error"' in failing.stdout
+
+
+def test_cancel_a_running_job(dev):
+    function_id = deploy(dev, "cancel-running", "import time\ntime.sleep(120)\n", timeout_s=300)
+    job = run(dev, function_id, wait_s=0).json()
+    deadline = time.monotonic() + 30
+    while not job_containers(job["job_id"], running_only=True):
+        assert time.monotonic() < deadline, "the run never started a container"
+        time.sleep(0.2)
+    response = requests.post(f"{dev['url']}/jobs/{job['job_id']}/cancel", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "FAILED" and response.json()["error"]["type"] == "cancelled"
+    cancelled_at = time.monotonic()
+    while job_containers(job["job_id"]):
+        assert time.monotonic() - cancelled_at < 15, "the cancelled run's container is still there"
+        time.sleep(0.2)
+    time.sleep(1)
+    assert requests.get(f"{dev['url']}/jobs/{job['job_id']}", timeout=10).json()["error"]["type"] == "cancelled"
 
 
 def test_ctrl_c_stops_everything(dev):

@@ -24,7 +24,7 @@ from google.cloud import storage as gcs
 from nanogrid.config import Settings
 from nanogrid.sandbox import LABEL_JOB
 from nanogrid.storage.provision import ensure_resources
-from services import free_port, wait_for_http
+from services import free_port, job_containers, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
 
@@ -174,9 +174,8 @@ def test_a_duplicate_message_does_not_run_the_job_again(stack):
 def test_kill_9_of_the_pool_process_fails_the_job_as_worker_lost(stack):
     function_id = deploy(stack, "prod-victim", "import time\ntime.sleep(120)\n", timeout_s=300)
     job = run(stack, function_id, wait_s=0)
-    client = docker.from_env()
     deadline = time.monotonic() + 30
-    while not client.containers.list(filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+    while not job_containers(job["job_id"], running_only=True):
         assert time.monotonic() < deadline, "the run never started a container"
         time.sleep(0.2)
     holder = stack_job_holder(stack, job["job_id"])
@@ -186,7 +185,7 @@ def test_kill_9_of_the_pool_process_fails_the_job_as_worker_lost(stack):
     assert final["status"] == "FAILED" and final["error"]["type"] == "worker_lost", final
     bound = LEASE_S + 2 * REAPER_INTERVAL_S + 2
     assert time.monotonic() - killed_at < bound + 3
-    while client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+    while job_containers(job["job_id"]):
         assert time.monotonic() - killed_at < 30, "the killed run's container was not removed"
         time.sleep(0.5)
     assert stack["processes"]["worker"].poll() is None
@@ -207,9 +206,8 @@ def stack_job_holder(stack, job_id: str) -> int:
 def test_kill_9_of_the_whole_worker_fails_the_job_and_a_restarted_worker_removes_its_container(stack):
     function_id = deploy(stack, "prod-victim-2", "import time\ntime.sleep(120)\n", timeout_s=300)
     job = run(stack, function_id, wait_s=0)
-    client = docker.from_env()
     deadline = time.monotonic() + 30
-    while not client.containers.list(filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+    while not job_containers(job["job_id"], running_only=True):
         assert time.monotonic() < deadline, "the run never started a container"
         time.sleep(0.2)
     worker = stack["processes"]["worker"]
@@ -222,7 +220,25 @@ def test_kill_9_of_the_whole_worker_fails_the_job_and_a_restarted_worker_removes
     stack["processes"]["worker"] = stack["start_worker"]()
     final = wait_terminal(stack, job["job_id"], 60)
     assert final["status"] == "FAILED" and final["error"]["type"] == "worker_lost", final
-    while client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job['job_id']}"}):
+    while job_containers(job["job_id"]):
         assert time.monotonic() - killed_at < 60, "the dead worker's container was not removed"
         time.sleep(0.5)
     assert run(stack, deploy(stack, "prod-after-2", "def handler(e, c):\n    return 'alive'\n"))["result"] == "alive"
+
+
+def test_cancel_a_running_job(stack):
+    function_id = deploy(stack, "cancel-running", "import time\ntime.sleep(120)\n", timeout_s=300)
+    job = run(stack, function_id, wait_s=0)
+    deadline = time.monotonic() + 30
+    while not job_containers(job["job_id"], running_only=True):
+        assert time.monotonic() < deadline, "the run never started a container"
+        time.sleep(0.2)
+    response = requests.post(f"{stack['url']}/jobs/{job['job_id']}/cancel", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "FAILED" and response.json()["error"]["type"] == "cancelled"
+    cancelled_at = time.monotonic()
+    while job_containers(job["job_id"]):
+        assert time.monotonic() - cancelled_at < 15, "the cancelled run's container is still there"
+        time.sleep(0.2)
+    time.sleep(1)
+    assert requests.get(f"{stack['url']}/jobs/{job['job_id']}", timeout=10).json()["error"]["type"] == "cancelled"
