@@ -29,10 +29,12 @@ TERMINAL = frozenset({SUCCESS, FAILED})
 STATUS_TTL_S = 24 * 3600
 LEASES = "nanogrid:leases"  # zset: PROCESSING job -> lease expiry
 UNCLAIMED = "nanogrid:unclaimed"  # zset: PENDING job -> when to check it was claimed
+FAILURES = "nanogrid:failures"  # list, newest first: the last FAILURES_KEPT failed jobs (`nanogrid status`)
+FAILURES_KEPT = 50
 OUTPUT_FIELDS = ("result", "stdout", "stderr")
 PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
-    "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at",
+    "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
 )
 
 
@@ -78,7 +80,13 @@ class JobStore:
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
         }
         self.table.insert(job["job_id"], job)
-        self._index(job)
+        try:
+            self._index(job)
+        except Unavailable:
+            # Without its index entry the reaper could never redispatch it: take it back, the
+            # client gets a 503 and nothing was published.
+            self.table.delete(job["job_id"])
+            raise
         return job
 
     def get(self, job_id: str) -> dict:
@@ -204,6 +212,9 @@ class JobStore:
                 pipe.zadd(LEASES, {job_id: job["lease_until"]})
             else:
                 pipe.zrem(LEASES, job_id)
+            if status == FAILED:  # a job enters FAILED once: every later transition is refused
+                pipe.lpush(FAILURES, json.dumps(_failure_summary(job)))
+                pipe.ltrim(FAILURES, 0, FAILURES_KEPT - 1)
             pipe.publish(channel(job_id), status)
             pipe.execute()
         except redis.RedisError as exc:
@@ -257,6 +268,12 @@ class JobStore:
                     pubsub.close()
                 except redis.RedisError:
                     pass
+
+
+def _failure_summary(job: dict) -> dict:
+    error = job.get("error") or {}
+    return {"job_id": job["job_id"], "function_id": job["function_id"], "error_type": error.get("type"),
+            "message": str(error.get("message") or "")[:300], "finished_at": job.get("finished_at")}
 
 
 def _iso(epoch: float) -> str:
