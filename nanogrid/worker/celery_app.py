@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from celery import Celery
 
 from nanogrid.config import Settings
+from nanogrid.transport import DYNAMIC_PREFIX, SQS_TRANSPORT
 
 RUN_TASK = "nanogrid.run_job"
 ARCHIVE_TASK = "nanogrid.archive_code"
@@ -51,6 +52,10 @@ def celery_settings(settings: Settings) -> dict:
         if endpoint is not None:
             # kombu derives the SQS endpoint from the broker URL's host and port.
             conf["broker_url"] = f"sqs://{endpoint.hostname}:{endpoint.port or (443 if endpoint.scheme == 'https' else 80)}"
+        # kombu's SQS transport plus broadcast over SNS, so remote control (celery inspect|control)
+        # and events (Flower) work; it also creates and cleans up the per-worker and per-caller
+        # queues under the IAM-scoped prefix. See nanogrid/transport/sqs.py.
+        conf["broker_transport"] = SQS_TRANSPORT
         conf["broker_transport_options"] = {
             "region": settings.aws_region,
             "is_secure": endpoint is None or endpoint.scheme == "https",
@@ -59,6 +64,8 @@ def celery_settings(settings: Settings) -> dict:
             "polling_interval": 0.1,
             "predefined_queues": {settings.queue_name: {"url": settings.sqs_queue_url}},
             "client-config": {"connect_timeout": 2, "read_timeout": 20, "retries": {"max_attempts": 3}},
+            "supports_fanout": True,
+            "dynamic_queue_prefix": DYNAMIC_PREFIX,
         }
     else:
         conf["broker_transport_options"] = {"socket_timeout": 5, "socket_connect_timeout": 2, "visibility_timeout": 43200}

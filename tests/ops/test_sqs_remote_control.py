@@ -1,0 +1,404 @@
+"""Remote control, events and Flower on the SQS broker, with real processes on a real moto server.
+
+Two `celery -A nanogrid worker` processes consume a task queue on moto (Redis is the result
+backend and job state); `celery inspect|control|call` and Flower run as the operator would run
+them, in their own processes. Broadcast goes through SNS (nanogrid.transport.sqs), so the tests
+also check that the per-worker and per-caller queues and SNS subscriptions go away: on a clean
+exit, after `control shutdown`, and through the sweeper when a worker is killed. The last test
+runs `inspect ping` on the Redis broker, to show the two brokers answer alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import boto3
+import pytest
+import redis
+import requests
+
+from nanogrid import bundles
+from nanogrid.config import Settings
+from nanogrid.jobs import SUCCESS
+from nanogrid.services import Services
+from nanogrid.transport import DYNAMIC_PREFIX
+from nanogrid.transport.sqs import TAG_DYNAMIC, TAG_HEARTBEAT, TAG_TTL, registry, sweep
+from nanogrid.worker.celery_app import make_celery
+from services import free_port, wait_for_http
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+NODES = ("w1@ops", "w2@ops")
+PIDBOX_TOPIC = f"{DYNAMIC_PREFIX}celery-pidbox"
+EVENTS_TOPIC = f"{DYNAMIC_PREFIX}celeryev"
+SLEEPER = """
+import time
+def handler(event, context):
+    time.sleep(event["seconds"])
+    return "slept"
+"""
+
+
+# --- Processes ------------------------------------------------------------------------------------
+
+class Process:
+    """A command run like an operator runs it, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            if self.popen.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} did not log {text!r} within {timeout_s}s:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+                pytest.fail(f"{self.name} did not stop within {timeout_s}s after signal {sig}")
+        self._log.close()
+        return self.popen.returncode
+
+    def kill_group(self) -> None:
+        """A crash: the worker and its pool processes die at once, nothing is cleaned up."""
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+        self._log.close()
+
+
+def celery(env: dict, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "nanogrid", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def remote(env: dict, kind: str, command: str, *args: str, nodes: tuple[str, ...] = (), timeout_s: float = 10) -> dict:
+    """`celery inspect|control COMMAND --json`, as {node: reply}.
+
+    With `nodes`, the command goes to those (`-d`) and returns as soon as they all replied;
+    without, it is broadcast and collects replies for the whole timeout."""
+    destination = ("-d", ",".join(nodes)) if nodes else ()
+    result = celery(env, kind, command, *args, *destination, "--timeout", str(timeout_s), "--json")
+    assert result.returncode == 0, f"celery {kind} {command} failed:\n{result.stdout}\n{result.stderr}"
+    replies = json.loads(result.stdout.strip().splitlines()[-1])
+    if isinstance(replies, list):  # control: [{node: reply}, ...]
+        replies = {node: reply for item in replies for node, reply in item.items()}
+    return replies
+
+
+def start_worker(env: dict, node: str, log_dir: Path, concurrency: int = 2) -> Process:
+    return Process(node.split("@")[0], [sys.executable, "-m", "celery", "-A", "nanogrid", "worker", "-n", node,
+                                        "-c", str(concurrency), "-l", "info"], env, log_dir)
+
+
+def eventually(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s}s: {what}")
+        time.sleep(interval_s)
+
+
+# --- AWS state, seen from outside -----------------------------------------------------------------
+
+class Aws:
+    def __init__(self, endpoint: str):
+        self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION)
+        self.sns = boto3.client("sns", endpoint_url=endpoint, region_name=REGION)
+
+    def dynamic_queues(self) -> list[str]:
+        urls = self.sqs.list_queues(QueueNamePrefix=DYNAMIC_PREFIX).get("QueueUrls", [])
+        return sorted(url.rsplit("/", 1)[-1] for url in urls)
+
+    def topic_arn(self, name: str) -> str | None:
+        arns = [t["TopicArn"] for t in self.sns.list_topics()["Topics"]]
+        return next((arn for arn in arns if arn.rsplit(":", 1)[-1] == name), None)
+
+    def subscribed_queues(self, topic: str) -> list[str]:
+        arn = self.topic_arn(topic)
+        if arn is None:
+            return []
+        subscriptions = self.sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+        return sorted(s["Endpoint"].rsplit(":", 1)[-1] for s in subscriptions)
+
+
+def pidbox_queue(node: str) -> str:
+    return DYNAMIC_PREFIX + node.replace("@", "_") + "-celery-pidbox"
+
+
+# --- Fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def aws(moto_server) -> Aws:
+    return Aws(moto_server)
+
+
+@pytest.fixture(scope="module")
+def sqs_env(moto_server, redis_url, aws, tmp_path_factory) -> dict:
+    queue_url = aws.sqs.create_queue(QueueName=f"nanogrid-ops-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    redis.Redis.from_url(redis_url).flushdb()
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOGRID_", "SQS_", "REDIS_", "FLOWER_"))}
+    env.update({
+        "PYTHONPATH": str(REPO), "SQS_QUEUE_URL": queue_url, "AWS_ENDPOINT_URL": moto_server,
+        "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "REDIS_HOST": host, "REDIS_PORT": port,
+        "NANOGRID_SANDBOX": "process", "NANOGRID_DATA_DIR": str(tmp_path_factory.mktemp("ops-data")),
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ops-logs")
+
+
+@pytest.fixture(scope="module")
+def baseline(aws) -> dict:
+    """Dynamic queues and subscriptions that exist before this module starts anything (the moto
+    server is shared by the session: another module may have left a killed worker's queue)."""
+    return {"queues": set(aws.dynamic_queues()), PIDBOX_TOPIC: set(aws.subscribed_queues(PIDBOX_TOPIC)),
+            EVENTS_TOPIC: set(aws.subscribed_queues(EVENTS_TOPIC))}
+
+
+@pytest.fixture(scope="module")
+def workers(baseline, sqs_env, aws, log_dir):
+    processes = [start_worker(sqs_env, node, log_dir) for node in NODES]
+    try:
+        for process, node in zip(processes, NODES):
+            process.wait_for(f"{node} ready.", 90)
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def abandoned_queue(workers, aws) -> str:
+    """A pidbox queue as a worker that died an hour ago left it: subscribed, heartbeat stale.
+
+    Made right after the workers are up: their first sweep runs 10-20 s after they start."""
+    name = DYNAMIC_PREFIX + "dead_ops-celery-pidbox"
+    stale = str(int(time.time()) - 3600)
+    tags = {TAG_DYNAMIC: "1", TAG_HEARTBEAT: stale, TAG_TTL: "600"}
+    url = aws.sqs.create_queue(QueueName=name, tags=tags)["QueueUrl"]
+    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic_arn = aws.topic_arn(PIDBOX_TOPIC)
+    assert topic_arn, "the workers did not create the pidbox topic"
+    aws.sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
+                      Attributes={"RawMessageDelivery": "true"})
+    return name
+
+
+# --- Remote control -------------------------------------------------------------------------------
+
+def test_inspect_ping_lists_both_workers(workers, sqs_env, abandoned_queue):
+    replies = remote(sqs_env, "inspect", "ping", timeout_s=3)
+    assert replies == {node: {"ok": "pong"} for node in NODES}
+
+
+def test_inspect_stats_registered_and_reserved(workers, sqs_env):
+    stats = remote(sqs_env, "inspect", "stats", nodes=NODES)
+    assert set(stats) == set(NODES)
+    assert all(stats[node]["pool"]["max-concurrency"] == 2 for node in NODES)
+    registered = remote(sqs_env, "inspect", "registered", nodes=NODES)
+    assert all("nanogrid.run_job" in registered[node] for node in NODES)
+    assert remote(sqs_env, "inspect", "reserved", nodes=NODES) == {node: [] for node in NODES}
+
+
+def test_inspect_active_shows_a_running_task(workers, sqs_env):
+    services = Services(Settings.from_env(sqs_env))
+    function = services.functions.create(f"sleeper-{uuid.uuid4().hex[:6]}", bundles.from_source(SLEEPER, "handler"), {})
+    job = services.jobs.create(function, {"seconds": 6})
+    sent = celery(sqs_env, "call", "nanogrid.run_job", "--args", json.dumps([job["job_id"]]))
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip().splitlines()[-1]
+
+    def running():
+        active = remote(sqs_env, "inspect", "active", nodes=NODES)
+        assert set(active) == set(NODES)
+        return [(node, task) for node, tasks in active.items() for task in tasks if task["id"] == task_id]
+
+    [(node, task)] = eventually(running, 30, "the task shows in inspect active", interval_s=0)
+    assert task["name"] == "nanogrid.run_job" and task["args"] == [job["job_id"]]
+    eventually(lambda: services.jobs.get(job["job_id"])["status"] == SUCCESS, 60, "the job succeeds")
+
+
+def test_control_pool_grow_and_shrink(workers, sqs_env):
+    grown = remote(sqs_env, "control", "pool_grow", "1", nodes=NODES)
+    assert grown == {node: {"ok": "pool will grow"} for node in NODES}
+    shrunk = remote(sqs_env, "control", "pool_shrink", "1", nodes=NODES)
+    assert shrunk == {node: {"ok": "pool will shrink"} for node in NODES}
+
+
+def test_callers_leave_no_reply_queue(workers, aws, baseline):
+    """Every `celery inspect|control` above made a reply queue; each deleted it when it exited."""
+    assert [q for q in set(aws.dynamic_queues()) - baseline["queues"] if q.endswith("-reply-celery-pidbox")] == []
+
+
+# --- Flower ---------------------------------------------------------------------------------------
+
+def test_flower_shows_workers_and_finished_tasks(workers, sqs_env, aws, log_dir, baseline):
+    port = free_port()
+    flower = Process("flower", [sys.executable, "-m", "celery", "-A", "nanogrid", "flower", f"--port={port}",
+                                "--address=127.0.0.1"], {**sqs_env, "FLOWER_UNAUTHENTICATED_API": "true"}, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_http(f"{url}/healthcheck", 60, alive=lambda: flower.popen.poll() is None), flower.log()
+        # Events reach Flower once its event queue is subscribed to the events topic.
+        eventually(lambda: any(q.startswith(f"{DYNAMIC_PREFIX}celeryev-") for q in aws.subscribed_queues(EVENTS_TOPIC)),
+                   30, "Flower's event queue is subscribed")
+        sent = celery(sqs_env, "call", "nanogrid.run_job", "--args", json.dumps(["no-such-job"]))
+        assert sent.returncode == 0, sent.stderr
+        task_id = sent.stdout.strip().splitlines()[-1]
+
+        def workers_listed():
+            listed = requests.get(f"{url}/api/workers", params={"refresh": 1}, timeout=30).json()
+            return set(NODES) <= set(listed) and listed
+
+        listed = eventually(workers_listed, 60, "Flower lists both workers")
+        assert all("nanogrid.run_job" in listed[node]["registered"] for node in NODES)
+
+        def task_finished():
+            tasks = requests.get(f"{url}/api/tasks", timeout=10).json()
+            return task_id in tasks and tasks[task_id]["state"] == "SUCCESS" and tasks[task_id]
+
+        task = eventually(task_finished, 60, "Flower shows the finished task (events reach it)")
+        assert task["name"] == "nanogrid.run_job" and task["worker"] in NODES and task["result"] == "'unknown'"
+        online = requests.get(f"{url}/api/workers", params={"status": 1}, timeout=10).json()
+        assert all(online.get(node) for node in NODES), online  # worker heartbeats arrive as events
+    finally:
+        assert flower.stop() in (0, -signal.SIGTERM), flower.log()[-3000:]
+
+    # Its event queue, its reply queues and the event queue's subscription went with it.
+    new = set(aws.dynamic_queues()) - baseline["queues"]
+    assert [q for q in new if "celeryev" in q or q.endswith("-reply-celery-pidbox")] == []
+    assert set(aws.subscribed_queues(EVENTS_TOPIC)) <= baseline[EVENTS_TOPIC]
+
+
+# --- Cleanup --------------------------------------------------------------------------------------
+
+def test_the_workers_sweep_what_a_dead_worker_left(workers, aws, abandoned_queue):
+    eventually(lambda: abandoned_queue not in aws.dynamic_queues(), 60, "a worker deletes the abandoned queue")
+    eventually(lambda: abandoned_queue not in aws.subscribed_queues(PIDBOX_TOPIC), 30,
+               "a worker removes the abandoned queue's subscription")
+
+
+def test_control_shutdown_stops_a_worker_and_removes_its_queue(workers, sqs_env, aws, log_dir):
+    node = "w3@ops"
+    worker = start_worker(sqs_env, node, log_dir, concurrency=1)
+    try:
+        worker.wait_for(f"{node} ready.", 90)
+        assert pidbox_queue(node) in aws.subscribed_queues(PIDBOX_TOPIC)
+        shutdown = celery(sqs_env, "control", "shutdown", "-d", node, "--timeout", "2")
+        # The worker exits before it replies (Celery raises SystemExit in the handler).
+        assert "No nodes replied" in shutdown.stderr + shutdown.stdout or shutdown.returncode == 0, shutdown.stderr
+        worker.popen.wait(timeout=60)
+    finally:
+        returncode = worker.stop()
+    assert returncode == 0, worker.log()[-3000:]
+    assert pidbox_queue(node) not in aws.dynamic_queues()
+    assert pidbox_queue(node) not in aws.subscribed_queues(PIDBOX_TOPIC)
+
+
+def test_a_crashed_workers_queue_is_swept_after_its_ttl(workers, sqs_env, aws, log_dir):
+    node = "w4@ops"
+    worker = start_worker(sqs_env, node, log_dir, concurrency=1)
+    try:
+        worker.wait_for(f"{node} ready.", 90)
+    finally:
+        worker.kill_group()
+    name = pidbox_queue(node)
+    assert name in aws.dynamic_queues() and name in aws.subscribed_queues(PIDBOX_TOPIC)
+
+    topic = aws.topic_arn(PIDBOX_TOPIC)
+    live = [pidbox_queue(n) for n in NODES]
+    def names(urls):
+        return {url.rsplit("/", 1)[-1] for url in urls}
+
+    # Now: its heartbeat is fresh, so it stays.
+    deleted, _ = sweep(aws.sqs, aws.sns, DYNAMIC_PREFIX, [topic])
+    assert name not in names(deleted) and name in aws.subscribed_queues(PIDBOX_TOPIC)
+    # Eleven minutes later (its TTL is 600 s): the live workers have refreshed theirs meanwhile.
+    for queue in live:
+        url = aws.sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        aws.sqs.tag_queue(QueueUrl=url, Tags={TAG_HEARTBEAT: str(int(time.time()) + 660)})
+    deleted, removed = sweep(aws.sqs, aws.sns, DYNAMIC_PREFIX, [topic], now=time.time() + 660)
+    assert name in names(deleted) and not names(deleted) & set(live)
+    assert removed
+    assert name not in aws.dynamic_queues() and name not in aws.subscribed_queues(PIDBOX_TOPIC)
+    assert set(live) <= set(aws.dynamic_queues()) and set(live) <= set(aws.subscribed_queues(PIDBOX_TOPIC))
+    assert sqs_env["SQS_QUEUE_URL"] in aws.sqs.list_queues()["QueueUrls"]  # the task queue is never swept
+    assert remote(sqs_env, "inspect", "ping", nodes=NODES) == {node: {"ok": "pong"} for node in NODES}
+
+
+def test_a_long_lived_caller_releases_its_reply_queue_after_the_grace_period(workers, sqs_env, aws, baseline):
+    """As in Flower: the reply queue outlives the call, and goes once released for the grace period."""
+    app = make_celery(Settings.from_env(sqs_env))
+    try:
+        replies = app.control.inspect(timeout=10, destination=list(NODES)).ping()
+        assert replies == {node: {"ok": "pong"} for node in NODES}
+        [reply_queue] = [q for q in set(aws.dynamic_queues()) - baseline["queues"]
+                         if q.endswith("-reply-celery-pidbox")]
+        [entry] = [e for e in registry._entries.values() if e.url.endswith("/" + reply_queue)]
+        assert not entry.holders and entry.released_at is not None
+        registry.grace_s = 0
+        registry.tick()
+        assert reply_queue not in aws.dynamic_queues()
+    finally:
+        app.close()
+
+
+def test_stopped_workers_leave_no_queue_or_subscription(workers, aws, baseline):
+    assert set(map(pidbox_queue, NODES)) <= set(aws.subscribed_queues(PIDBOX_TOPIC))
+    for worker in workers:
+        assert worker.stop() == 0, worker.log()[-3000:]  # SIGTERM: warm shutdown
+    assert set(aws.dynamic_queues()) <= baseline["queues"]
+    assert set(aws.subscribed_queues(PIDBOX_TOPIC)) <= baseline[PIDBOX_TOPIC]
+    assert set(aws.subscribed_queues(EVENTS_TOPIC)) <= baseline[EVENTS_TOPIC]
+
+
+# --- The same on the Redis broker -----------------------------------------------------------------
+
+def test_inspect_ping_on_the_redis_broker(sqs_env, redis_url, log_dir):
+    env = {k: v for k, v in sqs_env.items() if k not in ("SQS_QUEUE_URL", "AWS_ENDPOINT_URL")}
+    env["NANOGRID_BROKER_URL"] = redis_url.rsplit("/", 1)[0] + "/1"
+    nodes = ("r1@ops", "r2@ops")
+    processes = [start_worker(env, node, log_dir) for node in nodes]
+    try:
+        for process, node in zip(processes, nodes):
+            process.wait_for(f"{node} ready.", 90)
+        assert remote(env, "inspect", "ping", timeout_s=3) == {node: {"ok": "pong"} for node in nodes}
+        grown = remote(env, "control", "pool_grow", "1", nodes=nodes)
+        assert grown == {node: {"ok": "pool will grow"} for node in nodes}
+    finally:
+        for process in processes:
+            process.stop()
