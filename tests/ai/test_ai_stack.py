@@ -1,0 +1,135 @@
+"""AI_ENDPOINT through the whole platform: `nanogrid dev` with the Docker sandbox, `nanogrid ai-check`
+and the optional AI component of /health."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from fake_ollama import FakeOllama
+from nanogrid.api import create_app
+from nanogrid.services import Services
+from services import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+SUMMARISE = '''
+import nanogrid_ai
+
+def handler(event, context):
+    answer = nanogrid_ai.generate("llama3.2", "Summarise the following text in one or two sentences:\\n\\n"
+                                  + event["text"], temperature=0.2)
+    return {"summary": answer["response"].strip(), "tokens": answer["eval_count"]}
+'''
+CLI = [sys.executable, "-m", "nanogrid.cli"]
+
+
+@pytest.fixture(scope="module")
+def ollama():
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory, runtime_image, ollama):
+    data_dir = tmp_path_factory.mktemp("dev-ai")
+    port = free_port()
+    log = open(data_dir / "dev.log", "wb")
+    process = subprocess.Popen(
+        [*CLI, "dev", "--sandbox", "docker", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "AI_ENDPOINT": ollama.url, "NANOGRID_AI_MAX_CALLS": "3", "NANOGRID_DEFAULT_TIMEOUT_S": "20"},
+    )
+    deadline = time.monotonic() + 90
+    while not (data_dir / "operator.env").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("nanogrid dev did not come up:\n" + (data_dir / "dev.log").read_text()[-3000:])
+        time.sleep(0.2)
+    yield {"url": f"http://127.0.0.1:{port}", "process": process}
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    log.close()
+
+
+def test_health_lists_the_ai_node(dev):
+    health = requests.get(dev["url"] + "/health", timeout=10).json()
+    assert health["status"] == "ok", health
+    assert health["components"]["ai"] == {"status": "ok", "optional": True}
+
+
+def test_deployed_function_summarises_through_the_ai_node(dev, ollama, tmp_path):
+    source = tmp_path / "summarise.py"
+    source.write_text(SUMMARISE)
+    env = {**os.environ, "NANOGRID_URL": dev["url"]}
+    deployed = subprocess.run([*CLI, "deploy", str(source), "--name", "summarise"], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    ollama.reset()
+    invoked = subprocess.run([*CLI, "invoke", "summarise", "--json", "--input",
+                              json.dumps({"text": "Functions run in sandboxes without a network."})],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+    job = json.loads(invoked.stdout)
+    assert job["status"] == "SUCCESS", job
+    assert job["result"]["summary"] == ("echo: Summarise the following text in one or two sentences: "
+                                        "Functions run in sandboxes without a network.")
+    assert job["ai_usage"]["calls"] == 1
+    assert job["ai_usage"]["prompt_tokens"] == 16 and job["ai_usage"]["eval_tokens"] == job["result"]["tokens"] == 17
+    assert requests.get(f"{dev['url']}/jobs/{job['job_id']}", timeout=10).json()["ai_usage"] == job["ai_usage"]
+    assert ollama.paths() == ["/api/generate"]
+
+
+def test_budget_from_the_environment_applies(dev, ollama):
+    code = ("import nanogrid_ai\n"
+            "def handler(event, context):\n"
+            "    for n in range(5):\n"
+            "        nanogrid_ai.embed('nomic-embed-text', f'text {n}')\n")
+    created = requests.post(dev["url"] + "/functions", json={"name": "greedy", "code": code}, timeout=30)
+    assert created.status_code == 201, created.text
+    job = requests.post(f"{dev['url']}/functions/{created.json()['function_id']}/run", json={"wait_s": 60},
+                        timeout=90).json()
+    assert job["status"] == "FAILED", job
+    assert job["error"]["message"].endswith("nanogrid_ai.AIQuotaExceeded: this run has used its budget of 3 AI calls")
+    assert job["ai_usage"]["calls"] == 3
+
+
+def test_ai_check_command(ollama):
+    checked = subprocess.run([*CLI, "ai-check"], env={**os.environ, "AI_ENDPOINT": ollama.url},
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"AI node at {ollama.url} answers (Ollama 0.6.5); 3 model(s):" in checked.stdout
+    assert "  llama3.2:latest\n" in checked.stdout and "  nomic-embed-text:latest\n" in checked.stdout
+
+    allowed = subprocess.run([*CLI, "ai-check", "--json"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "AI_ENDPOINT": ollama.url, "NANOGRID_AI_MODELS": "llama3.2,mistral"})
+    document = json.loads(allowed.stdout)
+    assert allowed.returncode == 0 and document["ok"] and document["allowed"] == ["llama3.2"]
+    assert document["error"] == "allowed by NANOGRID_AI_MODELS but not on the node: mistral"
+
+    down_url = f"http://127.0.0.1:{free_port()}"
+    down = subprocess.run([*CLI, "ai-check", "--endpoint", down_url], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and f"AI node at {down_url} does not answer" in down.stdout
+
+    unset = subprocess.run([*CLI, "ai-check"], env={k: v for k, v in os.environ.items() if k != "AI_ENDPOINT"},
+                           capture_output=True, text=True, timeout=60)
+    assert unset.returncode == 1 and "AI_ENDPOINT is not set" in unset.stdout
+
+
+@pytest.mark.parametrize("endpoint, status", [("", "disabled"), ("fake", "ok"), ("down", "down")])
+def test_health_ai_component_is_optional(local_settings, ollama, endpoint, status):
+    url = {"": "", "fake": ollama.url, "down": f"http://127.0.0.1:{free_port()}"}[endpoint]
+    settings = local_settings.replace(ai_endpoint=url)
+    api = create_app(settings, Services(settings)).test_client()
+    response = api.get("/health")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "ok" and "failing" not in body
+    assert body["components"]["ai"] == {"status": status, "optional": True}
