@@ -7,10 +7,23 @@ Everything is read from the source at test time, so the checks follow the code a
 - boto3 client calls: clients come from a call with a service-name literal (boto3.client("s3"),
   aws.client(settings, "sqs")), from functions returning such a call (def _s3(self): return ...),
   and from names and self attributes bound to either; the methods called on them are mapped to
-  API operations with botocore's own service models, then to IAM actions;
+  API operations with botocore's own service models, then to IAM actions. A request parameter
+  that botocore documents as needing more permissions (tags on creation: CreateQueue(tags=...)
+  needs sqs:TagQueue, CreateTopic(Tags=...) needs sns:TagResource) adds those actions;
+- in the kombu transports (nanogrid/transport/), one more rule: there the clients come from
+  kombu's channel, never from a client("...") call of ours (self.sqs(queue=...),
+  self.asynsqs(...), self.fanout.get_client(), and parameters or attributes such as `sqs` and
+  `entry.sns` holding what those returned), so an identifier named after a service (`sqs`,
+  `asynsqs`, `sns`) or an object whose get_client() hands out one (`fanout`) is a client of that
+  service. Only there: elsewhere `self.s3` may well be a blob store, not a client.
+  transport_misses() lists the calls there whose method is an SQS or SNS operation but which
+  no rule attributed to a client, so a new way of reaching a client cannot go unseen;
 - environment reads: os.environ / os.getenv / env.get("X"), the config reader's
   read.str/int/float/choice("X") and read.limit("X") (two names), and name tuples tested against
-  the environment in a comprehension.
+  the environment in a comprehension. The name may be a literal or a module-level string
+  constant (PORT_ENV = "NANOGRID_WORKER_METRICS_PORT"; env.get(PORT_ENV)), of the module itself or
+  imported from another (from nanogrid.metrics import PORT_ENV, metrics.PORT_ENV). A read whose
+  name is neither is reported as dynamic, for every environment-like receiver.
 """
 
 from __future__ import annotations
@@ -34,13 +47,24 @@ S3_ACTIONS = {
     "ListObjectsV2": ["ListBucket"], "DeleteObjects": ["DeleteObject"], "CopyObject": ["GetObject", "PutObject"],
 }
 IAM_PREFIX = {"monitoring": "cloudwatch"}
-# Clients handed around by name (a parameter `sqs`, an attribute `entry.sns`, kombu's channel
-# method `self.sqs(queue=...)`, `self.sns.get_client()`): the identifier names the service.
-NAMED_CLIENTS = {"sqs": "sqs", "asynsqs": "sqs", "sns": "sns", "s3": "s3", "dynamodb": "dynamodb",
-                 "cloudwatch": "cloudwatch", "autoscaling": "autoscaling", "secretsmanager": "secretsmanager"}
+# The kombu transports: modules of this package get the named-client rule below.
+TRANSPORT_PACKAGE = "nanogrid.transport"
+# In the transports, clients handed around by name: kombu's channel methods self.sqs(queue=...)
+# and self.asynsqs(...), a parameter `sqs`, an attribute `entry.sns`. The identifier names the service.
+NAMED_CLIENTS = {"sqs": "sqs", "asynsqs": "sqs", "sns": "sns"}
+# In the transports, objects whose get_client() returns a client: kombu's SNS fanout helper
+# (channel.fanout, an instance of kombu.transport.SQS.SNS.SNS) and its `sns` back-reference.
+CLIENT_HOLDERS = {"fanout": "sns", "sns": "sns"}
+# The services whose operation names transport_misses() looks for.
+TRANSPORT_SERVICES = ("sqs", "sns")
+# kombu's own helpers in the transports: their methods (self.fanout.publish(...),
+# self.fanout.subscriptions.subscribe_queue(...)) are kombu's, not clients', and the AWS calls they
+# make are on the test's list of kombu's actions, each checked against kombu's source.
+KOMBU_HELPERS = {"fanout", "subscriptions"}
 ENV_RECEIVERS = {"os.environ", "environ", "env", "self.env", "read", "os"}
 ENV_METHODS = {"get", "str", "int", "float", "choice", "pop", "setdefault", "getenv", "bool"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
+READER_ENV = "self.env"  # the environment inside nanogrid.config's reader (read.str("X") and friends)
 
 
 # --- botocore ------------------------------------------------------------------------------------
@@ -69,15 +93,38 @@ def waiter_operation(service: str, waiter: str) -> str:
     return config.get_waiter(name).operation
 
 
-def iam_actions(service: str, method: str) -> list[str]:
-    """IAM actions a client method needs; raises KeyError for a method botocore does not know."""
+PARAMETER_PERMISSIONS = re.compile(r"you must have the (.+?) permissions", re.S)
+
+
+@lru_cache(maxsize=None)
+def parameter_actions(service: str, operation: str) -> dict[str, tuple[str, ...]]:
+    """Request parameter -> the further IAM actions using it needs, as botocore's service model
+    documents them ("To be able to tag a queue on creation, you must have the sqs:CreateQueue
+    and sqs:TagQueue permissions"). The operation's own action is left out."""
+    model = _session().get_service_model(service).operation_model(operation)
+    own = f"{IAM_PREFIX.get(service, service)}:{operation}"
+    found: dict[str, tuple[str, ...]] = {}
+    for name, shape in (model.input_shape.members.items() if model.input_shape else ()):
+        match = PARAMETER_PERMISSIONS.search(shape.documentation or "")
+        if match:
+            named = re.findall(r"<code>([a-z0-9-]+:[A-Za-z0-9]+)</code>", match.group(1))
+            actions = tuple(a for a in named if a != own)
+            if actions:
+                found[name] = actions
+    return found
+
+
+def iam_actions(service: str, method: str, keywords: tuple[str, ...] = ()) -> list[str]:
+    """IAM actions a client method needs, called with these keyword arguments; raises KeyError
+    for a method botocore does not know."""
     prefix = IAM_PREFIX.get(service, service)
     if service == "s3" and method in S3_ACTIONS:
         return [f"s3:{a}" for a in S3_ACTIONS[method]]
     operation = method_map(service)[method]
     if service == "s3" and operation in S3_ACTIONS:
         return [f"s3:{a}" for a in S3_ACTIONS[operation]]
-    return [f"{prefix}:{operation}"]
+    extra = parameter_actions(service, operation)
+    return [f"{prefix}:{operation}"] + [a for k in keywords for a in extra.get(k, ())]
 
 
 # --- Source files ----------------------------------------------------------------------------------
@@ -166,6 +213,7 @@ class ApiCall:
     line: int
     service: str
     method: str
+    keywords: tuple[str, ...] = ()  # the keyword arguments passed (tags=... may need more actions)
 
 
 def _dotted(node: ast.AST) -> str:
@@ -206,8 +254,17 @@ def client_wrappers(modules: dict[str, SourceModule]) -> dict[str, str]:
     return wrappers
 
 
-def api_calls(module_name: str, tree: ast.AST, wrappers: dict[str, str]) -> tuple[list[ApiCall], list[str]]:
-    """Client method calls in one module, and the problems (unknown methods) found."""
+def is_transport(module_name: str) -> bool:
+    return module_name == TRANSPORT_PACKAGE or module_name.startswith(TRANSPORT_PACKAGE + ".")
+
+
+def api_calls(module_name: str, tree: ast.AST, wrappers: dict[str, str],
+              named_clients: bool | None = None) -> tuple[list[ApiCall], list[str]]:
+    """Client method calls in one module, and the problems (unknown methods) found.
+
+    named_clients: apply the transports' rule (an identifier named after a service is a client);
+    by default for the modules of nanogrid/transport/ only."""
+    named_clients = is_transport(module_name) if named_clients is None else named_clients
     calls: list[ApiCall] = []
     problems: list[str] = []
     bound: dict[str, str] = {}  # local names and self attributes bound to a client
@@ -221,15 +278,17 @@ def api_calls(module_name: str, tree: ast.AST, wrappers: dict[str, str]) -> tupl
             fname = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             if fname in wrappers and not expr.args:
                 return wrappers[fname]
-            if fname in NAMED_CLIENTS and not expr.args:
-                return NAMED_CLIENTS[fname]  # self.sqs(), self.sqs(queue=...)
-            if fname == "get_client" and isinstance(func, ast.Attribute):
-                return NAMED_CLIENTS.get(_dotted(func.value).rpartition(".")[2])
+            if named_clients and fname in NAMED_CLIENTS:
+                return NAMED_CLIENTS[fname]  # self.sqs(), self.sqs(queue=...), self.sqs(name)
+            if named_clients and fname == "get_client" and isinstance(func, ast.Attribute):
+                return CLIENT_HOLDERS.get(_dotted(func.value).rpartition(".")[2])  # self.fanout.get_client()
             return None
         dotted = _dotted(expr)
         if dotted in bound:
             return bound[dotted]
-        return NAMED_CLIENTS.get(dotted.rpartition(".")[2]) if dotted else None
+        if named_clients and dotted:
+            return NAMED_CLIENTS.get(dotted.rpartition(".")[2])  # sqs.list_queues(), entry.sns.unsubscribe()
+        return None
 
     # Two passes: bindings first (module-wide, simple but sufficient for straight-line code).
     for node in ast.walk(tree):
@@ -260,13 +319,31 @@ def api_calls(module_name: str, tree: ast.AST, wrappers: dict[str, str]) -> tupl
             continue
         if method in CLIENT_NON_API:
             continue
+        keywords = tuple(sorted(k.arg for k in node.keywords if k.arg))
         try:
-            iam_actions(service, method)
+            iam_actions(service, method, keywords)
         except KeyError:
             problems.append(f"{module_name}:{node.lineno}: {service} client has no method {method}")
             continue
-        calls.append(ApiCall(module_name, node.lineno, service, method))
+        calls.append(ApiCall(module_name, node.lineno, service, method, keywords))
     return calls, problems
+
+
+def transport_misses(module_name: str, tree: ast.AST, calls: list[ApiCall]) -> list[str]:
+    """Calls in a transport module whose method is an SQS or SNS client method, on a line where
+    the scan attributed no call to a client: a client reached some way the rules do not know."""
+    operations = {m for service in TRANSPORT_SERVICES for m in method_map(service)}
+    seen = {(c.line, c.method) for c in calls if c.module == module_name}
+    seen |= {(c.line, "get_paginator") for c in calls if c.module == module_name}
+    misses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method = node.func.attr
+            if _dotted(node.func.value).rpartition(".")[2] in KOMBU_HELPERS:
+                continue
+            if (method in operations or method == "get_paginator") and (node.lineno, method) not in seen:
+                misses.append(f"{module_name}:{node.lineno}: {_dotted(node.func) or method}(...)")
+    return misses
 
 
 def calls_in(modules: dict[str, SourceModule], names: set[str], wrappers: dict[str, str] | None = None):
@@ -284,7 +361,7 @@ def actions_of(calls: list[ApiCall]) -> dict[str, list[str]]:
     """IAM action -> where it is called."""
     actions: dict[str, list[str]] = {}
     for call in calls:
-        for action in iam_actions(call.service, call.method):
+        for action in iam_actions(call.service, call.method, call.keywords):
             actions.setdefault(action, []).append(f"{call.module}:{call.line} {call.method}")
     return actions
 
@@ -316,8 +393,52 @@ def _limit_templates(modules: dict[str, SourceModule]) -> list[tuple[str, str]]:
     return templates
 
 
+def _module_constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level NAME = "string" bindings."""
+    found: dict[str, str] = {}
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = value.value
+    return found
+
+
+def _constant_scope(module: SourceModule, modules: dict[str, SourceModule]) -> tuple[dict[str, str], dict[str, str]]:
+    """What a name can refer to in `module`: its string constants plus those it imports by name
+    (from m import NAME [as alias]); and the aliases of the modules it imports (import m as alias,
+    from pkg import m), for alias.NAME. Imports inside functions count too."""
+    constants = dict(_module_constants(module.tree))
+    aliases: dict[str, str] = {}
+    is_package = module.path.name == "__init__.py"
+    package = module.name if is_package else module.name.rpartition(".")[0]
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if package else []
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            for alias in node.names:
+                local = alias.asname or alias.name
+                if f"{origin}.{alias.name}" in modules:
+                    aliases[local] = f"{origin}.{alias.name}"
+                elif origin in modules:
+                    value = _module_constants(modules[origin].tree).get(alias.name)
+                    if value is not None:
+                        constants.setdefault(local, value)
+    return constants, aliases
+
+
 def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """Environment variable -> where it is read; and reads whose name is not a literal."""
+    """Environment variable -> where it is read; and reads whose name is neither a literal nor a
+    string constant the scan can resolve."""
     reads: dict[str, list[str]] = {}
     dynamic: list[str] = []
     limit_prefixes = [p for p, _ in _limit_templates(modules)]
@@ -327,13 +448,34 @@ def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[s
 
     for module_name in sorted(names):
         tree = modules[module_name].tree
+        constants, aliases = _constant_scope(modules[module_name], modules)
+        # The config reader's own self.env.get(name) passes on the name its callers give, and
+        # those calls (read.str("X"), ...) are scanned: a parameter there is not a dynamic read.
+        passed_on: set[int] = set()
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            params = {a.arg for a in function.args.args + function.args.kwonlyargs}
+            for inner in ast.walk(function):
+                if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
+                        and _dotted(inner.func.value) == READER_ENV and inner.args
+                        and isinstance(inner.args[0], ast.Name) and inner.args[0].id in params):
+                    passed_on.add(id(inner))
+
+        def resolve(expr: ast.AST | None) -> str | None:
+            if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+                return expr.value
+            if isinstance(expr, ast.Name):
+                return constants.get(expr.id)
+            if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in aliases:
+                return _module_constants(modules[aliases[expr.value.id]].tree).get(expr.attr)
+            return None
+
         for node in ast.walk(tree):
             where = f"{module_name}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 receiver = _dotted(node.func.value)
                 method = node.func.attr
                 first = node.args[0] if node.args else None
-                literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+                literal = resolve(first)
                 if method == "limit" and receiver == "read" and literal:
                     for prefix in limit_prefixes:
                         note(prefix + literal, where)
@@ -342,13 +484,15 @@ def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[s
                         continue
                     if literal and ENV_NAME.match(literal):
                         note(literal, where)
-                    elif receiver in ("os.environ", "os") and first is not None and not literal:
+                    elif first is not None and literal is None and id(node) not in passed_on:
                         dynamic.append(where)
             elif isinstance(node, ast.Subscript) and _dotted(node.value) in ("os.environ", "env", "environ"):
-                key = node.slice
-                if isinstance(key, ast.Constant) and isinstance(key.value, str) and ENV_NAME.match(key.value):
-                    if isinstance(node.ctx, ast.Load):
-                        note(key.value, where)
+                if isinstance(node.ctx, ast.Load):
+                    key = resolve(node.slice)
+                    if key is not None and ENV_NAME.match(key):
+                        note(key, where)
+                    elif key is None:
+                        dynamic.append(where)
             elif isinstance(node, (ast.DictComp, ast.ListComp, ast.SetComp, ast.GeneratorExp)):
                 over_env = any(
                     isinstance(gen.iter, ast.Call) and isinstance(gen.iter.func, ast.Attribute)
@@ -360,6 +504,7 @@ def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[s
                         for op, right in zip(compare.ops, compare.comparators):
                             if isinstance(op, ast.In) and isinstance(right, (ast.Tuple, ast.List, ast.Set)):
                                 for element in right.elts:
-                                    if isinstance(element, ast.Constant) and isinstance(element.value, str) and ENV_NAME.match(element.value):
-                                        note(element.value, where)
+                                    value = resolve(element)
+                                    if value is not None and ENV_NAME.match(value):
+                                        note(value, where)
     return reads, dynamic

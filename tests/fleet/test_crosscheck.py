@@ -1,9 +1,13 @@
 """Cross-checks between the code, the IAM policies in deploy/terraform and the Ansible templates.
 
 - Every AWS API action the code can call (boto3 calls found by scanning the source that each
-  process runs) is granted to the IAM role of the instances that run it, and every granted
-  action is needed: called by that code, by kombu's SQS transport on its behalf (a short list,
-  each entry checked against kombu's source), or implied by a call (listed with its evidence).
+  process runs, nanogrid/transport/ included) is granted to the IAM role of the instances that
+  run it, and every granted action is needed: called by that code, by kombu's SQS transport on
+  its behalf (a short list, each entry checked against kombu's source), or implied by a call
+  (listed with its evidence).
+- The broadcast transport's grants on the dynamic prefix (nanogrid-fanout-*) are exactly the
+  queue actions the role needs, minus those its processes never perform on a per-process queue
+  (listed with the reason), and sqs:ListQueues is scoped to the account's queues of the region.
 - Every environment variable a process reads is set by the Ansible template of the role that
   runs it, or is on an explicit list of optional settings, each with the reason its default is
   right in production; the rendered files load with Settings.from_env.
@@ -76,6 +80,12 @@ FANOUT_LIBRARY_ACTIONS = {
     "sqs:SetQueueAttributes": ("set_queue_attributes", "kombu lets the topic deliver to a subscribed queue (queue policy)"),
     "sqs:GetQueueUrl": ("get_queue_url", "kombu resolves the URL of a subscribed queue"),
 }
+# Actions kombu's fanout needs through a parameter of one of its calls, as botocore documents it
+# (codescan.parameter_actions): action -> (client method, keyword, reason). Each is checked: kombu
+# passes that keyword to that method, and botocore still says the keyword needs the action.
+FANOUT_LIBRARY_PARAMETER_ACTIONS = {
+    "sns:TagResource": ("create_topic", "Tags", "kombu creates each broadcast topic with its own tags (CreateTopic Tags=...)"),
+}
 # Actions a call needs without being its name: (reason, file, regex that must match there).
 IMPLIED_ACTIONS = {
     "s3:ListBucket": ("S3BlobStore.get maps NoSuchKey to NotFound; without s3:ListBucket S3 answers a missing key with AccessDenied",
@@ -90,10 +100,28 @@ NOT_GRANTED = {
     },
 }
 # The only actions granted on every resource: IAM offers no resource-level permission for them.
-RESOURCE_STAR_ACTIONS = {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingGroups", "sqs:ListQueues"}
+RESOURCE_STAR_ACTIONS = {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingGroups"}
+# Actions without resource-level permissions that AWS still authorizes against an account-wide
+# resource: granted on exactly that (local name -> the ARN it must hold).
+ACCOUNT_SCOPED_ACTIONS = {
+    "sqs:ListQueues": ("account_queues_arn", "arn:${var.partition}:sqs:${var.region}:${var.account_id}:*"),
+}
+# Queue actions a role needs (on the task queue) but never performs on a per-process queue of the
+# broadcast transport: action -> reason. Everything else the role needs on SQS, it needs on the
+# dynamic prefix too (kombu serves those queues like any other: receive, delete, release, size,
+# policy), except sqs:ListQueues, which is not a queue action.
+NOT_ON_DYNAMIC_QUEUES = {
+    "controller": {
+        "sqs:SendMessage": "only a Celery worker answers remote control, into the caller's reply queue; the "
+                           "controllers' processes send tasks to the task queue, and control commands and "
+                           "task events through SNS",
+    },
+}
 
 # --- Environment: what may stay unset, and why --------------------------------------------------
 
+AI_LIMITS_REASON = ("per-run limits of the AI channel (only workers' sandboxed runs use it); the defaults in "
+                    "nanogrid/config.py are the documented ones (docs/ai.md)")
 OPTIONAL_EVERYWHERE = {
     "AWS_DEFAULT_REGION": "fallback when AWS_REGION is unset; the templates always set AWS_REGION",
     "AWS_ENDPOINT_URL": "points boto3 at a local emulator (moto); must stay unset against AWS",
@@ -114,6 +142,21 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_BIND": "gunicorn bind; derived from NANOGRID_HOST:NANOGRID_PORT",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
     "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
+    "NANOGRID_LOG_FORMAT": "json (the default) writes one object per line for the journal; text is for a terminal",
+    "PROMETHEUS_MULTIPROC_DIR": "`nanogrid api|worker` make a private directory per service start (in the unit's "
+                                "PrivateTmp) and remove it at exit; set only to choose the directory",
+    "NANOGRID_METRICS_PRIVATE_DIR": "internal: NanoGrid sets it beside PROMETHEUS_MULTIPROC_DIR when it made that "
+                                    "directory itself; never set by hand",
+    "NANOGRID_WORKER_METRICS_PORT": "the worker's /metrics exporter, default 9808 (0: off); nothing in the "
+                                    "architecture scrapes it, so no template or security group names it",
+    "NANOGRID_WORKER_METRICS_HOST": "default 127.0.0.1: the worker's exporter is reachable only on the instance",
+    "NANOGRID_AI_CONNECT_TIMEOUT_S": AI_LIMITS_REASON,
+    "NANOGRID_AI_TIMEOUT_S": AI_LIMITS_REASON,
+    "NANOGRID_AI_MAX_CALLS": AI_LIMITS_REASON,
+    "NANOGRID_AI_MAX_TOKENS": AI_LIMITS_REASON,
+    "NANOGRID_AI_MAX_REQUEST_BYTES": AI_LIMITS_REASON,
+    "NANOGRID_AI_MODELS": "empty allows every model the AI node serves, which are the ones the ai_node role pulls "
+                          "(runs cannot pull models: the channel refuses model management)",
 }
 RUN_LIMITS_REASON = "per-run sandbox limits (NANOGRID_DEFAULT_x / NANOGRID_MAX_x); the defaults in nanogrid/config.py are the documented ones"
 # Set by systemd or the OS, not by the templates.
@@ -224,6 +267,8 @@ def required(modules, iam: str, fanout: bool) -> dict[str, str]:
     library = {**LIBRARY_ACTIONS, **(FANOUT_LIBRARY_ACTIONS if fanout else {})}
     for action, (_, reason) in library.items():
         needs.setdefault(action, f"kombu: {reason}")
+    for action, (_, _, reason) in (FANOUT_LIBRARY_PARAMETER_ACTIONS if fanout else {}).items():
+        needs.setdefault(action, f"kombu: {reason}")
     for action, (reason, _, _) in IMPLIED_ACTIONS.items():
         if action.split(":")[0] in {a.split(":")[0] for a in needs}:
             needs.setdefault(action, reason)
@@ -244,6 +289,50 @@ def test_the_scanner_sees_the_storage_adapters(modules):
         assert action in actions, action
 
 
+def test_the_scanner_sees_the_transport(modules):
+    """The broadcast transport gets its clients from kombu's channel (self.sqs(...),
+    self.fanout.get_client(), registry entries' .sqs/.sns): the calls on them are found, and no
+    call of an SQS or SNS operation there is left unattributed."""
+    transport = {name for name in modules if codescan.is_transport(name)}
+    assert "nanogrid.transport.sqs" in transport
+    calls, problems = codescan.calls_in(modules, transport)
+    assert not problems, problems
+    actions = codescan.actions_of(calls)
+    for action in ("sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueueTags", "sqs:ListQueues", "sqs:DeleteQueue",
+                   "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sns:Unsubscribe",
+                   "sns:ListSubscriptionsByTopic"):
+        assert action in actions, action
+    misses = [m for name in sorted(transport) for m in codescan.transport_misses(name, modules[name].tree, calls)]
+    assert not misses, f"SQS/SNS operations called on something the scan does not know as a client: {misses}"
+    for process in ("api", "flower", "worker"):
+        assert "nanogrid.transport.sqs" in process_modules(modules, process), process
+
+
+def test_scanner_rules_for_transport_clients():
+    import ast
+
+    source = (
+        "class C:\n"
+        "    def f(self, sqs, entry, name):\n"
+        "        self.sqs(name).create_queue(QueueName='q', tags={})\n"
+        "        sqs.list_queues()\n"
+        "        entry.sns.unsubscribe(SubscriptionArn='a')\n"
+        "        self.fanout.get_client().publish(TopicArn='t', Message='m')\n"
+        "        other = self.conn\n"
+        "        other.send_message(QueueUrl='u', MessageBody='b')\n"
+    )
+    tree = ast.parse(source)
+    calls, problems = codescan.api_calls("nanogrid.transport.example", tree, {})
+    assert not problems, problems
+    found = codescan.actions_of(calls)
+    assert set(found) == {"sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueues", "sns:Unsubscribe", "sns:Publish"}
+    misses = codescan.transport_misses("nanogrid.transport.example", tree, calls)
+    assert len(misses) == 1 and "send_message" in misses[0], misses
+    # Outside the transports, a name is not a client: only client("...") calls and what they bind are.
+    calls, _ = codescan.api_calls("nanogrid.storage.example", tree, {})
+    assert calls == []
+
+
 def test_units_run_the_processes_the_checks_assume():
     for process, spec in PROCESSES.items():
         unit = (ANSIBLE / "roles" / spec["unit"]).read_text()
@@ -255,6 +344,13 @@ def test_library_actions_are_really_called_by_kombu():
     source = kombu_source()
     for action, (method, _) in {**LIBRARY_ACTIONS, **FANOUT_LIBRARY_ACTIONS}.items():
         assert re.search(rf"\.{method}\(|[\"']{method}[\"']", source), f"{action}: kombu no longer calls {method}"
+    for action, (method, keyword, _) in FANOUT_LIBRARY_PARAMETER_ACTIONS.items():
+        call = re.search(rf"\.{method}\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)", source)
+        assert call, f"{action}: kombu no longer calls {method}"
+        assert re.search(rf"\b{keyword}\s*=", call.group(0)), f"{action}: kombu no longer passes {keyword}= to {method}"
+        service = action.split(":")[0]
+        assert action in codescan.iam_actions(service, method, (keyword,)), (
+            f"{action}: botocore no longer documents {method}({keyword}=...) as needing it")
 
 
 def test_implied_and_withheld_actions_still_hold(modules):
@@ -308,6 +404,10 @@ def test_grants_are_scoped_to_resources(iam):
                 assert condition["variable"] == "cloudwatch:namespace"
             continue
         for action in actions:
+            if action in ACCOUNT_SCOPED_ACTIONS:
+                local, arn = ACCOUNT_SCOPED_ACTIONS[action]
+                assert resources == [f"${{local.{local}}}"], (action, resources)
+                assert tf_module("modules/compute").locals[local] == arn, (local, arn)
             if action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
                 assert all(r.endswith("/*") and "bucket" in r for r in resources), (action, resources)
             if action == "s3:ListBucket":
@@ -322,6 +422,38 @@ def test_grants_are_scoped_to_resources(iam):
         deny = [s for s in policy_statements(iam, fanout) if s.get("effect") == "Deny"]
         assert deny and deny[0]["resources"] == "${local.fixed_queue_arns}"
         assert "sqs:DeleteQueue" in deny[0]["actions"]
+
+
+def granted_on(iam: str, fanout: bool, resource: str) -> set[str]:
+    return {a for a, resources in granted(iam, fanout).items() if resource in resources}
+
+
+@pytest.mark.parametrize("iam", ["controller", "worker"])
+def test_dynamic_prefix_grants_are_what_the_transport_does_there(modules, iam):
+    fanout = root_default("celery_sns_fanout")
+    if not fanout:
+        assert not granted_on(iam, fanout, "${local.dynamic_queue_arn}")
+        return
+    needs = required(modules, iam, fanout)
+    withheld = NOT_ON_DYNAMIC_QUEUES.get(iam, {})
+    assert set(withheld) <= set(needs), f"{iam}: withheld from the dynamic queues but not needed at all: {withheld}"
+    expected = {a for a in needs if a.startswith("sqs:")} - set(ACCOUNT_SCOPED_ACTIONS) - set(withheld)
+    on_prefix = granted_on(iam, fanout, "${local.dynamic_queue_arn}")
+    assert on_prefix == expected, (
+        f"{iam} on the per-process queues: missing {sorted(expected - on_prefix)}, "
+        f"not needed there {sorted(on_prefix - expected)}")
+    topics = {a for a in needs if a.startswith("sns:")}
+    on_topics = granted_on(iam, fanout, "${local.dynamic_topic_arn}")
+    assert on_topics == topics, f"{iam} on the topics: missing {sorted(topics - on_topics)}, extra {sorted(on_topics - topics)}"
+
+
+def test_controller_processes_run_no_worker():
+    """NOT_ON_DYNAMIC_QUEUES["controller"] holds while no controller unit runs a Celery worker."""
+    for process, spec in PROCESSES.items():
+        unit = (ANSIBLE / "roles" / spec["unit"]).read_text()
+        exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+        runs_worker = re.search(r"\bworker\b", exec_start.split("=", 1)[1].split("--")[0]) is not None
+        assert runs_worker == (spec["iam"] == "worker"), (process, exec_start)
 
 
 def test_only_workers_read_the_gcp_secret_and_the_ai_node_calls_nothing():
@@ -468,6 +600,19 @@ def test_rendered_environment_loads_as_production_settings(process):
         assert settings.archive == "none"
     if process == "api":
         assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+
+
+def test_the_worker_metrics_exporter_stays_on_the_instance(modules):
+    """Nothing in the architecture scrapes the workers' exporter (no Prometheus), so it keeps its
+    loopback default, no template moves it, and no security group opens its port
+    (test_terraform checks the worker group has no ingress at all)."""
+    constants = codescan._module_constants(modules["nanogrid.metrics"].tree)
+    assert constants["DEFAULT_WORKER_HOST"] == "127.0.0.1"
+    for process in PROCESSES:
+        rendered = render_env(process)
+        assert "NANOGRID_WORKER_METRICS_HOST" not in rendered, process
+    ingress = tf_module("modules/network").resources["aws_vpc_security_group_ingress_rule"]
+    assert not [n for n, r in ingress.items() if "aws_security_group.worker.id" in r["security_group_id"]]
 
 
 def test_terraform_passes_every_deployment_value_the_playbooks_need():

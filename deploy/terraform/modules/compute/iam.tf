@@ -9,6 +9,13 @@ locals {
   dynamic_queue_arn   = "arn:${var.partition}:sqs:${var.region}:${var.account_id}:${var.dynamic_queue_prefix}*"
   fixed_queue_arns    = [var.task_queue.arn, var.dead_letter_queue.arn]
   lifecycle_hook_name = "${var.name}-worker-drain"
+
+  # sqs:ListQueues is authorized on the region's queues of the account as a whole: the SQS
+  # Developer Guide ("Amazon SQS API permissions: Actions and resource reference") gives its
+  # resource as arn:aws:sqs:region:account_id:*, and the Service Authorization Reference lists
+  # no resource type for it. A queue-name prefix (not even the call's QueueNamePrefix) cannot
+  # narrow it; this is the tightest resource it takes: this account, this region.
+  account_queues_arn = "arn:${var.partition}:sqs:${var.region}:${var.account_id}:*"
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -62,6 +69,9 @@ data "aws_iam_policy_document" "controller" {
     resources = ["${var.user_data_bucket.arn}/*"]
   }
 
+  # Without s3:ListBucket on a bucket, S3 answers GetObject/HeadObject on a missing key with
+  # 403 AccessDenied instead of 404 NoSuchKey; nanogrid/storage/s3.py maps NoSuchKey to NotFound
+  # (an unknown function, an expired output), so the role lists both buckets it reads from.
   statement {
     sid       = "BucketList"
     actions   = ["s3:ListBucket"]
@@ -103,32 +113,44 @@ data "aws_iam_policy_document" "controller" {
     resources = ["*"]
   }
 
+  # Broadcast (nanogrid/transport/sqs.py): kombu creates the SNS topic of each broadcast exchange
+  # (get-or-create, with its own tags: tagging on creation needs sns:TagResource besides
+  # sns:CreateTopic), publishes control commands and events to it, and subscribes each consuming
+  # process's queue; the transport's sweeper lists and removes subscriptions of deleted queues.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutTopics"
-      actions   = ["sns:CreateTopic", "sns:Publish", "sns:Subscribe", "sns:Unsubscribe", "sns:ListSubscriptionsByTopic"]
+      actions   = ["sns:CreateTopic", "sns:TagResource", "sns:Publish", "sns:Subscribe", "sns:Unsubscribe", "sns:ListSubscriptionsByTopic"]
       resources = [local.dynamic_topic_arn]
     }
   }
 
+  # The per-process queues (a worker's pidbox queue, a caller's reply queue, a monitor's event
+  # queue): created with their tags (sqs:TagQueue), heartbeat tags refreshed and read back,
+  # subscribed to a topic (kombu sets the queue policy), consumed, and deleted on exit or by
+  # the sweeper.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutQueues"
-      actions   = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueueTags", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+      actions   = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueueTags", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
       resources = [local.dynamic_queue_arn]
     }
   }
 
-  # ListQueues (the sweep of abandoned per-process queues, by prefix) has no resource-level
-  # permissions in IAM.
+  # No sqs:SendMessage on the per-process queues: only a Celery worker answers remote control
+  # (into the caller's reply queue). The controllers' processes only ask; their control
+  # commands and task events are published to SNS, which delivers them under the queue policy.
+
+  # The sweeper finds abandoned per-process queues with ListQueues(QueueNamePrefix=...), an
+  # action without resource-level permissions: see local.account_queues_arn.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutListQueues"
       actions   = ["sqs:ListQueues"]
-      resources = ["*"]
+      resources = [local.account_queues_arn]
     }
   }
 
@@ -163,6 +185,9 @@ data "aws_iam_policy_document" "worker" {
     resources = ["${var.user_data_bucket.arn}/*"]
   }
 
+  # Without s3:ListBucket on a bucket, S3 answers GetObject/HeadObject on a missing key with
+  # 403 AccessDenied instead of 404 NoSuchKey; nanogrid/storage/s3.py maps NoSuchKey to NotFound
+  # (an unknown function, an expired output), so the role lists both buckets it reads from.
   statement {
     sid       = "BucketList"
     actions   = ["s3:ListBucket"]
@@ -199,32 +224,51 @@ data "aws_iam_policy_document" "worker" {
     resources = [local.worker_asg_arn]
   }
 
+  # Broadcast (nanogrid/transport/sqs.py): kombu creates the SNS topic of each broadcast exchange
+  # (get-or-create, with its own tags: tagging on creation needs sns:TagResource besides
+  # sns:CreateTopic), publishes control commands and events to it, and subscribes each consuming
+  # process's queue; the transport's sweeper lists and removes subscriptions of deleted queues.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutTopics"
-      actions   = ["sns:CreateTopic", "sns:Publish", "sns:Subscribe", "sns:Unsubscribe", "sns:ListSubscriptionsByTopic"]
+      actions   = ["sns:CreateTopic", "sns:TagResource", "sns:Publish", "sns:Subscribe", "sns:Unsubscribe", "sns:ListSubscriptionsByTopic"]
       resources = [local.dynamic_topic_arn]
     }
   }
 
+  # The per-process queues (a worker's pidbox queue, a caller's reply queue, a monitor's event
+  # queue): created with their tags (sqs:TagQueue), heartbeat tags refreshed and read back,
+  # subscribed to a topic (kombu sets the queue policy), consumed, and deleted on exit or by
+  # the sweeper.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutQueues"
-      actions   = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueueTags", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+      actions   = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:ListQueueTags", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
       resources = [local.dynamic_queue_arn]
     }
   }
 
-  # ListQueues (the sweep of abandoned per-process queues, by prefix) has no resource-level
-  # permissions in IAM.
+  # Replies to remote control (celery inspect/control, Flower) go to the caller's reply queue
+  # (<caller id>.reply.celery.pidbox under the prefix): only workers answer.
+  dynamic "statement" {
+    for_each = var.celery_sns_fanout ? [1] : []
+    content {
+      sid       = "FanoutReplies"
+      actions   = ["sqs:SendMessage"]
+      resources = [local.dynamic_queue_arn]
+    }
+  }
+
+  # The sweeper finds abandoned per-process queues with ListQueues(QueueNamePrefix=...), an
+  # action without resource-level permissions: see local.account_queues_arn.
   dynamic "statement" {
     for_each = var.celery_sns_fanout ? [1] : []
     content {
       sid       = "FanoutListQueues"
       actions   = ["sqs:ListQueues"]
-      resources = ["*"]
+      resources = [local.account_queues_arn]
     }
   }
 
