@@ -84,7 +84,14 @@ class Settings:
     redispatch_after_s: float = 300.0
     max_dispatch_attempts: int = 3
 
+    # Private AI: the Ollama node runs reach through a per-run, allow-listed channel (nanogrid/ai)
     ai_endpoint: str = ""
+    ai_connect_timeout_s: float = 5.0
+    ai_timeout_s: float = 120.0  # longest wait for the AI node's next bytes
+    ai_max_calls: int = 100  # per run; 0: no limit
+    ai_max_tokens: int = 100_000  # prompt + eval tokens per run; 0: no limit
+    ai_max_request_bytes: int = 4 * 1024 * 1024
+    ai_models: tuple[str, ...] = ()  # empty: every model the node serves
 
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -161,6 +168,12 @@ class Settings:
             redispatch_after_s=read.float("NANOGRID_REDISPATCH_AFTER_S", cls.redispatch_after_s),
             max_dispatch_attempts=read.int("NANOGRID_MAX_DISPATCH_ATTEMPTS", cls.max_dispatch_attempts),
             ai_endpoint=read.str("AI_ENDPOINT", ""),
+            ai_connect_timeout_s=read.float("NANOGRID_AI_CONNECT_TIMEOUT_S", cls.ai_connect_timeout_s),
+            ai_timeout_s=read.float("NANOGRID_AI_TIMEOUT_S", cls.ai_timeout_s),
+            ai_max_calls=read.int("NANOGRID_AI_MAX_CALLS", cls.ai_max_calls),
+            ai_max_tokens=read.int("NANOGRID_AI_MAX_TOKENS", cls.ai_max_tokens),
+            ai_max_request_bytes=read.int("NANOGRID_AI_MAX_REQUEST_BYTES", cls.ai_max_request_bytes),
+            ai_models=tuple(m.strip() for m in read.str("NANOGRID_AI_MODELS", "").split(",") if m.strip()),
             extra={k: v for k, v in env.items() if k in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")},
         )
         settings.validate()
@@ -173,6 +186,14 @@ class Settings:
             raise ConfigError("NANOGRID_LEASE_S must be at least 1 s and NANOGRID_REAPER_INTERVAL_S positive")
         if self.worker_concurrency < 1:
             raise ConfigError("NANOGRID_WORKER_CONCURRENCY must be at least 1")
+        if self.ai_endpoint and (urlparse(self.ai_endpoint).scheme not in ("http", "https")
+                                 or not urlparse(self.ai_endpoint).hostname):
+            raise ConfigError(f"AI_ENDPOINT={self.ai_endpoint!r}: expected http://host:port (Ollama's address)")
+        if self.ai_connect_timeout_s <= 0 or self.ai_timeout_s <= 0:
+            raise ConfigError("NANOGRID_AI_CONNECT_TIMEOUT_S and NANOGRID_AI_TIMEOUT_S must be positive")
+        if min(self.ai_max_calls, self.ai_max_tokens) < 0 or self.ai_max_request_bytes < 1:
+            raise ConfigError("NANOGRID_AI_MAX_CALLS and NANOGRID_AI_MAX_TOKENS must be 0 (no limit) or more, "
+                              "NANOGRID_AI_MAX_REQUEST_BYTES positive")
         for name, limit in self.limits_document().items():
             if not 0 < limit["default"] <= limit["ceiling"]:
                 raise ConfigError(f"limit {name}: need 0 < default <= ceiling, got {limit}")

@@ -10,20 +10,24 @@ its code after version N+1 is uploaded.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 import uuid
 
 from nanogrid.bundles import Bundle
+from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound
+from nanogrid.sandbox import Limits
 from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
-SETTINGS_FIELDS = ("timeout_s", "memory_mb", "env")
+SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env")
 PUBLIC_FIELDS = (
     "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "created_at", "updated_at",
 )
+LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
 
 
 def code_key(function_id: str, version: int) -> str:
@@ -41,9 +45,9 @@ class FunctionRegistry:
         doc = {
             "function_id": function_id, "rev": 1, "name": name, "version": 1,
             "code_sha256": bundle.sha256, "handler": bundle.handler,
-            "timeout_s": options.get("timeout_s"), "memory_mb": options.get("memory_mb"),
             "env": options.get("env") or {}, "created_at": now, "updated_at": now,
         }
+        _set_limits(doc, options, {})
         self.table.insert(_name_id(name), {"rev": 1, "function_id": function_id})
         try:
             self.code.put(code_key(function_id, 1), bundle.data)
@@ -73,9 +77,10 @@ class FunctionRegistry:
         """New code or settings make a new version; an identical update changes nothing."""
         current = self.get(function_id)
         doc = copy.deepcopy(current)
-        for name in SETTINGS_FIELDS:
-            if name in options:
-                doc[name] = options[name] if name != "env" else (options[name] or {})
+        if "env" in options:
+            doc["env"] = options["env"] or {}
+        if any(name in options for name in ("limits", *LIMIT_SHORTCUTS)):
+            _set_limits(doc, options, requested_limits(current))
         if bundle is not None and (bundle.sha256 != doc["code_sha256"] or bundle.handler != doc["handler"]):
             doc.update(code_sha256=bundle.sha256, handler=bundle.handler)
         if doc == current:
@@ -98,8 +103,28 @@ class FunctionRegistry:
         return doc
 
 
-def public(doc: dict) -> dict:
+def requested_limits(doc: dict) -> dict:
+    """The limits a function asked for (documents from before `limits` have only the shortcuts)."""
+    legacy = {name: doc[name] for name in LIMIT_SHORTCUTS if doc.get(name) is not None}
+    return {**legacy, **(doc.get("limits") or {})}
+
+
+def _set_limits(doc: dict, options: dict, current: dict) -> None:
+    """A new `limits` object replaces the function's; top-level timeout_s / memory_mb change just those."""
+    limits = dict(options["limits"]) if "limits" in options else dict(current)
+    for name in LIMIT_SHORTCUTS:
+        if name in options:
+            limits[name] = options[name]
+    doc["limits"] = {name: value for name, value in limits.items() if value is not None}
+    for name in LIMIT_SHORTCUTS:
+        doc[name] = doc["limits"].get(name)
+
+
+def public(doc: dict, settings: Settings | None = None) -> dict:
+    """The API's view; with settings, `limits` is the full effective set (defaults filled in, ceilings applied)."""
     view = {name: doc.get(name) for name in PUBLIC_FIELDS}
+    requested = requested_limits(doc)
+    view["limits"] = dataclasses.asdict(Limits.resolve(settings, requested)) if settings is not None else requested
     for name in ("created_at", "updated_at"):
         view[name] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(view[name]))
     return view

@@ -35,6 +35,7 @@ OUTPUT_FIELDS = ("result", "stdout", "stderr")
 PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
+    "peak_memory_bytes", "cpu_time_ms",
 )
 
 
@@ -62,7 +63,8 @@ class JobStore:
 
     # -- creation and reads ------------------------------------------------------------------
 
-    def create(self, function: dict, run_input: Any) -> dict:
+    def create(self, function: dict, run_input: Any, limits: dict | None = None) -> dict:
+        """A PENDING job; limits: what this run asks for on top of the function's (already validated)."""
         now = time.time()
         job = {
             "job_id": str(uuid.uuid4()),
@@ -72,7 +74,11 @@ class JobStore:
             "status": PENDING,
             "input": run_input,
             # What the run needs from the function at this version, so an update cannot change it.
-            "spec": {k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env")},
+            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env")},
+                     # The requested limits: the function's (top-level shortcuts of older documents
+                     # included), then this run's; the worker resolves them against the settings.
+                     "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},
+                                **(function.get("limits") or {}), **(limits or {})}},
             "result": None, "stdout": "", "stderr": "", "exit_code": None, "error": None,
             "truncated": False, "duration_ms": None,
             "created_at": now, "started_at": None, "finished_at": None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -14,6 +13,7 @@ from nanogrid.ai import client as ai_client
 from nanogrid.api.errors import ApiError
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import FAILED, TERMINAL
+from nanogrid.sandbox import LimitError, Limits
 from nanogrid.services import Services
 from nanogrid.worker.celery_app import RUN_TASK
 
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
-FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "env"}
-RUN_FIELDS = {"input", "wait_s"}
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
+RUN_FIELDS = {"input", "wait_s", "limits"}
 
 
 def services() -> Services:
@@ -68,18 +68,19 @@ def function_options(body: dict) -> dict:
     """Per-function limits and env; limits may lower the defaults, never exceed the ceilings."""
     settings = services().settings
     options = {}
-    for name in ("timeout_s", "memory_mb"):
-        if body.get(name) is None:
-            continue
-        value = body[name]
-        if isinstance(value, str):
-            value = _number(name, value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ApiError(f"{name} must be a positive number")
-        ceiling = getattr(settings, name).ceiling
-        if value > ceiling:
-            raise ApiError(f"{name} may be at most {ceiling:g} on this installation")
-        options[name] = value if name == "timeout_s" else int(value)
+    try:
+        # timeout_s and memory_mb may also be given at the top level (and multipart form fields).
+        top_level = {n: body[n] for n in ("timeout_s", "memory_mb") if body.get(n) is not None}
+        options.update(Limits.check(settings, top_level))
+        if "limits" in body:
+            limits = parse_json(body["limits"].encode()) if isinstance(body["limits"], str) else body["limits"]
+            limits = Limits.check(settings, limits)
+            clash = [n for n in options if n in limits and limits[n] != options[n]]
+            if clash:
+                raise LimitError(f"{', '.join(clash)} given both at the top level and in limits, differently")
+            options["limits"] = {**limits, **options}
+    except LimitError as exc:
+        raise ApiError(str(exc)) from None
     if "env" in body:
         env = body["env"]
         if isinstance(env, str):
@@ -91,13 +92,6 @@ def function_options(body: dict) -> dict:
             raise ApiError(f"env may hold at most {MAX_ENV_BYTES} bytes", status=413, code="too_large")
         options["env"] = env or {}
     return options
-
-
-def _number(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ApiError(f"{name} must be a number") from None
 
 
 def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | None]:
@@ -206,7 +200,7 @@ def limits():
 def create_function():
     fields, bundle = read_function_upload(require_name=True)
     doc = services().functions.create(fields["name"], bundle, fields)
-    response = jsonify(functions.public(doc))
+    response = jsonify(functions.public(doc, services().settings))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_function", function_id=doc["function_id"])
     return response
@@ -214,12 +208,12 @@ def create_function():
 
 @bp.get("/functions")
 def list_functions():
-    return jsonify({"functions": [functions.public(d) for d in services().functions.list()]})
+    return jsonify({"functions": [functions.public(d, services().settings) for d in services().functions.list()]})
 
 
 @bp.get("/functions/<function_id>")
 def get_function(function_id: str):
-    return jsonify(functions.public(services().functions.get(function_id)))
+    return jsonify(functions.public(services().functions.get(function_id), services().settings))
 
 
 @bp.put("/functions/<function_id>")
@@ -232,7 +226,7 @@ def update_function(function_id: str):
     if bundle is None and fields["handler"] is not None:
         bundle = _bundle(("main.py", svc.functions.code_of(current)), fields["handler"])
     options = {k: v for k, v in fields.items() if k in functions.SETTINGS_FIELDS}
-    return jsonify(functions.public(svc.functions.update(function_id, bundle, options)))
+    return jsonify(functions.public(svc.functions.update(function_id, bundle, options), svc.settings))
 
 
 @bp.delete("/functions/<function_id>")
@@ -253,7 +247,11 @@ def run_function(function_id: str):
     wait_s = body.get("wait_s", settings.default_wait_s)
     if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= settings.max_wait_s:
         raise ApiError(f"wait_s must be a number from 0 to {settings.max_wait_s:g}")
-    job = svc.jobs.create(function, run_input)
+    try:
+        run_limits = Limits.check(settings, body.get("limits"))  # this run only, within the ceilings
+    except LimitError as exc:
+        raise ApiError(str(exc)) from None
+    job = svc.jobs.create(function, run_input, run_limits)
     try:
         svc.celery.send_task(RUN_TASK, args=[job["job_id"]])
     except Exception as exc:  # noqa: BLE001 - any publish failure: record it, tell the client, keep nothing PENDING

@@ -8,24 +8,49 @@ so the Docker and process backends cannot disagree about what a timeout or an OO
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import signal
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 from nanogrid.config import Settings
 
 LABEL_JOB = "nanogrid.job"
 LABEL_FUNCTION = "nanogrid.function"
 LABEL_WORKER = "nanogrid.worker"
+LABEL_INSTANCE = "nanogrid.instance"
 RUN_FILE = ".nanogrid-run.json"
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 
 # Frames the runner writes on its stdout: one type byte, a 4-byte big-endian length, the payload.
 FRAME_HEADER = struct.Struct(">cI")
 STDOUT, STDERR, RESULT, EXIT = b"o", b"e", b"r", b"x"
+
+
+def instance_id(settings: Settings) -> str:
+    """Which installation a sandbox belongs to: the Redis that holds its jobs' leases.
+
+    The reaper keeps the sandboxes of jobs that Redis lists as running and removes the others;
+    two installations (or test stacks) sharing one dockerd must not remove each other's.
+    """
+    url = urlparse(settings.redis_url)
+    where = f"{url.hostname}:{url.port or 6379}{url.path or '/0'}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+class LimitError(ValueError):
+    """A requested limit is malformed, below the floor, or above the installation's ceiling."""
+
+
+# The smallest values a run can work with: the runner itself needs a few processes, files and MB.
+LIMIT_FLOORS = {"timeout_s": 0.1, "memory_mb": 16, "cpus": 0.05, "pids": 8, "open_files": 32, "file_size_mb": 1,
+                "tmpfs_mb": 1, "output_bytes": 1024}
+FRACTIONAL_LIMITS = frozenset({"timeout_s", "cpus"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +69,49 @@ class Limits:
         """Defaults from settings; a function may lower a limit but never raise it past the ceiling."""
         requested = requested or {}
         values = {name: getattr(settings, name).clamp(requested.get(name)) for name in cls.__dataclass_fields__}
-        return cls(**{n: (v if n in ("timeout_s", "cpus") else int(v)) for n, v in values.items()})
+        return cls(**{n: (v if n in FRACTIONAL_LIMITS else int(v)) for n, v in values.items()})
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)
+
+    @classmethod
+    def check(cls, settings: Settings, requested) -> dict:
+        """Validate limits a function or a run asks for: {name: value}, each within floor..ceiling.
+
+        Returns them normalised (whole numbers where the limit is one); raises LimitError with a
+        message fit for the API's 400 answer.
+        """
+        if requested is None:
+            return {}
+        if not isinstance(requested, dict):
+            raise LimitError(f"limits must be an object with any of: {', '.join(cls.names())}")
+        unknown = sorted(set(requested) - set(cls.names()))
+        if unknown:
+            raise LimitError(f"unknown limit(s): {', '.join(unknown)}; known: {', '.join(cls.names())}")
+        checked = {}
+        for name, value in requested.items():
+            if value is None:
+                continue
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise LimitError(f"{name} must be a number") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise LimitError(f"{name} must be a number")
+            if name not in FRACTIONAL_LIMITS:
+                if value != int(value):
+                    raise LimitError(f"{name} must be a whole number")
+                value = int(value)
+            floor, ceiling = LIMIT_FLOORS[name], getattr(settings, name).ceiling
+            if value < floor:
+                raise LimitError(f"{name} must be at least {floor:g}")
+            if value > ceiling:
+                raise LimitError(f"{name} may be at most {ceiling:g} on this installation (GET /limits)")
+            checked[name] = value
+        return checked
 
 
 @dataclass(frozen=True)
@@ -54,6 +121,7 @@ class RunSpec:
     run_dir: Path  # holds main.py (and the rest of the bundle) plus RUN_FILE
     handler: str | None  # None: run main.py as a script
     limits: Limits
+    ai_socket_dir: Path | None = None  # the run's AI channel (nanogrid/ai/channel.py), when AI_ENDPOINT is set
 
 
 @dataclass
@@ -75,6 +143,7 @@ class RawRun:
     duration_ms: int = 0
     peak_memory_bytes: int | None = None
     cpu_time_ms: int | None = None
+    garbled: bool = False  # the frame stream broke (something wrote into the runner's own stdout)
 
 
 @dataclass
@@ -101,7 +170,8 @@ class FrameReader:
     """Parses the runner's frame stream incrementally, enforcing the output cap.
 
     User output beyond the cap is dropped (the head is kept) and `over_cap` is set so the
-    caller kills the sandbox; nothing here buffers more than the cap plus one frame.
+    caller kills the sandbox; nothing here buffers more than the cap plus one frame. A stream that
+    stops being frames sets `garbled`: everything after it is ignored and the caller kills the run.
     """
 
     def __init__(self, output_cap: int, result_cap: int = 8 * 1024 * 1024):
@@ -117,6 +187,8 @@ class FrameReader:
         self.garbled = False
 
     def feed(self, data: bytes) -> None:
+        if self.garbled:
+            return
         self.buffer += data
         while len(self.buffer) >= FRAME_HEADER.size:
             kind, length = FRAME_HEADER.unpack_from(self.buffer)
@@ -143,16 +215,21 @@ class FrameReader:
             target += payload[: max(room, 0)]
             if self.output_seen > self.output_cap:
                 self.over_cap = True
-        else:
+        elif kind == RESULT:
+            # Whatever the user code wrote into its result channel: it may be anything.
             try:
                 value = json.loads(payload)
-            except ValueError:
+                if b"\\ud" in payload.lower():
+                    value = _without_lone_surrogates(value)
+            except (ValueError, RecursionError):
+                value = {"ok": False, "error": "invalid_result", "message": "the result is not valid JSON"}
+            self.result = value if isinstance(value, dict) else {"ok": False, "error": "invalid_result",
+                                                                  "message": "the result is not a JSON object"}
+        else:
+            try:
+                self.exit = json.loads(payload)
+            except (ValueError, RecursionError):
                 self.garbled = True
-                return
-            if kind == RESULT:
-                self.result = value
-            else:
-                self.exit = value
 
     def fill(self, raw: RawRun) -> None:
         raw.stdout, raw.stderr, raw.result = bytes(self.stdout), bytes(self.stderr), self.result
@@ -161,13 +238,30 @@ class FrameReader:
             raw.exit_code = self.exit.get("exit_code")
             raw.exit_signal = self.exit.get("signal")
             raw.memory_error = bool(self.exit.get("memory_error"))
+            if isinstance(self.exit.get("max_rss_kb"), int):
+                raw.peak_memory_bytes = self.exit["max_rss_kb"] * 1024
+            if isinstance(self.exit.get("cpu_ms"), int):
+                raw.cpu_time_ms = self.exit["cpu_ms"]
+        raw.garbled = raw.garbled or self.garbled
+
+
+def _without_lone_surrogates(value):
+    """JSON may escape half a surrogate pair, which no UTF-8 store accepts: make those U+FFFD."""
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
+
+# The failures a runner's result may report; anything else a result claims is an invalid result.
+RESULT_ERRORS = frozenset({"invalid_result", "memory_limit"})
 
 
 def classify(raw: RawRun, limits: Limits) -> Outcome:
     """The single mapping from what the sandbox saw to the job's terminal state and error type."""
 
     def failed(error_type: str, message: str, **extra) -> Outcome:
-        return Outcome("FAILED", error={"type": error_type, "message": message}, exit_code=raw.exit_code, extra=extra)
+        # The signal that ended the run is part of the error the client sees; exit_code is a job field.
+        error = {"type": error_type, "message": message, **({"signal": extra["signal"]} if "signal" in extra else {})}
+        return Outcome("FAILED", error=error, exit_code=raw.exit_code, extra=extra)
 
     if raw.cancelled:
         return failed("cancelled", "the run was cancelled")
@@ -182,8 +276,19 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         )
     if raw.oom_killed or raw.memory_error:
         return failed("memory_limit", f"the run exceeded its memory limit of {limits.memory_mb} MB")
+    if raw.garbled:
+        return failed("runtime_error", "the run wrote into the sandbox's own output stream, which no longer made "
+                                       "sense; the run was stopped")
     if raw.exit_signal == signal.SIGXFSZ:
         return failed("file_limit", f"the run wrote a file larger than {limits.file_size_mb} MB")
+    if raw.exit_code is None and raw.exit_signal is None and (raw.runner_exit_code or 0) > 128:
+        # Nobody on our side killed the runner (deadline, output cap, cancel and OOM are handled
+        # above): the function's own code did (it runs as the same user), or someone on the host.
+        number = raw.runner_exit_code - 128
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+        return failed("runtime_error", f"the sandbox's runner was killed by signal {name} before it could report "
+                                       "the run's exit (not by NanoGrid: by the function's own code, or on the host)",
+                      signal=number)
     if raw.exit_code is None and raw.exit_signal is None:
         detail = raw.runner_stderr.decode("utf-8", "replace").strip()[-500:]
         return failed("sandbox_error", "the sandbox ended without reporting the run's exit" + (f": {detail}" if detail else ""))
@@ -194,7 +299,8 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         last_line = next((line for line in reversed(raw.stderr.decode("utf-8", "replace").splitlines()) if line.strip()), "")
         detail = f": {last_line.strip()[:300]}" if last_line else ""
         return failed("runtime_error", f"the function exited with code {raw.exit_code}{detail}")
-    if raw.result is not None and not raw.result.get("ok", False):
-        return failed(raw.result.get("error", "invalid_result"), raw.result.get("message", "invalid result"))
+    if raw.result is not None and raw.result.get("ok") is not True:
+        error_type = raw.result.get("error") if raw.result.get("error") in RESULT_ERRORS else "invalid_result"
+        return failed(error_type, str(raw.result.get("message", "invalid result"))[:1000])
     value = raw.result.get("value") if raw.result else None
     return Outcome("SUCCESS", result=value, exit_code=raw.exit_code)

@@ -3,7 +3,8 @@
 It is NOT isolation: the code runs as the worker's user, sees its filesystem and network.
 What it does give is the same runner and frames as the Docker sandbox, a minimal environment
 (no worker secrets), a private scratch directory, kernel rlimits on memory, CPU time, open files
-and file size, and the same deadline and output cap, enforced by killing the process group.
+and file size, and the same deadline and output cap, enforced by killing the runner's whole
+process tree (the runner is a child subreaper, so even double-forked, setsid'd leftovers are in it).
 """
 
 from __future__ import annotations
@@ -54,7 +55,43 @@ def _apply_rlimits(rlimits: list[tuple[int, int]]) -> None:
         resource.setrlimit(kind, (value, value))
 
 
+def _descendants(root: int) -> list[int]:
+    """Every live process below root, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            found.append(pid)
+            todo.append(pid)
+    return found
+
+
 def _kill_group(process: subprocess.Popen) -> None:
+    """Kill every process below the runner, then its process group and the runner itself.
+
+    The runner is a child subreaper: while it lives, leftovers that setsid'd out of its group are
+    still its descendants, so they are killed first (a few passes, for processes still forking).
+    """
+    for _ in range(5):
+        pids = _descendants(process.pid) if process.poll() is None else []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not pids:
+            break
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -140,7 +177,7 @@ class ProcessSandbox:
                     else:
                         runner_stderr += data
                         del runner_stderr[:-RUNNER_STDERR_KEEP]
-                if frames.over_cap:
+                if frames.over_cap or frames.garbled:
                     _kill_group(process)
                     break
         try:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from nanogrid.errors import Unavailable
-from nanogrid.sandbox import LABEL_FUNCTION, LABEL_JOB, LABEL_WORKER, RUN_FILE, Limits, RunSpec, classify
+from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_WORKER, RUN_FILE, Limits, RunSpec,
+                              classify, instance_id)
+from nanogrid.sandbox import docker as docker_sandbox
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.sandbox.image import image_status
 
@@ -210,14 +212,44 @@ def test_unprivileged_user_without_capabilities(run):
             return {
                 "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
                 "cap_eff": status["CapEff"].strip(), "cap_prm": status["CapPrm"].strip(),
-                "no_new_privs": status["NoNewPrivs"].strip(),
+                "cap_bnd": status["CapBnd"].strip(), "cap_amb": status["CapAmb"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
             }
         """,
         handler="handler",
     )
     assert outcome.status == "SUCCESS", outcome
+    # Seccomp 2: a filter is installed (Docker's default profile; unconfined would show 0).
     assert outcome.result == {"uid": 65534, "gid": 65534, "groups": [65534], "cap_eff": "0000000000000000",
-                              "cap_prm": "0000000000000000", "no_new_privs": "1"}
+                              "cap_prm": "0000000000000000", "cap_bnd": "0000000000000000",
+                              "cap_amb": "0000000000000000", "no_new_privs": "1", "seccomp": "2"}
+
+
+def test_container_settings(sandbox, prepare):
+    """What dockerd was asked for, read back from the container before it runs."""
+    spec = prepare("print('never started')\n", memory_mb=96, pids=40, cpus=0.5)
+    container = sandbox._create(spec)
+    try:
+        container.reload()
+        host, config = container.attrs["HostConfig"], container.attrs["Config"]
+    finally:
+        sandbox._remove(container)
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] and host["Init"]
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]  # no seccomp=unconfined, no apparmor=unconfined
+    assert host["Memory"] == host["MemorySwap"] == 96 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 40
+    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=32m,mode=1777"}
+    assert host["ShmSize"] == 32 * 1024 * 1024
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
+    assert not host.get("Binds") and [m["Target"] for m in host["Mounts"]] == ["/code"]
+    assert all(m["ReadOnly"] for m in host["Mounts"])
+    assert config["User"] == "65534:65534"
+    assert {k: config["Labels"][k] for k in (LABEL_JOB, LABEL_FUNCTION, LABEL_WORKER, LABEL_INSTANCE)} == {
+        LABEL_JOB: spec.job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID,
+        LABEL_INSTANCE: instance_id(sandbox.settings)}
+    names = {entry.split("=", 1)[0] for entry in config["Env"]}
+    assert names <= {"HOME", "LANG", "PATH", "PYTHONPATH"}, config["Env"]
 
 
 def test_read_only_root_and_code_noexec_tmp(run):
@@ -340,12 +372,15 @@ def test_kill_cancels_the_run(sandbox, runtime_image, prepare, same_instance):
 
 
 def test_labels_and_remove_containers(sandbox, runtime_image):
-    jobs = [f"test-leftover-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    jobs = [f"test-leftover-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    foreign = jobs[3]  # another installation (another Redis) on the same dockerd
     try:
         for job_id in jobs:
+            instance = "someone-else" if job_id == foreign else sandbox.instance
             container = sandbox.client.containers.create(
                 runtime_image.runtime_image, ["python3", "-c", "import time; time.sleep(600)"],
-                labels={LABEL_JOB: job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID},
+                labels={LABEL_JOB: job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID,
+                        LABEL_INSTANCE: instance},
                 network_mode="none",
             )
             if job_id != jobs[2]:
@@ -354,10 +389,108 @@ def test_labels_and_remove_containers(sandbox, runtime_image):
         assert job_containers(sandbox, jobs[0]) == []
         # Other test runs may share this dockerd: keep every job container that is not ours.
         others = {c["Labels"][LABEL_JOB] for c in sandbox.client.api.containers(all=True, filters={"label": LABEL_JOB})}
-        assert sandbox.remove_containers(keep=(others - {jobs[2]})) == 1
+        assert sandbox.remove_containers(keep=(others - {jobs[2], foreign})) == 1
         assert job_containers(sandbox, jobs[2]) == []
         assert len(job_containers(sandbox, jobs[1])) == 1
-        assert sandbox.remove_containers(job_ids={jobs[1]}) == 1
-        assert sandbox.remove_containers(job_ids={jobs[1]}) == 0
+        # The sweep never touches another installation's sandboxes, though it does not keep them...
+        assert sandbox.remove_containers(keep=(others - {jobs[1], foreign})) == 1
+        assert job_containers(sandbox, jobs[1]) == []
+        assert len(job_containers(sandbox, foreign)) == 1
+        # ...but removal by job id does, whoever started them.
+        assert sandbox.remove_containers(job_ids={foreign}) == 1
+        assert sandbox.remove_containers(job_ids={jobs[1], foreign}) == 0
     finally:
         sandbox.remove_containers(job_ids=set(jobs))
+
+
+def test_peak_memory_and_cpu_time(run):
+    raw, outcome = run(
+        """
+        import time
+        data = bytearray(48 * 1024 * 1024)
+        for i in range(0, len(data), 4096):
+            data[i] = 1
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        """,
+        memory_mb=128,
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert 48 * 1024 * 1024 < raw.peak_memory_bytes < 128 * 1024 * 1024
+    assert 300 <= raw.cpu_time_ms < 5000
+
+
+def test_the_deadline_holds_when_a_kill_does_not(sandbox, prepare, monkeypatch):
+    """container.kill() that does nothing (a wedged runtime): the stream is cut and the container
+    force-removed KILL_GRACE_S after the deadline, instead of waiting for the stream forever."""
+    monkeypatch.setattr(docker_sandbox._Supervisor, "_send_kill", lambda self: None)
+    spec = prepare("import time\ntime.sleep(600)\n", timeout_s=1)
+    started = time.monotonic()
+    raw = sandbox.run(spec)
+    elapsed = time.monotonic() - started
+    assert raw.timed_out and classify(raw, spec.limits).error["type"] == "timeout"
+    assert elapsed < 1 + docker_sandbox.KILL_GRACE_S + 2 * docker_sandbox.EXIT_WAIT_S + 2
+    assert job_containers(sandbox, spec.job_id) == []
+
+
+def test_a_function_that_kills_its_runner_is_not_a_cancellation(run):
+    raw, outcome = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n")
+    assert raw.runner_exit_code == 137 and not raw.cancelled
+    assert outcome.error["type"] == "runtime_error" and outcome.error["signal"] == 9, outcome
+
+
+def test_the_runner_is_out_of_the_user_codes_reach(run):
+    raw, outcome = run(
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def handler(event, context):
+            runner = os.getppid()
+            try:
+                open(f"/proc/{runner}/fd/1", "wb").close()
+                fd = "opened"
+            except OSError as exc:
+                fd = type(exc).__name__
+            attach = libc.ptrace(16, runner, None, None)  # PTRACE_ATTACH
+            return {"fd": fd, "ptrace": attach == -1 and ctypes.get_errno(),
+                    "own_environ": bool(open("/proc/self/environ", "rb").read())}
+        """,
+        handler="handler",
+    )
+    assert outcome.result == {"fd": "PermissionError", "ptrace": 1, "own_environ": True}, outcome  # 1: EPERM
+
+
+def test_background_processes_die_with_the_run(run):
+    raw, outcome = run(
+        """
+        import os, sys, time
+        def handler(event, context):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    while True:
+                        print("still here", flush=True)
+                        time.sleep(0.1)
+                os._exit(0)
+            time.sleep(0.3)
+            return "returned"
+        """,
+        handler="handler", timeout_s=10,
+    )
+    assert outcome.status == "SUCCESS" and outcome.result == "returned", outcome
+    assert raw.duration_ms < 5000
+
+
+def test_a_garbled_stream_stops_the_run(run):
+    raw, outcome = run(
+        """
+        import time
+        with open("/proc/1/fd/1", "wb", buffering=0) as init_stdout:
+            init_stdout.write(b"this is not a frame" * 100)
+        time.sleep(60)
+        """,
+        timeout_s=20,
+    )
+    assert raw.garbled and outcome.error["type"] == "runtime_error", outcome
+    assert raw.duration_ms < 10_000

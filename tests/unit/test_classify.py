@@ -7,7 +7,9 @@ import signal
 
 import pytest
 
-from nanogrid.sandbox import EXIT, FRAME_HEADER, RESULT, STDERR, STDOUT, FrameReader, Limits, RawRun, classify
+from nanogrid.config import Limit, Settings
+from nanogrid.sandbox import (EXIT, FRAME_HEADER, RESULT, STDERR, STDOUT, FrameReader, LimitError, Limits, RawRun,
+                              classify, instance_id)
 
 LIMITS = Limits(timeout_s=5, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=1000)
@@ -74,6 +76,40 @@ def test_garbled_streams_are_flagged_not_buffered(data):
     reader.feed(data)
     assert reader.garbled
     assert len(reader.buffer) == 0
+    reader.feed(frame(STDOUT, b"after") + json_frame(EXIT, {"exit_code": 0}))  # nothing after it is trusted
+    assert reader.stdout == b"" and reader.exit is None and not reader.buffer
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"{not json", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    (b"[1, 2]", "not a JSON object"),
+], ids=["bad-json", "deeply-nested", "not-an-object"])
+def test_a_hostile_result_is_an_invalid_result(payload, message):
+    reader = FrameReader(1000)
+    reader.feed(frame(RESULT, payload) + json_frame(EXIT, {"exit_code": 0, "signal": None}))
+    assert not reader.garbled
+    raw = RawRun()
+    reader.fill(raw)
+    outcome = classify(raw, LIMITS)
+    assert outcome.error["type"] == "invalid_result" and message in outcome.error["message"]
+
+
+def test_lone_surrogates_in_a_result_become_replacement_characters():
+    reader = FrameReader(1000)
+    reader.feed(frame(RESULT, b'{"ok": true, "value": {"half": "a\\udc80b", "pair": "\\ud83d\\ude00"}}'))
+    value = reader.result["value"]
+    assert value["pair"] == "\U0001f600"
+    assert value["half"].startswith("a\ufffd") and value["half"].endswith("b")
+    value["half"].encode("utf-8")  # storable
+
+
+def test_fill_takes_the_runners_accounting():
+    reader = FrameReader(1000)
+    reader.feed(json_frame(EXIT, {"exit_code": 0, "signal": None, "max_rss_kb": 2048, "cpu_ms": 17}))
+    raw = RawRun()
+    reader.fill(raw)
+    assert (raw.peak_memory_bytes, raw.cpu_time_ms) == (2048 * 1024, 17)
 
 
 def test_fill():
@@ -114,8 +150,11 @@ def test_success_with_and_without_result():
     (finished(exit_code=2), "runtime_error"),
     (finished(result={"ok": False, "error": "invalid_result", "message": "not JSON"}), "invalid_result"),
     (finished(result={"no": "ok key"}), "invalid_result"),
+    (finished(result={"ok": False, "error": "timeout", "message": "a lie"}), "invalid_result"),
+    (finished(garbled=True, exit_code=None), "runtime_error"),
+    (RawRun(runner_exit_code=137), "runtime_error"),
 ], ids=["cancelled", "timeout", "output", "oom", "memory-error", "file", "sandbox", "signal", "exit-code",
-        "invalid-result", "malformed-result"])
+        "invalid-result", "malformed-result", "result-claims-another-error", "garbled", "runner-killed"])
 def test_error_types_and_their_precedence(raw, expected):
     assert error_type(raw) == expected
 
@@ -132,3 +171,40 @@ def test_messages_name_the_limit_and_the_detail():
 
 def test_failed_outcome_keeps_the_exit_code():
     assert classify(finished(exit_code=3), LIMITS).exit_code == 3
+
+
+def test_signals_are_part_of_the_error():
+    assert classify(finished(exit_code=None, exit_signal=signal.SIGSEGV), LIMITS).error["signal"] == 11
+    killed = classify(RawRun(runner_exit_code=137), LIMITS).error
+    assert killed["signal"] == 9 and "runner" in killed["message"]
+    assert "signal" not in classify(finished(exit_code=2), LIMITS).error
+
+
+SETTINGS = Settings()
+
+
+def test_limits_check_normalises_and_refuses():
+    assert Limits.check(SETTINGS, None) == {}
+    assert Limits.check(SETTINGS, {"timeout_s": "2.5", "memory_mb": 64.0, "pids": None}) == {"timeout_s": 2.5,
+                                                                                             "memory_mb": 64}
+    for bad, message in [
+        ([1], "must be an object"), ({"gpus": 1}, "unknown limit"), ({"memory_mb": "lots"}, "must be a number"),
+        ({"pids": 1.5}, "whole number"), ({"pids": True}, "must be a number"), ({"cpus": float("nan")}, "number"),
+        ({"memory_mb": 1}, "at least 16"), ({"timeout_s": 0}, "at least"), ({"memory_mb": 10**6}, "at most 4096"),
+        ({"output_bytes": 17 * 1024 * 1024}, "at most"), ({"pids": 10**400}, "at most"),
+    ]:
+        with pytest.raises(LimitError, match=message):
+            Limits.check(SETTINGS, bad)
+
+
+def test_limits_resolve_fills_defaults_and_applies_ceilings():
+    limits = Limits.resolve(SETTINGS.replace(memory_mb=Limit(256, 512)),
+                            {"memory_mb": 4096, "pids": 16})
+    assert (limits.memory_mb, limits.pids, limits.timeout_s) == (512, 16, 30)
+
+
+def test_instance_id_names_the_redis_of_the_installation():
+    one = instance_id(Settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert one == instance_id(Settings(redis_url="redis://:secret@127.0.0.1:6379/0"))
+    assert one != instance_id(Settings(redis_url="redis://127.0.0.1:6380/0"))
+    assert one != instance_id(Settings(redis_url="redis://127.0.0.1:6379/1"))

@@ -196,3 +196,83 @@ def test_kill_cancels_the_run(sandbox, prepare):
 def test_remove_containers_has_nothing_to_remove(sandbox):
     assert sandbox.remove_containers(job_ids={"a"}) == 0
     assert sandbox.remove_containers(keep=set()) == 0
+
+
+def test_setsid_orphans_die_with_the_run(run):
+    """A double-forked, setsid'd process leaves the process group: the runner (a child subreaper)
+    kills it when the handler returns."""
+    raw, outcome = run(
+        """
+        import os, time
+        def handler(event, context):
+            reader, writer = os.pipe()
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.write(writer, str(os.getpid()).encode())
+                    time.sleep(600)
+                os._exit(0)
+            return int(os.read(reader, 32))
+        """,
+        handler="handler",
+    )
+    assert outcome.status == "SUCCESS", outcome
+    deadline = time.monotonic() + 5
+    while _alive(outcome.result):
+        assert time.monotonic() < deadline, "the orphan outlived the run"
+        time.sleep(0.05)
+
+
+def test_timeout_kills_setsid_descendants(run):
+    raw, outcome = run(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            print(os.getpid(), flush=True)
+            time.sleep(600)
+        time.sleep(600)
+        """,
+        timeout_s=1,
+    )
+    assert outcome.error["type"] == "timeout"
+    pid = int(raw.stdout)
+    deadline = time.monotonic() + 5
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the setsid'd process outlived the timeout"
+        time.sleep(0.05)
+
+
+def test_peak_memory_and_cpu_time_from_the_runner(run):
+    raw, outcome = run(
+        """
+        import time
+        data = bytearray(64 * 1024 * 1024)
+        for i in range(0, len(data), 4096):
+            data[i] = 1
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+        """
+    )
+    assert outcome.status == "SUCCESS", outcome
+    assert 64 * 1024 * 1024 < raw.peak_memory_bytes < 256 * 1024 * 1024
+    assert 200 <= raw.cpu_time_ms < 5000
+
+
+def test_a_function_that_kills_its_runner(run):
+    raw, outcome = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n")
+    assert not raw.cancelled
+    assert outcome.error["type"] == "runtime_error" and outcome.error["signal"] == 9, outcome
+
+
+@pytest.mark.parametrize("code, message", [
+    # Written straight into the result pipe, bypassing the runner's own json.dumps.
+    ("import os, stat\nfor fd in range(3, 64):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+     "            os.write(fd, b'[' * 100000 + b']' * 100000)\n    except OSError:\n        pass\n",
+     "not valid JSON"),
+    ("def handler(event, context):\n    return 'x' * (9 * 1024 * 1024)\n", "bytes of JSON"),
+], ids=["deeply-nested", "oversized"])
+def test_hostile_results_are_invalid_results(run, code, message):
+    raw, outcome = run(code, handler="handler" if "def handler" in code else None)
+    assert outcome.error["type"] == "invalid_result" and message in outcome.error["message"], outcome

@@ -8,6 +8,10 @@ stdout and stderr are pipes; this process relays them as frames and then reports
 result and the child's exit status, so the worker gets binary-safe output, a result channel
 that print() cannot corrupt, and the exit status even when the code segfaults. Standard library
 only: it runs on the bare Python of the runtime image.
+
+The runner makes itself non-dumpable, so the user code (same uid) can neither ptrace it nor open
+its file descriptors through /proc to forge frames, and a child subreaper, so processes the user
+code double-forks into the background are reparented to it and killed when the run ends.
 """
 
 import asyncio
@@ -27,6 +31,21 @@ HEADER = struct.Struct(">cI")
 CHUNK = 64 * 1024
 RESULT_CAP = 8 * 1024 * 1024
 DRAIN_S = 0.2
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+# How long the runner keeps killing leftover background processes (a fork bomb may race it).
+ORPHAN_KILL_S = 1.0
+
+
+def prctl(option, value):
+    """Best effort: without ctypes (or off Linux) the run still works, with less self-protection."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
 
 
 class Context:
@@ -80,6 +99,8 @@ def run_user_code(run_dir, spec, result_fd):
     sys.dont_write_bytecode = True
     handler = spec.get("handler")
     try:
+        if spec.get("ai"):  # this run's AI channel (socket path, timeout), for nanogrid_ai
+            importlib.import_module("nanogrid_ai").configure(**spec["ai"])
         if handler is None:
             runpy.run_path(sys.argv[0], run_name="__main__")
             return 0
@@ -111,6 +132,8 @@ def run_user_code(run_dir, spec, result_fd):
 
 
 def child(run_dir, spec, pipes):
+    # The user code gets an ordinary process: readable /proc/self, core-dump rules as usual.
+    prctl(PR_SET_DUMPABLE, 1)
     (r_out, w_out), (r_err, w_err), (r_res, w_res) = pipes
     for fd in (r_out, r_err, r_res):
         os.close(fd)
@@ -135,10 +158,59 @@ def child(run_dir, spec, pipes):
     os._exit(code & 0xFF if code >= 0 else 1)
 
 
+def reap(pid):
+    """Reap every exited child (orphans reparented to this subreaper included); pid's (status, rusage) or None."""
+    found = None
+    while True:
+        try:
+            done, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if done == 0:
+            return found
+        if done == pid:
+            found = (status, usage)
+
+
+def children():
+    """This process's children, from /proc (the task's children file needs a kernel option)."""
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields after the last ")" are safe.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(name))
+    return found
+
+
+def kill_orphans():
+    """Kill what the user code left running in the background; they were reparented to this subreaper."""
+    deadline = time.monotonic() + ORPHAN_KILL_S
+    while time.monotonic() < deadline:
+        reap(None)
+        pids = children()
+        if not pids:
+            return
+        for orphan in pids:
+            try:
+                os.kill(orphan, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
 def relay(pid, pipes, out_fd):
     readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
     result = bytearray()
-    status = None
+    status = usage = None
     exited_at = None
     while readers:
         ready, _, _ = select.select(list(readers), [], [], 0.05 if status is not None else 0.5)
@@ -147,23 +219,25 @@ def relay(pid, pipes, out_fd):
             if not data:
                 del readers[fd]
             elif readers[fd] == b"r":
-                if len(result) < RESULT_CAP:
-                    result += data
+                if len(result) <= RESULT_CAP:  # one byte over is enough to know it is too big
+                    result += data[:RESULT_CAP + 1 - len(result)]
             else:
                 frame(out_fd, readers[fd], data)
         if status is None:
-            done, raw_status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status, exited_at = raw_status, time.monotonic()
+            reaped = reap(pid)
+            if reaped is not None:
+                (status, usage), exited_at = reaped, time.monotonic()
         # A double-forked orphan can hold the pipes open forever: stop shortly after the child ends.
         elif not ready or time.monotonic() - exited_at > DRAIN_S * 5:
             break
     if status is None:
-        _, status = os.waitpid(pid, 0)
-    return status, bytes(result)
+        _, status, usage = os.wait4(pid, 0)
+    return status, usage, bytes(result)
 
 
 def main():
+    prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     run_dir = sys.argv[1]
     with open(os.path.join(run_dir, ".nanogrid-run.json")) as f:
         spec = json.load(f)
@@ -176,16 +250,23 @@ def main():
         child(run_dir, spec, pipes)
     for _, w in pipes:
         os.close(w)
-    status, result = relay(pid, pipes, out_fd)
-    exit_info = {"exit_code": None, "signal": None, "memory_error": False}
+    status, usage, result = relay(pid, pipes, out_fd)
+    kill_orphans()
+    # The user process's own accounting (its waited-for descendants included); the Docker
+    # sandbox prefers the container's cgroup figures when it can read them.
+    exit_info = {"exit_code": None, "signal": None, "memory_error": False,
+                 "max_rss_kb": usage.ru_maxrss, "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000)}
     if os.WIFSIGNALED(status):
         exit_info["signal"] = os.WTERMSIG(status)
     else:
         exit_info["exit_code"] = os.WEXITSTATUS(status)
+    if len(result) > RESULT_CAP:
+        result = json.dumps({"ok": False, "error": "invalid_result",
+                             "message": f"the handler's return value is over {RESULT_CAP} bytes of JSON"}).encode()
     if result:
-        try:
+        try:  # the user code can write anything into its result pipe
             exit_info["memory_error"] = json.loads(result).get("error") == "memory_limit"
-        except ValueError:
+        except (ValueError, RecursionError, AttributeError):
             pass
         frame(out_fd, b"r", result)
     frame(out_fd, b"x", json.dumps(exit_info).encode())
