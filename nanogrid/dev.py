@@ -70,12 +70,13 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
         "NANOGRID_ARCHIVE": "local",
         "NANOGRID_SANDBOX": mode,
     }
-    env = {**os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}"}
+    env = {"NANOGRID_LOG_FORMAT": "text", **os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}"}
     worker_name = f"nanogrid-dev-{os.getpid()}@{socket.gethostname()}"
     children = [
         subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "wsgi:app"], env=env),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "nanogrid", "worker", "--loglevel", "INFO",
-                          "-n", worker_name], env=env),
+        # Through `nanogrid worker`, which prepares the worker's own metrics directory before
+        # celery imports prometheus_client.
+        subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "worker", "-n", worker_name], env=env),
     ]
     stopping = False
 
@@ -95,7 +96,7 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
             return 1
         exports = "".join(f"export {k}={v}\n" for k, v in operator_env.items())
         (data_dir / "operator.env").write_text(exports)
-        say(banner(url, mode, exports, data_dir))
+        say(banner(url, mode, exports, data_dir, auth_line(Settings.from_env(operator_env))))
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stopping else 1
@@ -144,14 +145,24 @@ def wait_worker(settings: Settings, name: str, children, stopping, timeout_s: fl
     return False
 
 
-def banner(url: str, mode: str, exports: str, data_dir: Path) -> str:
+def auth_line(settings: Settings) -> str:
+    """Whether the API is open or needs keys, from the key store the API reads."""
+    from nanogrid import keys, storage
+
+    if keys.KeyStore(storage.key_table(settings)).any_keys():
+        return "API keys required (Authorization: Bearer <key>; nanogrid keys list); set NANOGRID_API_KEY"
+    return ("OPEN: no API keys exist, so anyone who reaches the port acts as tenant 'default'; keep it on a "
+            "trusted host or loopback, or create one with: nanogrid keys create --tenant <name>")
+
+
+def banner(url: str, mode: str, exports: str, data_dir: Path, auth: str) -> str:
     sandbox_line = ("Docker (isolated containers)" if mode == "docker" else
                     "process  ** WARNING: user code runs as a plain child process and is NOT isolated **")
     return (
         f"\nNanoGrid is running at {url}\n"
         f"  sandbox:  {sandbox_line}\n"
         f"  data:     {data_dir}\n"
-        f"  auth:     none: keep it on a trusted host or loopback\n\n"
+        f"  auth:     {auth}\n\n"
         f"Operator shell (also in {data_dir / 'operator.env'}):\n{exports}"
         f"  celery -A nanogrid inspect ping\n\n"
         f"Try:  nanogrid deploy hello.py --name hello && nanogrid invoke hello --input '{{\"name\": \"you\"}}'\n"

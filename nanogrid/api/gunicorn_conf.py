@@ -2,9 +2,13 @@
 
 import os
 
+from nanogrid import logs, metrics
 from nanogrid.config import Settings
 
 _settings = Settings.from_env()
+# Before any worker loads the app (and prometheus_client): one metrics directory for all of them.
+metrics.prepare_multiproc_dir()
+metrics.preload()
 
 bind = os.environ.get("NANOGRID_BIND", f"{_settings.host}:{_settings.port}")
 workers = int(os.environ.get("NANOGRID_API_WORKERS", "2"))
@@ -20,3 +24,14 @@ limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
 accesslog = "-"
+# NANOGRID_LOG_FORMAT=json (default) or text: app, error and access lines alike, on stderr.
+logconfig_dict = logs.gunicorn_logconfig()
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges from the shared metrics directory."""
+    metrics.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    metrics.remove_private_dir()

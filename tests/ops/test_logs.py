@@ -1,0 +1,153 @@
+"""Structured logs: the formatter's fields, and the real API's and worker's output, line by line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import pytest
+
+from nanogrid import logs
+from test_metrics import FAILS, OK, Stack
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cr3t-value-that-must-not-appear"
+
+
+def record(message="hello %s", args=("world",), name="nanogrid.test", **attrs) -> logging.LogRecord:
+    rec = logging.LogRecord(name, logging.INFO, __file__, 1, message, args, None)
+    rec.__dict__.update(attrs)
+    return rec
+
+
+def as_json(rec: logging.LogRecord) -> dict:
+    line = logs.JsonFormatter().format(rec)
+    assert "\n" not in line
+    return json.loads(line)
+
+
+# --- The formatter ----------------------------------------------------------------------------------
+
+def test_basic_fields():
+    doc = as_json(record())
+    assert doc["message"] == "hello world" and doc["level"] == "INFO" and doc["logger"] == "nanogrid.test"
+    assert doc["time"].endswith("Z") and "T" in doc["time"] and isinstance(doc["pid"], int)
+    assert "job_id" not in doc
+
+
+def test_scope_and_extra_carry_the_run_ids_and_nothing_else():
+    with logs.scope(job_id="j-1"):
+        logs.bind(function_id="fn-1")
+        doc = as_json(record(password=SECRET, env={"TOKEN": SECRET}))
+        assert doc["job_id"] == "j-1" and doc["function_id"] == "fn-1"
+        assert as_json(record(job_id="j-2"))["job_id"] == "j-2"  # the record's own extra wins
+        assert SECRET not in json.dumps(doc)
+    assert "job_id" not in as_json(record())  # the scope ended with the run
+
+
+def test_job_scope_joins_the_task_scope_so_celerys_result_line_has_the_function():
+    logs.task_started(task_id="t-1", task=type("T", (), {"name": logs.RUN_TASK}), args=["j-9"])
+    try:
+        with logs.job_scope("j-9"):
+            logs.bind(function_id="fn-9")
+        # Celery writes "Task ... succeeded" after the task function returned, before task_postrun.
+        doc = as_json(record("Task %(name)s[%(id)s] succeeded", ({"name": logs.RUN_TASK, "id": "t-1"},)))
+        assert (doc["job_id"], doc["function_id"], doc["task_id"]) == ("j-9", "fn-9", "t-1")
+    finally:
+        logs.task_ended(task_id="t-1")
+    assert logs.current() == {}
+
+
+def test_celery_receipt_line_names_the_job():
+    data = {"id": "t-2", "name": logs.RUN_TASK, "args": "('0b5f4d5e-6a55-4bb0-9a3e-2c1a9d2a9f10',)", "kwargs": "{}"}
+    doc = as_json(record("Task %(name)s[%(id)s] received", (data,), name="celery.worker.strategy", data=data))
+    assert doc["job_id"] == "0b5f4d5e-6a55-4bb0-9a3e-2c1a9d2a9f10" and doc["task_id"] == "t-2"
+    assert doc["message"] == f"Task {logs.RUN_TASK}[t-2] received"
+
+
+def test_gunicorn_access_line_is_structured_without_query_string():
+    atoms = {"m": "GET", "U": "/jobs/abc", "q": f"token={SECRET}", "s": "200", "D": "1500", "h": "127.0.0.1",
+             "B": "12", "a": "curl/8", "r": f"GET /jobs/abc?token={SECRET} HTTP/1.1"}
+    doc = as_json(record('%(h)s "%(r)s" %(s)s', (atoms,), name="gunicorn.access"))
+    assert doc["message"] == "GET /jobs/abc 200"
+    assert (doc["method"], doc["path"], doc["status"], doc["duration_ms"]) == ("GET", "/jobs/abc", 200, 1.5)
+    assert SECRET not in json.dumps(doc)
+
+
+def test_exceptions_stay_on_one_line():
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        rec = record(exc_info=sys.exc_info())
+    doc = as_json(rec)
+    assert "RuntimeError: boom" in doc["exc"]
+
+
+def test_text_format_and_setting():
+    with logs.scope(job_id="j-3", function_id="fn-3"):
+        assert logs.TextFormatter().format(record()).endswith("hello world [job_id=j-3 function_id=fn-3]")
+    assert logs.log_format({}) == "json" and logs.log_format({logs.FORMAT_ENV: "TEXT"}) == "text"
+    with pytest.raises(ValueError, match=logs.FORMAT_ENV):
+        logs.log_format({logs.FORMAT_ENV: "xml"})
+
+
+# --- Real processes ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_url):
+    running = Stack(tmp_path_factory.mktemp("logs"), redis_url, redis_db=4, AWS_SECRET_ACCESS_KEY=SECRET)
+    yield running
+    running.stop()
+
+
+def json_lines(text: str, after: str) -> list[dict]:
+    """Every line from the first one containing `after` on, each of which must be one JSON object."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    docs = []
+    for line in lines[start:]:
+        try:
+            docs.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    return docs
+
+
+def test_worker_lines_of_a_run_carry_job_and_function(stack):
+    ok_fn = stack.deploy("logged-ok", OK, env={"API_TOKEN": SECRET})
+    bad_fn = stack.deploy("logged-bad", FAILS)
+    jobs = {stack.run(ok_fn, {"n": 1})["job_id"]: ok_fn, stack.run(bad_fn, {})["job_id"]: bad_fn}
+    deadline = time.monotonic() + 15  # Celery writes "Task ... succeeded" just after the job is recorded
+    while True:
+        worker_log = stack.log("worker")
+        docs = json_lines(worker_log, f"{stack.node} ready.")
+        done = {d.get("job_id") for d in docs if d["logger"] == "celery.app.trace"}
+        if set(jobs) <= done or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for job_id, function_id in jobs.items():
+        run = [d for d in docs if d.get("job_id") == job_id]
+        assert {d["message"] for d in run if d["logger"] == "nanogrid.worker.execute"} >= {"run started"}, run
+        task_ids = {d["task_id"] for d in run}
+        assert len(task_ids) == 1, run
+        # Every line of the task, Celery's included, names the job; all but the broker receipt (the main
+        # process logs it before the job record is read) also name the function.
+        task_lines = [d for d in docs if d.get("task_id") in task_ids]
+        assert task_lines == run and len(run) >= 4, run
+        assert [d for d in run if d.get("function_id") != function_id] == \
+            [d for d in run if d["logger"] == "celery.worker.strategy"], run
+        assert any(d["message"].startswith(f"Task {logs.RUN_TASK}[") and "succeeded" in d["message"] for d in run)
+    failed = [d for d in docs if d.get("job_id") in jobs and d.get("status") == "FAILED"]
+    assert failed and failed[0]["error_type"] == "runtime_error"
+    assert SECRET not in worker_log
+
+
+def test_api_lines_are_json_access_lines_included(stack):
+    stack.deploy("logged-api", OK)
+    docs = json_lines(stack.log("api"), "Starting gunicorn")
+    access = [d for d in docs if d["logger"] == "gunicorn.access"]
+    assert any(d["method"] == "POST" and d["path"] == "/functions" and d["status"] == 201 for d in access), access
+    assert all({"time", "level", "logger", "message", "pid"} <= d.keys() for d in docs)
+    assert SECRET not in stack.log("api")
