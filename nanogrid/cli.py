@@ -16,7 +16,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("worker", "api", "scaling"):
+    if extra and args.command not in ("worker", "api", "scaling", "flower", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
@@ -44,16 +44,56 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     worker.set_defaults(run=cmd_worker)
 
+    status = sub.add_parser("status", help="queue depth, workers, active runs and recent failures")
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for workers to answer")
+    status.add_argument("--failures", type=int, default=10, help="recent failures to show (50 are kept)")
+    status.set_defaults(run=cmd_status)
+
+    flower = sub.add_parser("flower", help="run Flower (celery -A nanogrid flower); needs authentication "
+                                           "(FLOWER_BASIC_AUTH, FLOWER_AUTH, --basic-auth or --auth); "
+                                           "extra arguments go to flower")
+    flower.add_argument("--unauthenticated-dev", action="store_true",
+                        help="start without authentication (development on a trusted host only)")
+    flower.set_defaults(run=cmd_flower)
+
     scaling = sub.add_parser("scaling", add_help=False,
                              help="publish the backlog metric, or simulate scaling policies (see: scaling --help)")
     scaling.add_argument("args", nargs=argparse.REMAINDER)
     scaling.set_defaults(run=cmd_scaling)
+
+    bench = sub.add_parser("bench", add_help=False,
+                           help="benchmark warm and cold runs against the floor on this machine (see: bench --help)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=cmd_bench)
 
     image = sub.add_parser("image", help="the runtime image the Docker sandbox runs")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build the runtime image (Dockerfile, or offline from a Debian rootfs)")
     build.add_argument("--method", choices=("auto", "dockerfile", "rootfs"), default="auto")
     build.set_defaults(run=cmd_image_build)
+
+    ai_check = sub.add_parser("ai-check", help="check that the AI node (AI_ENDPOINT, Ollama) answers; list its models")
+    ai_check.add_argument("--endpoint", help="check this URL instead of AI_ENDPOINT")
+    ai_check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    ai_check.add_argument("--json", action="store_true", help="print the raw JSON document")
+    ai_check.set_defaults(run=cmd_ai_check)
+
+    keys = sub.add_parser("keys", help="API keys and tenants: create, list, revoke (talks to the key store "
+                                       "with the same environment as the API)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_create = keys_sub.add_parser("create", help="create a key for a tenant and print it alone on stdout "
+                                                     "(shown once; only its hash is stored)")
+    keys_create.add_argument("--tenant", required=True, help="the tenant the key acts for ([A-Za-z0-9_-], 1-64)")
+    keys_create.add_argument("--label", default="", help="a note shown by `keys list` (who or what uses the key)")
+    keys_create.set_defaults(run=cmd_keys_create)
+    keys_list = keys_sub.add_parser("list", help="every key: id, tenant, label, created, revoked (never a secret)")
+    keys_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    keys_list.set_defaults(run=cmd_keys_list)
+    keys_revoke = keys_sub.add_parser("revoke", help="revoke a key (at once for new API processes, within "
+                                                     "seconds for running ones)")
+    keys_revoke.add_argument("key_id", help="the key's id (the part after ng_), or the whole key")
+    keys_revoke.set_defaults(run=cmd_keys_revoke)
 
     for name, help_text, handler in (
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
@@ -62,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=os.environ.get("NANOGRID_URL", DEFAULT_URL))
+        p.add_argument("--api-key", default=None, help="the API key to send (default: $NANOGRID_API_KEY)")
         p.add_argument("--json", action="store_true", help="print the raw JSON document")
         p.set_defaults(run=handler)
         if name == "deploy":
@@ -87,19 +128,82 @@ def cmd_dev(args, _extra) -> int:
 
 
 def cmd_api(_args, extra) -> int:
-    from nanogrid import dev
+    from nanogrid import dev, logs, metrics
 
+    try:
+        logs.log_format()  # a bad NANOGRID_LOG_FORMAT stops here, not in every gunicorn worker
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics.prepare_multiproc_dir()  # before gunicorn and prometheus_client start
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(dev.GUNICORN_CONF), *extra, "wsgi:app"])
 
 
 def cmd_worker(_args, extra) -> int:
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", "worker", "--loglevel", "INFO", *extra])
+    from nanogrid import logs, metrics
+
+    try:
+        # JSON logs: no startup banner either, so every line of the worker's output is one JSON object.
+        quiet = ["--quiet"] if logs.log_format() == "json" else []
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics.prepare_multiproc_dir()  # shared by the pool children and the exporter in the main process
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
+                              *extra])
+
+
+def cmd_status(args, _extra) -> int:
+    from nanogrid import status
+    from nanogrid.config import ConfigError
+
+    try:
+        return status.main(args.json, args.timeout, args.failures)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+FLOWER_AUTH_OPTIONS = ("--basic-auth", "--basic_auth", "--auth")
+
+
+def flower_authenticated(extra: list[str], environ) -> bool:
+    if environ.get("FLOWER_BASIC_AUTH") or environ.get("FLOWER_AUTH"):
+        return True
+    for i, arg in enumerate(extra):
+        name, eq, value = arg.partition("=")
+        if name in FLOWER_AUTH_OPTIONS and (value if eq else i + 1 < len(extra) and extra[i + 1]):
+            return True
+    return False
+
+
+def cmd_flower(args, extra) -> int:
+    if not args.unauthenticated_dev and not flower_authenticated(extra, os.environ):
+        print("error: Flower can revoke tasks and shut workers down; refusing to start it without "
+              "authentication. Set FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH with an OAuth provider), "
+              "or pass --unauthenticated-dev on a trusted development host.", file=sys.stderr)
+        return 2
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", "flower", *extra])
 
 
 def cmd_scaling(args, extra) -> int:
     from nanogrid import scaling
 
     return scaling.main(args.args + extra)
+
+
+def cmd_bench(args, extra) -> int:
+    """bench/run.py of the source tree (the benchmark starts its own stacks; it is not packaged)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.exists():
+        print(f"error: {script} not found: the benchmark ships with NanoGrid's source tree", file=sys.stderr)
+        return 2
+    # Its options as given (argparse would split REMAINDER and unknown options apart).
+    argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else args.args + extra
+    return runpy.run_path(str(script), run_name="nanogrid_bench")["main"](argv)
 
 
 def cmd_image_build(args, _extra) -> int:
@@ -111,9 +215,109 @@ def cmd_image_build(args, _extra) -> int:
     return 0
 
 
+def cmd_ai_check(args, _extra) -> int:
+    from nanogrid.ai import client as ai_client
+    from nanogrid.config import ConfigError, Settings
+
+    environ = {**os.environ, **({"AI_ENDPOINT": args.endpoint} if args.endpoint else {})}
+    try:
+        settings = Settings.from_env(environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    check = ai_client.check(settings, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(check.document(), indent=2))
+    elif not check.endpoint:
+        print("AI: AI_ENDPOINT is not set, so functions have no AI node (set it to Ollama's URL, "
+              "e.g. http://127.0.0.1:11434)")
+    elif not check.ok:
+        print(f"AI node at {check.endpoint} does not answer: {check.error}")
+    else:
+        version = f" (Ollama {check.version})" if check.version else ""
+        print(f"AI node at {check.endpoint} answers{version}; {len(check.models)} model(s):")
+        for model in check.models:
+            print(f"  {model}")
+        if check.allowed is not None:
+            print(f"functions may use (NANOGRID_AI_MODELS): {', '.join(check.allowed) or 'none of them'}")
+        if check.error:
+            print(f"warning: {check.error}")
+    return 0 if check.ok else 1
+
+
+def _key_store():
+    from nanogrid import keys, storage
+    from nanogrid.config import Settings
+
+    return keys.KeyStore(storage.key_table(Settings.from_env()))
+
+
+def _keys_command(run) -> int:
+    from nanogrid.config import ConfigError
+    from nanogrid.errors import Unavailable
+
+    try:
+        return run()
+    except (ConfigError, Unavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_keys_create(args, _extra) -> int:
+    def run() -> int:
+        try:
+            key, doc = _key_store().create(args.tenant, args.label)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(key)  # alone on stdout: `export NANOGRID_API_KEY=$(nanogrid keys create --tenant t)`
+        print(f"created key {doc['key_id']} for tenant {doc['tenant']}; it is shown only now: store it safely. "
+              "The API now requires a key on every route but /health.", file=sys.stderr)
+        return 0
+
+    return _keys_command(run)
+
+
+def cmd_keys_list(args, _extra) -> int:
+    from nanogrid import keys
+
+    def run() -> int:
+        docs = [keys.public(doc) for doc in _key_store().list()]
+        if args.json:
+            print(json.dumps(docs, indent=2))
+        elif not docs:
+            print("no API keys: the API is open (every request acts for the tenant 'default')")
+        else:
+            print(f"{'KEY ID':<18} {'TENANT':<20} {'CREATED':<21} {'STATUS':<30} LABEL")
+            for d in docs:
+                status = f"revoked {d['revoked_at']}" if d["revoked_at"] else "active"
+                print(f"{d['key_id']:<18} {d['tenant']:<20} {d['created_at']:<21} {status:<30} {d['label']}")
+        return 0
+
+    return _keys_command(run)
+
+
+def cmd_keys_revoke(args, _extra) -> int:
+    from nanogrid import keys
+    from nanogrid.errors import NotFound
+
+    def run() -> int:
+        match = keys.KEY_PATTERN.match(args.key_id)
+        key_id = match.group(1) if match else args.key_id
+        try:
+            doc = _key_store().revoke(key_id)
+        except NotFound:
+            print(f"error: no key {key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked key {doc['key_id']} of tenant {doc['tenant']}")
+        return 0
+
+    return _keys_command(run)
+
+
 def cmd_deploy(args, _extra) -> int:
     options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb") if getattr(args, k) is not None}
-    doc = client.Client(args.url).deploy(args.file, args.name, options)
+    doc = client.Client(args.url, api_key=args.api_key).deploy(args.file, args.name, options)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -123,7 +327,7 @@ def cmd_deploy(args, _extra) -> int:
 
 
 def cmd_invoke(args, _extra) -> int:
-    api = client.Client(args.url)
+    api = client.Client(args.url, api_key=args.api_key)
     try:
         event = json.loads(args.input) if args.input is not None else None
     except ValueError as exc:
@@ -134,7 +338,7 @@ def cmd_invoke(args, _extra) -> int:
 
 
 def cmd_job(args, _extra) -> int:
-    return show_job(client.Client(args.url).job(args.job_id), args.json)
+    return show_job(client.Client(args.url, api_key=args.api_key).job(args.job_id), args.json)
 
 
 def show_job(job: dict, as_json: bool) -> int:

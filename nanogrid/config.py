@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -32,6 +33,39 @@ class Limit:
         return min(requested, self.ceiling)
 
 
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE_PATTERN = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` requests per `period_s` seconds; count 0 turns rate limiting off."""
+
+    count: int
+    period_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> "RateLimit":
+        """'1000 per 5 minutes', '20 per minute', '10/second'; 'off' (or '0') for no limit."""
+        if text.strip().lower() in ("off", "0", "none"):
+            return cls(0, 1)
+        match = _RATE_PATTERN.match(text)
+        if not match:
+            raise ValueError(f"{text!r}: expected 'N per [M] second|minute|hour|day' (e.g. '1000 per 5 minutes') "
+                             "or 'off'")
+        count, multiple, unit = int(match.group(1)), int(match.group(2) or 1), match.group(3).lower()
+        if count < 1 or multiple < 1:
+            raise ValueError(f"{text!r}: the count and the period must be positive")
+        return cls(count, multiple * _RATE_UNITS[unit])
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0
+
+    def __str__(self) -> str:
+        return f"{self.count} per {self.period_s} seconds" if self.enabled else "off"
+
+
 @dataclass(frozen=True)
 class Settings:
     # API
@@ -44,6 +78,14 @@ class Settings:
     max_compression_ratio: int = 100
     default_wait_s: float = 30.0
     max_wait_s: float = 300.0
+
+    # API security (docs/api-security.md): keys and tenants, rate limits, quotas, backpressure
+    keys_table: str = "NanoGridApiKeys"
+    rate_limit: RateLimit = RateLimit(1000, 300)  # the founding document's WAF rule: 1000 per 5 minutes
+    trusted_proxies: int = 0  # proxies in front of the API whose X-Forwarded-For / -Proto are believed
+    tenant_max_running: int = 100  # PROCESSING runs per tenant; 0: no limit
+    tenant_max_queued: int = 1000  # PENDING runs per tenant; 0: no limit
+    max_queue_depth: int = 10000  # waiting broker messages above which runs get 503; 0: off
 
     # Broker and job state
     broker_url: str = ""
@@ -77,6 +119,11 @@ class Settings:
     file_size_mb: Limit = Limit(64, 1024)
     tmpfs_mb: Limit = Limit(64, 1024)
     output_bytes: Limit = Limit(1024 * 1024, 16 * 1024 * 1024)
+    # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own.
+    warm_pool_size: int = 2  # idle containers per function version; 0: no reuse, a container per run
+    warm_idle_ttl_s: float = 300.0
+    warm_max_containers: int = 8
+    warm_memory_budget_mb: int = 2048  # the sum of the memory limits of a process's warm containers
 
     # Exactly-once and crash recovery (see nanogrid/worker/lease.py)
     lease_s: float = 30.0
@@ -135,6 +182,12 @@ class Settings:
             max_unpacked_bytes=read.int("NANOGRID_MAX_UNPACKED_BYTES", cls.max_unpacked_bytes),
             default_wait_s=read.float("NANOGRID_DEFAULT_WAIT_S", cls.default_wait_s),
             max_wait_s=read.float("NANOGRID_MAX_WAIT_S", cls.max_wait_s),
+            keys_table=read.str("NANOGRID_KEYS_TABLE", cls.keys_table),
+            rate_limit=_rate_limit(read.str("NANOGRID_RATE_LIMIT", ""), cls.rate_limit),
+            trusted_proxies=read.int("NANOGRID_TRUSTED_PROXIES", cls.trusted_proxies),
+            tenant_max_running=read.int("NANOGRID_TENANT_MAX_RUNNING", cls.tenant_max_running),
+            tenant_max_queued=read.int("NANOGRID_TENANT_MAX_QUEUED", cls.tenant_max_queued),
+            max_queue_depth=read.int("NANOGRID_MAX_QUEUE_DEPTH", cls.max_queue_depth),
             broker_url=broker_url,
             sqs_queue_url=sqs_queue_url,
             redis_url=redis_url,
@@ -163,6 +216,10 @@ class Settings:
             file_size_mb=read.limit("FILE_SIZE_MB", cls.file_size_mb),
             tmpfs_mb=read.limit("TMPFS_MB", cls.tmpfs_mb),
             output_bytes=read.limit("OUTPUT_BYTES", cls.output_bytes),
+            warm_pool_size=read.int("NANOGRID_WARM_POOL_SIZE", cls.warm_pool_size),
+            warm_idle_ttl_s=read.float("NANOGRID_WARM_IDLE_TTL_S", cls.warm_idle_ttl_s),
+            warm_max_containers=read.int("NANOGRID_WARM_MAX_CONTAINERS", cls.warm_max_containers),
+            warm_memory_budget_mb=read.int("NANOGRID_WARM_MEMORY_BUDGET_MB", cls.warm_memory_budget_mb),
             lease_s=read.float("NANOGRID_LEASE_S", cls.lease_s),
             reaper_interval_s=read.float("NANOGRID_REAPER_INTERVAL_S", cls.reaper_interval_s),
             redispatch_after_s=read.float("NANOGRID_REDISPATCH_AFTER_S", cls.redispatch_after_s),
@@ -184,8 +241,17 @@ class Settings:
             raise ConfigError("NANOGRID_ARCHIVE=gcs needs GCP_BUCKET_NAME")
         if self.lease_s < 1 or self.reaper_interval_s <= 0:
             raise ConfigError("NANOGRID_LEASE_S must be at least 1 s and NANOGRID_REAPER_INTERVAL_S positive")
+        if min(self.warm_pool_size, self.warm_max_containers, self.warm_memory_budget_mb) < 0 \
+                or self.warm_idle_ttl_s <= 0:
+            raise ConfigError("NANOGRID_WARM_POOL_SIZE, NANOGRID_WARM_MAX_CONTAINERS and "
+                              "NANOGRID_WARM_MEMORY_BUDGET_MB must be 0 or more, NANOGRID_WARM_IDLE_TTL_S positive")
         if self.worker_concurrency < 1:
             raise ConfigError("NANOGRID_WORKER_CONCURRENCY must be at least 1")
+        if min(self.trusted_proxies, self.tenant_max_running, self.tenant_max_queued, self.max_queue_depth) < 0:
+            raise ConfigError("NANOGRID_TRUSTED_PROXIES, NANOGRID_TENANT_MAX_RUNNING, NANOGRID_TENANT_MAX_QUEUED "
+                              "and NANOGRID_MAX_QUEUE_DEPTH must be 0 or more")
+        if not 0 <= self.default_wait_s <= self.max_wait_s:
+            raise ConfigError("NANOGRID_DEFAULT_WAIT_S must be from 0 to NANOGRID_MAX_WAIT_S")
         if self.ai_endpoint and (urlparse(self.ai_endpoint).scheme not in ("http", "https")
                                  or not urlparse(self.ai_endpoint).hostname):
             raise ConfigError(f"AI_ENDPOINT={self.ai_endpoint!r}: expected http://host:port (Ollama's address)")
@@ -197,6 +263,15 @@ class Settings:
         for name, limit in self.limits_document().items():
             if not 0 < limit["default"] <= limit["ceiling"]:
                 raise ConfigError(f"limit {name}: need 0 < default <= ceiling, got {limit}")
+
+
+def _rate_limit(raw: str, default: RateLimit) -> RateLimit:
+    if not raw:
+        return default
+    try:
+        return RateLimit.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"NANOGRID_RATE_LIMIT={exc}") from None
 
 
 class _Reader:

@@ -1,10 +1,14 @@
 """The function registry: function documents, their unique names, and their code versions.
 
-A function's name is claimed by a separate `name:<name>` document inserted with the same
+A function's name is claimed by a separate `name:<tenant>:<name>` document inserted with the same
 conditional insert as the function itself, so two uploads racing for a name get one 201 and one
-409 on DynamoDB and SQLite alike. Code is written to the code store before the metadata that
-points at it, and every version keeps its own object, so a job queued for version N still finds
-its code after version N+1 is uploaded.
+409 on DynamoDB and SQLite alike; names are unique per tenant, ids globally. Code is written to
+the code store before the metadata that points at it, and every version keeps its own object, so
+a job queued for version N still finds its code after version N+1 is uploaded.
+
+Every function belongs to a tenant (nanogrid.keys): its document carries it, its code objects sit
+under the tenant's prefix, and a lookup that names a tenant treats another tenant's function
+exactly like an unknown id (NotFound). Lookups without a tenant are the worker's and operators'.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uuid
 from nanogrid.bundles import Bundle
 from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound
+from nanogrid.keys import DEFAULT_TENANT
 from nanogrid.sandbox import Limits
 from nanogrid.storage import BlobStore, DocumentTable
 
@@ -30,8 +35,17 @@ PUBLIC_FIELDS = (
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
 
 
-def code_key(function_id: str, version: int) -> str:
-    return f"functions/{function_id}/v{version}.zip"
+def code_key(tenant: str, function_id: str, version: int) -> str:
+    return f"{tenant}/functions/{function_id}/v{version}.zip"
+
+
+def archive_key(tenant: str, function_id: str, version: int) -> str:
+    return f"{tenant}/{function_id}/v{version}.zip"
+
+
+def tenant_of(doc: dict) -> str:
+    """The tenant a function or job document belongs to (documents from before tenants: the default)."""
+    return doc.get("tenant") or DEFAULT_TENANT
 
 
 class FunctionRegistry:
@@ -39,43 +53,48 @@ class FunctionRegistry:
         self.table = table
         self.code = code
 
-    def create(self, name: str, bundle: Bundle, options: dict) -> dict:
+    def create(self, name: str, bundle: Bundle, options: dict, tenant: str = DEFAULT_TENANT) -> dict:
         function_id = "fn-" + uuid.uuid4().hex[:16]
         now = time.time()
         doc = {
-            "function_id": function_id, "rev": 1, "name": name, "version": 1,
+            "function_id": function_id, "rev": 1, "tenant": tenant, "name": name, "version": 1,
             "code_sha256": bundle.sha256, "handler": bundle.handler,
             "env": options.get("env") or {}, "created_at": now, "updated_at": now,
         }
         _set_limits(doc, options, {})
-        self.table.insert(_name_id(name), {"rev": 1, "function_id": function_id})
+        self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
         try:
-            self.code.put(code_key(function_id, 1), bundle.data)
+            self.code.put(code_key(tenant, function_id, 1), bundle.data)
             self.table.insert(function_id, doc)
         except BaseException:
-            self.table.delete(_name_id(name))
+            self.table.delete(_name_id(tenant, name))
             raise
         return doc
 
-    def get(self, function_id: str) -> dict:
+    def get(self, function_id: str, tenant: str | None = None) -> dict:
+        """The function; with a tenant, another tenant's function is NotFound like an unknown id."""
         if not ID_PATTERN.match(function_id):
             raise NotFound(function_id)
-        return self.table.get(function_id)
+        doc = self.table.get(function_id)
+        if tenant is not None and tenant_of(doc) != tenant:
+            raise NotFound(function_id)
+        return doc
 
-    def find(self, name_or_id: str) -> dict:
+    def find(self, name_or_id: str, tenant: str = DEFAULT_TENANT) -> dict:
         if ID_PATTERN.match(name_or_id):
-            return self.get(name_or_id)
+            return self.get(name_or_id, tenant)
         if not NAME_PATTERN.match(name_or_id):
             raise NotFound(name_or_id)
-        return self.get(self.table.get(_name_id(name_or_id))["function_id"])
+        return self.get(self.table.get(_name_id(tenant, name_or_id))["function_id"], tenant)
 
-    def list(self) -> list[dict]:
-        docs = [d for d in self.table.scan() if "name" in d]
+    def list(self, tenant: str | None = None) -> list[dict]:
+        """The functions of one tenant, or of every tenant when none is named."""
+        docs = [d for d in self.table.scan() if "name" in d and (tenant is None or tenant_of(d) == tenant)]
         return sorted(docs, key=lambda d: d["created_at"])
 
-    def update(self, function_id: str, bundle: Bundle | None, options: dict) -> dict:
+    def update(self, function_id: str, bundle: Bundle | None, options: dict, tenant: str | None = None) -> dict:
         """New code or settings make a new version; an identical update changes nothing."""
-        current = self.get(function_id)
+        current = self.get(function_id, tenant)
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
@@ -86,20 +105,21 @@ class FunctionRegistry:
         if doc == current:
             return current
         doc.update(version=current["version"] + 1, rev=current["rev"] + 1, updated_at=time.time())
-        self.code.put(code_key(function_id, doc["version"]), bundle.data if bundle else self.code_of(current))
+        self.code.put(code_key(tenant_of(doc), function_id, doc["version"]),
+                      bundle.data if bundle else self.code_of(current))
         if not self.table.replace(function_id, doc, current["rev"]):
             raise Conflict(f"function {function_id} was changed concurrently; retry")
         return doc
 
     def code_of(self, doc: dict) -> bytes:
-        return self.code.get(code_key(doc["function_id"], doc["version"]))
+        return self.code.get(code_key(tenant_of(doc), doc["function_id"], doc["version"]))
 
-    def delete(self, function_id: str) -> dict:
-        doc = self.get(function_id)
+    def delete(self, function_id: str, tenant: str | None = None) -> dict:
+        doc = self.get(function_id, tenant)
         self.table.delete(function_id)
-        self.table.delete(_name_id(doc["name"]))
+        self.table.delete(_name_id(tenant_of(doc), doc["name"]))
         for version in range(1, doc["version"] + 1):
-            self.code.delete(code_key(function_id, version))
+            self.code.delete(code_key(tenant_of(doc), function_id, version))
         return doc
 
 
@@ -130,5 +150,5 @@ def public(doc: dict, settings: Settings | None = None) -> dict:
     return view
 
 
-def _name_id(name: str) -> str:
-    return f"name:{name}"
+def _name_id(tenant: str, name: str) -> str:
+    return f"name:{tenant}:{name}"

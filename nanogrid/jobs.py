@@ -4,7 +4,10 @@ The document lives in a DocumentTable (DynamoDB or SQLite) and is the source of 
 change is a compare-and-set on its `rev`, so two workers, a worker and the reaper, or a
 redelivered message can never both move a job: the loser of a claim simply drops the message.
 Redis carries what must be fast or shared: a status key per job (24 h), a channel that hints
-"this job changed" (clients always re-read the record), and the two indexes the reaper scans.
+"this job changed" (clients always re-read the record), the two indexes the reaper scans, and
+each tenant's queued and running jobs, counted against its quotas before a new job is written.
+A job belongs to its function's tenant; its Redis keys carry the tenant, and a lookup that names
+a tenant treats another tenant's job exactly like an unknown id.
 
 States: PENDING -> PROCESSING -> SUCCESS | FAILED (and PENDING -> FAILED for cancels,
 dispatch failures and redispatch exhaustion).
@@ -22,6 +25,7 @@ import redis
 
 from nanogrid.config import Settings
 from nanogrid.errors import NotFound, Unavailable
+from nanogrid.functions import tenant_of
 from nanogrid.storage import BlobStore, DocumentTable
 
 PENDING, PROCESSING, SUCCESS, FAILED = "PENDING", "PROCESSING", "SUCCESS", "FAILED"
@@ -39,12 +43,33 @@ PUBLIC_FIELDS = (
 )
 
 
-def status_key(job_id: str) -> str:
-    return f"nanogrid:job:{job_id}:status"
+QUOTA_RETRY_AFTER_S = 10
 
 
-def channel(job_id: str) -> str:
-    return f"nanogrid:job:{job_id}"
+class QuotaExceeded(Exception):
+    """The tenant has as many queued or running jobs as its quota allows."""
+
+    def __init__(self, message: str, retry_after_s: int = QUOTA_RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def status_key(tenant: str, job_id: str) -> str:
+    return f"nanogrid:{tenant}:job:{job_id}:status"
+
+
+def channel(tenant: str, job_id: str) -> str:
+    return f"nanogrid:{tenant}:job:{job_id}"
+
+
+def queued_key(tenant: str) -> str:
+    """zset: the tenant's PENDING jobs -> when the entry goes stale (the longest a job can wait)."""
+    return f"nanogrid:{tenant}:queued"
+
+
+def running_key(tenant: str) -> str:
+    """zset: the tenant's PROCESSING jobs -> lease expiry (an expired lease no longer counts)."""
+    return f"nanogrid:{tenant}:running"
 
 
 def is_job_id(value: str) -> bool:
@@ -65,10 +90,13 @@ class JobStore:
 
     def create(self, function: dict, run_input: Any, limits: dict | None = None) -> dict:
         """A PENDING job; limits: what this run asks for on top of the function's (already validated)."""
+        tenant = tenant_of(function)
+        self.check_quota(tenant)
         now = time.time()
         job = {
             "job_id": str(uuid.uuid4()),
             "rev": 1,
+            "tenant": tenant,
             "function_id": function["function_id"],
             "function_version": function["version"],
             "status": PENDING,
@@ -95,10 +123,35 @@ class JobStore:
             raise
         return job
 
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str, tenant: str | None = None) -> dict:
+        """The job; with a tenant, another tenant's job is NotFound like an unknown id."""
         if not is_job_id(job_id):
             raise NotFound(job_id)
-        return self.table.get(job_id)
+        job = self.table.get(job_id)
+        if tenant is not None and tenant_of(job) != tenant:
+            raise NotFound(job_id)
+        return job
+
+    def check_quota(self, tenant: str) -> None:
+        """QuotaExceeded when the tenant already has its most queued or running jobs."""
+        max_running, max_queued = self.settings.tenant_max_running, self.settings.tenant_max_queued
+        if not (max_running or max_queued):
+            return
+        now = time.time()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in (running_key(tenant), queued_key(tenant)):
+                pipe.zremrangebyscore(key, "-inf", now)  # stale entries (a lost index update) expire
+                pipe.zcard(key)
+            _, running, _, queued = pipe.execute()
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        if max_running and running >= max_running:
+            raise QuotaExceeded(f"this tenant already has {running} running jobs, its quota "
+                                "(NANOGRID_TENANT_MAX_RUNNING); try again when some have finished")
+        if max_queued and queued >= max_queued:
+            raise QuotaExceeded(f"this tenant already has {queued} queued jobs, its quota "
+                                "(NANOGRID_TENANT_MAX_QUEUED); try again when some have started")
 
     def public(self, job: dict) -> dict:
         """The API's view of a job: outputs inlined from the output store when they were spilled there."""
@@ -113,9 +166,9 @@ class JobStore:
                 view[name] = _iso(view[name])
         return view
 
-    def fast_status(self, job_id: str) -> str | None:
+    def fast_status(self, job_id: str, tenant: str) -> str | None:
         try:
-            value = self.redis.get(status_key(job_id))
+            value = self.redis.get(status_key(tenant, job_id))
         except redis.RedisError:
             return None
         return value.decode() if value else None
@@ -206,22 +259,29 @@ class JobStore:
     # -- Redis side: status key, change hint, reaper indexes ---------------------------------
 
     def _index(self, job: dict) -> None:
-        job_id, status = job["job_id"], job["status"]
+        job_id, status, tenant = job["job_id"], job["status"], tenant_of(job)
+        settings = self.settings
         try:
             pipe = self.redis.pipeline()
-            pipe.set(status_key(job_id), status, ex=STATUS_TTL_S)
+            pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
             if status == PENDING:
-                pipe.zadd(UNCLAIMED, {job_id: time.time() + self.settings.redispatch_after_s})
+                pipe.zadd(UNCLAIMED, {job_id: time.time() + settings.redispatch_after_s})
+                # Counted as queued for as long as redispatching may keep it PENDING.
+                stale_at = time.time() + settings.redispatch_after_s * (settings.max_dispatch_attempts + 1)
+                pipe.zadd(queued_key(tenant), {job_id: stale_at})
             else:
                 pipe.zrem(UNCLAIMED, job_id)
+                pipe.zrem(queued_key(tenant), job_id)
             if status == PROCESSING:
                 pipe.zadd(LEASES, {job_id: job["lease_until"]})
+                pipe.zadd(running_key(tenant), {job_id: job["lease_until"]})
             else:
                 pipe.zrem(LEASES, job_id)
+                pipe.zrem(running_key(tenant), job_id)
             if status == FAILED:  # a job enters FAILED once: every later transition is refused
                 pipe.lpush(FAILURES, json.dumps(_failure_summary(job)))
                 pipe.ltrim(FAILURES, 0, FAILURES_KEPT - 1)
-            pipe.publish(channel(job_id), status)
+            pipe.publish(channel(tenant, job_id), status)
             pipe.execute()
         except redis.RedisError as exc:
             # The record is already durable; the reaper's indexes are rebuilt from it by `reindex`.
@@ -237,29 +297,30 @@ class JobStore:
         self.redis.zrem(LEASES, job_id)
         self.redis.zrem(UNCLAIMED, job_id)
 
-    def wait(self, job_id: str, timeout_s: float) -> dict:
+    def wait(self, job_id: str, timeout_s: float, tenant: str | None = None) -> dict:
         """Block until the job is terminal or timeout_s passes; return the fresh record either way.
 
         The pub/sub message only wakes us: the record is re-read after subscribing and after every
         wake, so a message lost during a Redis reconnect costs at most one poll interval.
         """
         deadline = time.monotonic() + timeout_s
+        tenant = tenant if tenant is not None else tenant_of(self.get(job_id))
         pubsub = None
         try:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(channel(job_id))
+                pubsub.subscribe(channel(tenant, job_id))
             except redis.RedisError:
                 pubsub = None
             while True:
-                status = self.fast_status(job_id)
+                status = self.fast_status(job_id, tenant)
                 if status in TERMINAL or status is None:
-                    job = self.get(job_id)
+                    job = self.get(job_id, tenant)
                     if job["status"] in TERMINAL:
                         return job
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return self.get(job_id)
+                    return self.get(job_id, tenant)
                 poll = min(remaining, 1.0)
                 if pubsub is None:
                     time.sleep(min(poll, 0.2))

@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nanogrid.errors import Conflict, NotFound, Unavailable
+from nanogrid.jobs import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ def register(app: Flask) -> None:
     def conflict(exc: Conflict):
         return error_response(409, "conflict", str(exc))
 
+    @app.errorhandler(QuotaExceeded)
+    def quota_exceeded(exc: QuotaExceeded):
+        return error_response(429, "quota_exceeded", str(exc), {"Retry-After": str(exc.retry_after_s)})
+
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):
         log.error("dependency unavailable: %s", exc)
@@ -54,7 +59,9 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        # Keep what the exception's own response would carry, e.g. Allow on a 405.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

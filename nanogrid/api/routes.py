@@ -1,4 +1,8 @@
-"""API routes: functions, runs, jobs, health and limits."""
+"""API routes: functions, runs, jobs, health, limits and the OpenAPI document.
+
+Every lookup passes the request's tenant (nanogrid.api.auth): another tenant's function or job is
+NotFound, the same 404 as an unknown id.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from nanogrid import bundles, functions
 from nanogrid.ai import client as ai_client
+from nanogrid.api import auth, ratelimit, schema
 from nanogrid.api.errors import ApiError
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import FAILED, TERMINAL
@@ -23,6 +28,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
 RUN_FIELDS = {"input", "wait_s", "limits"}
+MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
 
 
 def services() -> Services:
@@ -42,11 +48,35 @@ def read_body(limit: int) -> bytes:
 
 def parse_json(data: bytes):
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except RecursionError:
         raise ApiError("the JSON document is nested too deeply", code="invalid_json") from None
     except ValueError as exc:
         raise ApiError(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(f"the JSON document is nested more than {MAX_JSON_DEPTH} levels deep", code="invalid_json")
+    return value
+
+
+def json_depth(value) -> int:
+    """How deeply arrays and objects nest in value (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def check_schema(name: str, body: dict) -> None:
+    """The body must also match the OpenAPI document's schema (after the more specific checks above)."""
+    try:
+        schema.check(services().settings, name, body)
+    except schema.SchemaError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def json_object(limit: int, allowed: set[str], *, empty_ok: bool = False) -> dict:
@@ -103,6 +133,7 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
         if unknown:
             raise ApiError(f"unknown form field(s): {', '.join(sorted(unknown))}")
         body: dict = dict(form)
+        json_body = None
         upload = request.files.get("file")
         if set(request.files) - {"file"}:
             raise ApiError("send the code as one form file named 'file'")
@@ -119,6 +150,7 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
             if not isinstance(body["code"], str):
                 raise ApiError("code must be a string of Python source")
             code = ("main.py", body["code"])
+        json_body = body
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not functions.NAME_PATTERN.match(name)):
         raise ApiError("name must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", code="invalid_name")
@@ -129,10 +161,13 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
     handler = body.get("handler")
     if handler is not None and not isinstance(handler, str):
         raise ApiError("handler must be a string")
+    options = function_options(body)
+    if json_body is not None:
+        check_schema("FunctionCreate" if require_name else "FunctionUpdate", json_body)
     bundle = None
     if code is not None:
         bundle = _bundle(code, handler or None)
-    return {"name": name, "handler": handler, **function_options(body)}, bundle
+    return {"name": name, "handler": handler, **options}, bundle
 
 
 def _bundle(code: tuple[str, str | bytes], handler: str | None) -> bundles.Bundle:
@@ -196,10 +231,15 @@ def limits():
     return jsonify(services().settings.limits_document())
 
 
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(schema.document(services().settings))
+
+
 @bp.post("/functions")
 def create_function():
     fields, bundle = read_function_upload(require_name=True)
-    doc = services().functions.create(fields["name"], bundle, fields)
+    doc = services().functions.create(fields["name"], bundle, fields, tenant=auth.tenant())
     response = jsonify(functions.public(doc, services().settings))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_function", function_id=doc["function_id"])
@@ -208,30 +248,31 @@ def create_function():
 
 @bp.get("/functions")
 def list_functions():
-    return jsonify({"functions": [functions.public(d, services().settings) for d in services().functions.list()]})
+    docs = services().functions.list(auth.tenant())
+    return jsonify({"functions": [functions.public(d, services().settings) for d in docs]})
 
 
 @bp.get("/functions/<function_id>")
 def get_function(function_id: str):
-    return jsonify(functions.public(services().functions.get(function_id), services().settings))
+    return jsonify(functions.public(services().functions.get(function_id, auth.tenant()), services().settings))
 
 
 @bp.put("/functions/<function_id>")
 def update_function(function_id: str):
     svc = services()
-    current = svc.functions.get(function_id)
+    current = svc.functions.get(function_id, auth.tenant())
     fields, bundle = read_function_upload(require_name=False)
     if fields["name"] is not None and fields["name"] != current["name"]:
         raise ApiError("a function's name cannot be changed; create a new function instead", code="invalid_name")
     if bundle is None and fields["handler"] is not None:
         bundle = _bundle(("main.py", svc.functions.code_of(current)), fields["handler"])
     options = {k: v for k, v in fields.items() if k in functions.SETTINGS_FIELDS}
-    return jsonify(functions.public(svc.functions.update(function_id, bundle, options), svc.settings))
+    return jsonify(functions.public(svc.functions.update(function_id, bundle, options, auth.tenant()), svc.settings))
 
 
 @bp.delete("/functions/<function_id>")
 def delete_function(function_id: str):
-    services().functions.delete(function_id)
+    services().functions.delete(function_id, auth.tenant())
     return "", 204
 
 
@@ -239,7 +280,12 @@ def delete_function(function_id: str):
 def run_function(function_id: str):
     svc = services()
     settings = svc.settings
-    function = svc.functions.get(function_id)
+    function = svc.functions.get(function_id, auth.tenant())
+    if auth.guard().queue.overloaded():
+        # Backpressure: refuse before anything is written (the job record, its Redis entries).
+        raise ApiError(f"the queue holds {settings.max_queue_depth} or more waiting runs; try again later",
+                       status=503, code="overloaded",
+                       headers={"Retry-After": str(ratelimit.BACKPRESSURE_RETRY_AFTER_S)})
     body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
     run_input = body.get("input")
     if len(json.dumps(run_input)) > settings.max_input_bytes:
@@ -251,7 +297,8 @@ def run_function(function_id: str):
         run_limits = Limits.check(settings, body.get("limits"))  # this run only, within the ceilings
     except LimitError as exc:
         raise ApiError(str(exc)) from None
-    job = svc.jobs.create(function, run_input, run_limits)
+    check_schema("RunRequest", body)
+    job = svc.jobs.create(function, run_input, run_limits)  # QuotaExceeded (429) before anything is written
     try:
         svc.celery.send_task(RUN_TASK, args=[job["job_id"]])
     except Exception as exc:  # noqa: BLE001 - any publish failure: record it, tell the client, keep nothing PENDING
@@ -260,7 +307,7 @@ def run_function(function_id: str):
             "type": "enqueue_failed", "message": "the job could not be queued; the broker is unavailable"})
         raise Unavailable("broker") from exc
     if wait_s > 0:
-        job = svc.jobs.wait(job["job_id"], wait_s)
+        job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
     response = jsonify(svc.jobs.public(job))
     if job["status"] not in TERMINAL:
         response.status_code = 202
@@ -271,14 +318,14 @@ def run_function(function_id: str):
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     svc = services()
-    return jsonify(svc.jobs.public(svc.jobs.get(job_id)))
+    return jsonify(svc.jobs.public(svc.jobs.get(job_id, auth.tenant())))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     """Stop a queued or running job: FAILED/cancelled at once, its sandbox killed."""
     svc = services()
-    job = svc.jobs.get(job_id)
+    job = svc.jobs.get(job_id, auth.tenant())
     if job["status"] in TERMINAL:
         raise ApiError(f"job {job_id} already ended with {job['status']}", status=409, code="conflict")
     cancelled = svc.jobs.finish(job_id, None, FAILED, error={"type": "cancelled", "message": "cancelled by request"})

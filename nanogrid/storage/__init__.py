@@ -76,6 +76,11 @@ def job_table(settings: Settings) -> DocumentTable:
     return _table(settings, settings.jobs_table, "jobId", "jobs")
 
 
+def key_table(settings: Settings) -> DocumentTable:
+    """API keys (nanogrid.keys): one document per key id, the secret stored only as a hash."""
+    return _table(settings, settings.keys_table, "keyId", "api_keys")
+
+
 def _table(settings: Settings, dynamodb_name: str, key: str, sqlite_name: str) -> DocumentTable:
     if settings.storage == "aws":
         from nanogrid.storage.dynamodb import DynamoDBTable

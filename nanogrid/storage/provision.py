@@ -50,7 +50,8 @@ def _ensure_tables(settings: Settings) -> None:
     from nanogrid.storage import aws
 
     dynamodb = aws.client(settings, "dynamodb")
-    for table, key in ((settings.functions_table, "functionId"), (settings.jobs_table, "jobId")):
+    for table, key in ((settings.functions_table, "functionId"), (settings.jobs_table, "jobId"),
+                       (settings.keys_table, "keyId")):
         with aws.unavailable_on_outage(f"DynamoDB create table {table}"):
             try:
                 dynamodb.create_table(

@@ -1,0 +1,151 @@
+"""Admission control of the API: rate limits shared by every API process, and queue backpressure.
+
+Rate limit (NANOGRID_RATE_LIMIT, "1000 per 5 minutes" like the founding document's WAF rule): a
+sliding-window counter per key, or per client address for requests without a valid key, kept in
+Redis by one Lua script, so every gunicorn worker on every API host counts against the same
+number and the clock is Redis's. The counter of the previous window is weighed by how much of it
+the sliding window still covers, so a burst at a window boundary cannot double the limit. Refused
+requests are not counted. When Redis cannot be reached the request is let through (logged): the
+routes that need Redis answer 503 on their own, and the others keep working.
+
+Backpressure (NANOGRID_MAX_QUEUE_DEPTH): the broker's waiting messages, read at most every
+QUEUE_DEPTH_CACHE_S per process; a run request over the maximum gets 503 before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+from nanogrid.config import RateLimit, Settings
+
+log = logging.getLogger(__name__)
+KEY_PREFIX = "nanogrid:ratelimit:"
+QUEUE_DEPTH_CACHE_S = 2.0
+BACKPRESSURE_RETRY_AFTER_S = 5
+WARN_EVERY_S = 60.0
+
+# KEYS[1]: the counter hash (w: window number, c: count in it, p: count in the one before).
+# ARGV: limit, period in ms. Returns {allowed (0/1), retry-after ms when refused | remaining}.
+SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local window = math.floor(now / period)
+local elapsed = now - window * period
+local stored = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
+local w = tonumber(stored[1])
+local c = tonumber(stored[2]) or 0
+local p = tonumber(stored[3]) or 0
+if w == nil or w < window - 1 then
+  c = 0
+  p = 0
+elseif w == window - 1 then
+  p = c
+  c = 0
+end
+local weighted = p * (period - elapsed) / period + c
+local allowed = weighted + 1 <= limit
+if allowed then
+  c = c + 1
+end
+redis.call('HSET', KEYS[1], 'w', window, 'c', c, 'p', p)
+redis.call('PEXPIRE', KEYS[1], 2 * period)
+if allowed then
+  return {1, math.floor(limit - weighted - 1)}
+end
+local wait
+if c + 1 > limit then
+  wait = (period - elapsed) + math.ceil(period * (1 - (limit - 1) / c))
+else
+  wait = (period - elapsed) - math.floor((limit - c - 1) * period / p)
+end
+return {0, math.max(wait, 1)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after_s: int = 0
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, limit: RateLimit):
+        self.client = client
+        self.limit = limit
+        self.script = client.register_script(SLIDING_WINDOW)
+        self._warned = 0.0
+
+    def hit(self, identity: str) -> Decision:
+        """Count one request of identity ("key:<id>" or "addr:<address>") unless over the limit."""
+        if not self.limit.enabled:
+            return Decision(True)
+        try:
+            allowed, value = self.script(keys=[KEY_PREFIX + identity],
+                                         args=[self.limit.count, self.limit.period_s * 1000])
+        except redis.RedisError as exc:
+            now = time.monotonic()
+            if now - self._warned > WARN_EVERY_S:
+                self._warned = now
+                log.warning("rate limit not enforced: redis is unavailable (%s)", exc)
+            return Decision(True)
+        if allowed:
+            return Decision(True)
+        return Decision(False, max(1, math.ceil(int(value) / 1000)))
+
+
+class QueueDepth:
+    """The broker's waiting run messages, measured at most every QUEUE_DEPTH_CACHE_S seconds."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._value: int | None = None
+        self._until = 0.0
+        self._broker: redis.Redis | None = None
+
+    def overloaded(self) -> bool:
+        maximum = self.settings.max_queue_depth
+        if not maximum:
+            return False
+        depth = self.depth()
+        return depth is not None and depth >= maximum
+
+    def depth(self) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._until:
+                return self._value
+        try:
+            value = self._measure()
+        except Exception as exc:  # noqa: BLE001 - an unreadable depth must not refuse runs: the publish answers
+            log.warning("queue depth unavailable for backpressure: %s", exc)
+            value = None
+        with self._lock:
+            self._value, self._until = value, now + QUEUE_DEPTH_CACHE_S
+        return value
+
+    def _measure(self) -> int:
+        settings = self.settings
+        if settings.uses_sqs:
+            from nanogrid.storage import aws
+
+            attributes = aws.client(settings, "sqs").get_queue_attributes(
+                QueueUrl=settings.sqs_queue_url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+            return int(attributes.get("ApproximateNumberOfMessages", 0))
+        if self._broker is None:
+            self._broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        # kombu's Redis transport: the queue is a list under its name, plus one per priority step.
+        queue = settings.queue_name
+        pipe = self._broker.pipeline(transaction=False)
+        for step in (0, 3, 6, 9):
+            pipe.llen(queue if step == 0 else f"{queue}\x06\x16{step}")
+        return sum(pipe.execute())

@@ -1,0 +1,321 @@
+"""The API contract: JSON Schemas of every request and response, and the OpenAPI 3.1 document.
+
+The same schemas serve GET /openapi.json and check the JSON bodies the routes accept (`check`,
+after the routes' own checks, whose messages are more specific): a body the document rejects is
+never accepted. The responses are held to the document by tests (tests/security: schemathesis
+against the app, and the tenant and auth tests' real responses validated against it).
+
+Bounds that depend on the installation (limit ceilings, the longest wait, body sizes) are filled
+in from the Settings, so the document describes the running API, not a default one.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import jsonschema
+
+from nanogrid import __version__
+from nanogrid.config import Settings
+from nanogrid.functions import ID_PATTERN, NAME_PATTERN
+from nanogrid.sandbox import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
+
+JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+JOB_STATUSES = ["PENDING", "PROCESSING", "SUCCESS", "FAILED"]
+TIMESTAMP = {"type": "string", "description": "UTC, ISO 8601"}
+MAX_MESSAGE_CHARS = 300
+
+
+def _nullable(schema: dict) -> dict:
+    schema = dict(schema)
+    schema["type"] = [schema["type"], "null"]
+    return schema
+
+
+def limit_schemas(settings: Settings) -> dict[str, dict]:
+    """Each run limit as the API accepts it: a number from its floor to this installation's ceiling."""
+    return {name: {"type": "number" if name in FRACTIONAL_LIMITS else "integer",
+                   "minimum": LIMIT_FLOORS[name], "maximum": getattr(settings, name).ceiling}
+            for name in Limits.names()}
+
+
+def requested_limits(settings: Settings) -> dict:
+    return {"type": ["object", "null"], "additionalProperties": False,
+            "properties": {name: _nullable(s) for name, s in limit_schemas(settings).items()},
+            "description": "Lower (or, up to the ceiling, raise) the defaults of GET /limits; null keeps a default."}
+
+
+def env_schema() -> dict:
+    return {"type": ["object", "null"], "propertyNames": {"pattern": ENV_NAME_PATTERN},
+            "additionalProperties": {"type": "string"},
+            "description": "Environment variables for every run (at most 16 KiB as JSON)."}
+
+
+def request_schemas(settings: Settings) -> dict[str, dict]:
+    """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
+    limits = requested_limits(settings)
+    timeout = _nullable(limit_schemas(settings)["timeout_s"])
+    memory = _nullable(limit_schemas(settings)["memory_mb"])
+    function_fields = {
+        "name": {"type": "string", "pattern": NAME_PATTERN.pattern},
+        "code": {"type": "string", "description": "Python source of main.py (UTF-8; must parse)"},
+        "handler": {"type": ["string", "null"],
+                    "description": "the function main.py defines to call; omitted: `handler` if defined, "
+                                   "else main.py runs as a script with the input on stdin"},
+        "timeout_s": timeout,
+        "memory_mb": memory,
+        "limits": limits,
+        "env": env_schema(),
+    }
+    return {
+        "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
+                           "properties": function_fields},
+        "FunctionUpdate": {"type": "object", "additionalProperties": False,
+                           "properties": {**function_fields,
+                                          "name": {**function_fields["name"],
+                                                   "description": "must be the function's current name"}}},
+        "RunRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON"},
+            "wait_s": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s,
+                       "description": f"seconds to wait for the result (default {settings.default_wait_s:g}); "
+                                      "0 returns 202 with the PENDING job at once"},
+            "limits": limits,
+        }},
+    }
+
+
+def _form_schema(settings: Settings, create: bool) -> dict:
+    text = {"type": "string"}
+    schema = {"type": "object", "additionalProperties": False, "properties": {
+        "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                 "description": "a .py source file, or a .zip with main.py at its top level"},
+        "name": {"type": "string", "pattern": NAME_PATTERN.pattern},
+        "handler": text,
+        "timeout_s": {"type": "string", "description": "a number, as text"},
+        "memory_mb": {"type": "string", "description": "a whole number, as text"},
+        "limits": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.limits)"},
+        "env": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.env)"},
+    }}
+    if create:
+        schema["required"] = ["name", "file"]
+    return schema
+
+
+def response_schemas(settings: Settings) -> dict[str, dict]:
+    effective = {name: {"type": "number" if name in FRACTIONAL_LIMITS else "integer"} for name in Limits.names()}
+    return {
+        "Error": {"type": "object", "additionalProperties": False, "required": ["error"], "properties": {
+            "error": {"type": "object", "additionalProperties": False, "required": ["code", "message"],
+                      "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Function": {"type": "object", "additionalProperties": False, "required": [
+            "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb",
+            "created_at", "updated_at", "limits"], "properties": {
+            "function_id": {"type": "string", "pattern": ID_PATTERN.pattern},
+            "name": {"type": "string", "pattern": NAME_PATTERN.pattern},
+            "version": {"type": "integer", "minimum": 1},
+            "code_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "handler": {"type": ["string", "null"]},
+            "timeout_s": {"type": ["number", "null"]},
+            "memory_mb": {"type": ["integer", "null"]},
+            "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+            "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
+                       "properties": effective, "description": "the effective limits of a run"},
+        }},
+        "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
+                         "properties": {"functions": {"type": "array",
+                                                      "items": {"$ref": "#/components/schemas/Function"}}}},
+        "Job": {"type": "object", "additionalProperties": False, "required": [
+            "job_id", "function_id", "function_version", "status", "created_at"], "properties": {
+            "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+            "function_id": {"type": "string", "pattern": ID_PATTERN.pattern},
+            "function_version": {"type": "integer", "minimum": 1},
+            "status": {"type": "string", "enum": JOB_STATUSES},
+            "result": {"description": "the handler's return value (JSON), null in script mode"},
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "exit_code": {"type": ["integer", "null"]},
+            "error": {"type": ["object", "null"], "required": ["type", "message"],
+                      "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
+            "truncated": {"type": "boolean"},
+            "duration_ms": {"type": ["integer", "null"]},
+            "created_at": TIMESTAMP, "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),
+            "ai_usage": {"type": ["object", "null"]},
+            "peak_memory_bytes": {"type": ["integer", "null"]},
+            "cpu_time_ms": {"type": ["integer", "null"]},
+        }},
+        "Limits": {"type": "object", "additionalProperties": False, "required": list(effective), "properties": {
+            name: {"type": "object", "additionalProperties": False, "required": ["default", "ceiling"],
+                   "properties": {"default": {"type": "number"}, "ceiling": {"type": "number"}}}
+            for name in effective}},
+        "Health": {"type": "object", "required": ["status", "components"], "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "components": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}},
+            "failing": {"type": "array", "items": {"type": "string"}},
+        }},
+    }
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds to wait before trying again",
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+ERROR_TEXT = {
+    400: "the request is malformed or breaks a rule (the message says which)",
+    401: "a key is required (some key exists) and none, or no valid one, was given",
+    404: "no such function or job, or another tenant's",
+    405: "the path does not take this method",
+    409: "the name is taken, or the job already ended",
+    413: "the body, the code, the input or the unpacked zip is too large",
+    415: "the body is not JSON (or multipart where the route takes it)",
+    429: "rate limit (per key, or per client address) or tenant quota exceeded",
+    500: "internal error (no details are returned)",
+    503: "a dependency is unavailable, or the queue is too deep (backpressure)",
+}
+
+
+def _errors(*codes: int) -> dict:
+    responses = {}
+    for code in codes:
+        response = {"description": ERROR_TEXT[code], "content": _json("Error")}
+        if code in (429, 503):
+            response["headers"] = RETRY_AFTER
+        responses[str(code)] = response
+    return responses
+
+
+GUARDED = (401, 405, 429, 500, 503)  # any route behind authentication and rate limiting may answer these
+
+
+def _function_id() -> dict:
+    return {"name": "function_id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
+
+
+def _job_id() -> dict:
+    return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": JOB_ID_PATTERN}}
+
+
+@functools.lru_cache(maxsize=8)
+def _document(settings: Settings) -> dict:
+    upload = {"required": True, "content": {
+        "application/json": {"schema": _ref("FunctionCreate")},
+        "multipart/form-data": {"schema": _form_schema(settings, create=True)}}}
+    update = {"required": True, "content": {
+        "application/json": {"schema": _ref("FunctionUpdate")},
+        "multipart/form-data": {"schema": _form_schema(settings, create=False)}}}
+    job_response = {"content": _json("Job")}
+    paths = {
+        "/health": {"get": {
+            "operationId": "health", "summary": "Health of the API and its dependencies (never needs a key)",
+            "security": [],
+            "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
+                          "503": {"description": "a required component is down", "content": _json("Health")},
+                          **_errors(405, 500)}}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document",
+            "responses": {"200": {"description": "the OpenAPI 3.1 document",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **_errors(*GUARDED)}}},
+        "/limits": {"get": {
+            "operationId": "limits", "summary": "Default and ceiling of every run limit",
+            "responses": {"200": {"description": "the limits", "content": _json("Limits")}, **_errors(*GUARDED)}}},
+        "/functions": {
+            "get": {"operationId": "listFunctions", "summary": "The tenant's functions",
+                    "responses": {"200": {"description": "the functions, oldest first",
+                                          "content": _json("FunctionList")}, **_errors(*GUARDED)}},
+            "post": {"operationId": "createFunction", "summary": "Upload a function (JSON, or multipart .py/.zip)",
+                     "requestBody": upload,
+                     "responses": {"201": {"description": "created", "content": _json("Function"),
+                                           "headers": {"Location": {"required": True,
+                                                                    "schema": {"type": "string"}}}},
+                                   **_errors(400, 409, 413, 415, *GUARDED)}},
+        },
+        "/functions/{function_id}": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "getFunction", "summary": "One function",
+                    "responses": {"200": {"description": "the function", "content": _json("Function")},
+                                  **_errors(404, *GUARDED)}},
+            "put": {"operationId": "updateFunction",
+                    "summary": "New code or settings (a new version); an identical update changes nothing",
+                    "requestBody": update,
+                    "responses": {"200": {"description": "the function", "content": _json("Function")},
+                                  **_errors(400, 404, 409, 413, 415, *GUARDED)}},
+            "delete": {"operationId": "deleteFunction", "summary": "Delete a function and its code",
+                       "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/run": {
+            "parameters": [_function_id()],
+            "post": {"operationId": "runFunction", "summary": "Run a function; wait up to wait_s for the result",
+                     "requestBody": {"required": False, "content": _json("RunRequest")},
+                     "responses": {"200": {"description": "the job ended within wait_s", **job_response},
+                                   "202": {"description": "the job is queued or running", **job_response,
+                                           "headers": {"Location": {"required": True,
+                                                                    "schema": {"type": "string"}}}},
+                                   **_errors(400, 404, 413, 415, *GUARDED)}},
+        },
+        "/jobs/{job_id}": {
+            "parameters": [_job_id()],
+            "get": {"operationId": "getJob", "summary": "A job's state and outputs",
+                    "responses": {"200": {"description": "the job", **job_response}, **_errors(404, *GUARDED)}},
+        },
+        "/jobs/{job_id}/cancel": {
+            "parameters": [_job_id()],
+            "post": {"operationId": "cancelJob", "summary": "Stop a queued or running job (FAILED, cancelled)",
+                     "responses": {"200": {"description": "the cancelled job", **job_response},
+                                   **_errors(404, 409, *GUARDED)}},
+        },
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics (no key: scrape it from the private network)",
+            "security": [],
+            "responses": {"200": {"description": "the metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(405, 500)}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NanoGrid", "version": __version__,
+                 "description": "Self-hosted functions. Every route but /health (and /metrics) needs "
+                                "`Authorization: Bearer <key>` once any key exists (`nanogrid keys create`); "
+                                "an installation without keys is open and acts for the tenant `default`."},
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "an API key: ng_<key id>_<secret>"}},
+            "schemas": {**request_schemas(settings), **response_schemas(settings)},
+        },
+    }
+
+
+def document(settings: Settings) -> dict:
+    """The OpenAPI 3.1 document of this installation (a copy: callers may change it)."""
+    return copy.deepcopy(_document(settings))
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(settings: Settings, name: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(request_schemas(settings)[name])
+
+
+class SchemaError(ValueError):
+    """The body does not match its schema; the message (bounded) says where and why."""
+
+
+def check(settings: Settings, name: str, body) -> None:
+    """SchemaError unless body matches the request schema `name`."""
+    error = jsonschema.exceptions.best_match(_validator(settings, name).iter_errors(body))
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path) or "the body"
+    message = f"{where}: {error.message}"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    raise SchemaError(message)
