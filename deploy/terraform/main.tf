@@ -34,6 +34,7 @@ module "data" {
   user_data_bucket_prefix          = var.user_data_bucket_prefix
   functions_table_name             = var.functions_table_name
   jobs_table_name                  = var.jobs_table_name
+  keys_table_name                  = var.keys_table_name
   task_queue_name                  = var.task_queue_name
   queue_visibility_timeout_seconds = var.queue_visibility_timeout_seconds
   dlq_max_receive_count            = var.dlq_max_receive_count
@@ -109,6 +110,7 @@ module "compute" {
   user_data_bucket  = module.data.user_data_bucket
   functions_table   = module.data.functions_table
   jobs_table        = module.data.jobs_table
+  keys_table        = module.data.keys_table
   task_queue        = module.data.task_queue
   dead_letter_queue = module.data.dead_letter_queue
   redis             = module.data.redis

@@ -48,6 +48,11 @@ output "jobs_table" {
   value       = module.data.jobs_table.name
 }
 
+output "keys_table" {
+  description = "Name of the API keys table (NANOGRID_KEYS_TABLE)."
+  value       = module.data.keys_table.name
+}
+
 output "ai_endpoint" {
   description = "Ollama endpoint (AI_ENDPOINT)."
   value       = module.compute.ai_endpoint

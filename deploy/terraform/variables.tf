@@ -429,6 +429,12 @@ variable "jobs_table_name" {
   default     = "NanoGridJobs"
 }
 
+variable "keys_table_name" {
+  description = "DynamoDB table of API keys (NANOGRID_KEYS_TABLE)."
+  type        = string
+  default     = "NanoGridApiKeys"
+}
+
 variable "redis_node_type" {
   description = "ElastiCache node type."
   type        = string

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -122,6 +123,10 @@ NOT_ON_DYNAMIC_QUEUES = {
 
 AI_LIMITS_REASON = ("per-run limits of the AI channel (only workers' sandboxed runs use it); the defaults in "
                     "nanogrid/config.py are the documented ones (docs/ai.md)")
+WARM_POOL_REASON = ("warm sandbox pool of each worker process (nanogrid/sandbox/warm.py; only workers run "
+                    "sandboxes): reuse bounded per process by idle containers per function version, containers, "
+                    "the sum of their memory limits and idle time, at the defaults of nanogrid/config.py; "
+                    "NANOGRID_WARM_POOL_SIZE=0 turns reuse off")
 OPTIONAL_EVERYWHERE = {
     "AWS_DEFAULT_REGION": "fallback when AWS_REGION is unset; the templates always set AWS_REGION",
     "AWS_ENDPOINT_URL": "points boto3 at a local emulator (moto); must stay unset against AWS",
@@ -157,6 +162,25 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_AI_MAX_REQUEST_BYTES": AI_LIMITS_REASON,
     "NANOGRID_AI_MODELS": "empty allows every model the AI node serves, which are the ones the ai_node role pulls "
                           "(runs cannot pull models: the channel refuses model management)",
+    "NANOGRID_RATE_LIMIT": "API requests per key (or per client address without a valid key), counted in Redis "
+                           "across every API process; the default, 1000 per 5 minutes, is the founding document's "
+                           "figure and the WAF's per-address rule (test_the_api_rate_limit_default_is_the_waf_rule)",
+    "NANOGRID_TENANT_MAX_RUNNING": "per-tenant quota of runs in progress, default 100 (docs/api-security.md): above "
+                                   "the fleet's run slots (worker_max_size x worker_concurrency, checked by "
+                                   "test_the_tenant_running_quota_is_above_the_fleets_run_slots), so a tenant's "
+                                   "running jobs are bounded by the slots and its backlog by NANOGRID_TENANT_MAX_QUEUED",
+    "NANOGRID_TENANT_MAX_QUEUED": "per-tenant quota of queued runs, default 1000 (docs/api-security.md)",
+    # Named like a run limit (NANOGRID_MAX_x) but it is not one: listed here with its own reason.
+    "NANOGRID_MAX_QUEUE_DEPTH": "the API's backpressure: run requests get 503 while the task queue holds this many "
+                                "waiting messages, default 10000 (docs/api-security.md); the API reads the depth "
+                                "with sqs:GetQueueAttributes on the task queue, which the controller role has",
+    "NANOGRID_WARM_POOL_SIZE": WARM_POOL_REASON,
+    "NANOGRID_WARM_IDLE_TTL_S": WARM_POOL_REASON,
+    "NANOGRID_WARM_MAX_CONTAINERS": WARM_POOL_REASON,
+    "NANOGRID_WARM_MEMORY_BUDGET_MB": WARM_POOL_REASON,
+    "NANOGRID_TASK_EVENTS": "Celery task events from the start, off by default because they cost CPU on every run "
+                            "(nanogrid/worker/celery_app.py); Flower on the controllers turns worker events on in "
+                            "the workers it watches (its --enable_events default), which is when anything reads them",
 }
 RUN_LIMITS_REASON = "per-run sandbox limits (NANOGRID_DEFAULT_x / NANOGRID_MAX_x); the defaults in nanogrid/config.py are the documented ones"
 # Set by systemd or the OS, not by the templates.
@@ -173,6 +197,9 @@ OPTIONAL_BY_PROCESS = {
     "worker": {
         "NANOGRID_HOST": "only the API listens",
         "NANOGRID_PORT": "only the API listens",
+        "NANOGRID_KEYS_TABLE": "only the API and `nanogrid keys` (run on a controller, with controller.env) use the "
+                               "key store; the worker role has no grant on the keys table",
+        "NANOGRID_TRUSTED_PROXIES": "only the API takes client addresses (for its rate limit) from X-Forwarded-For",
     },
 }
 OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
@@ -468,6 +495,67 @@ def test_only_workers_read_the_gcp_secret_and_the_ai_node_calls_nothing():
     assert [a["policy_arn"].rsplit("/", 1)[1] for a in attachments.values()] == ["AmazonSSMManagedInstanceCore"]
 
 
+def key_store_table_methods() -> set[str]:
+    """The DocumentTable methods nanogrid.keys.KeyStore calls on its table (self.table.X(...))."""
+    tree = ast.parse((PACKAGE / "keys.py").read_text())
+    store = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KeyStore")
+    methods = set()
+    for node in ast.walk(store):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            holder = node.func.value
+            if isinstance(holder, ast.Attribute) and holder.attr == "table" \
+                    and isinstance(holder.value, ast.Name) and holder.value.id == "self":
+                methods.add(node.func.attr)
+    return methods
+
+
+def dynamodb_table_actions(modules) -> dict[str, set[str]]:
+    """DynamoDBTable method (the DocumentTable methods, same names) -> the IAM actions of its boto3 calls."""
+    module = modules["nanogrid.storage.dynamodb"]
+    wrappers = codescan.client_wrappers(modules)
+    table = next(n for n in module.tree.body if isinstance(n, ast.ClassDef) and n.name == "DynamoDBTable")
+    actions: dict[str, set[str]] = {}
+    for method in (n for n in table.body if isinstance(n, ast.FunctionDef)):
+        # One method at a time; the wrappers map knows self._dynamodb() returns a DynamoDB client.
+        calls, problems = codescan.api_calls(module.name, method, wrappers)
+        assert not problems, problems
+        actions[method.name] = set(codescan.actions_of(calls))
+    return actions
+
+
+def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules):
+    """The API and `nanogrid keys` reach the keys table only through KeyStore: the controller role
+    gets on that table exactly the actions of the DocumentTable methods KeyStore calls, and no
+    other role gets anything on it."""
+    used = key_store_table_methods()
+    assert used and used <= {"insert", "get", "replace", "delete", "scan"}, used
+    by_method = dynamodb_table_actions(modules)
+    expected = set().union(*(by_method[m] for m in used))
+    assert expected, by_method
+    fanout = root_default("celery_sns_fanout")
+    on_table = granted_on("controller", fanout, "${var.keys_table.arn}")
+    assert on_table == expected, (f"controller on the keys table: missing {sorted(expected - on_table)}, "
+                                  f"not called by KeyStore {sorted(on_table - expected)}")
+    for statement in policy_statements("controller", fanout):
+        if "${var.keys_table.arn}" in statement["resources"]:
+            assert statement["resources"] == ["${var.keys_table.arn}"], statement
+    assert not granted_on("worker", fanout, "${var.keys_table.arn}")
+    assert "keys_table" not in str(tf_module("modules/compute").data["aws_iam_policy_document"]["worker"])
+    # Both ways in: the API's guard and the CLI build the store from the same settings.
+    assert "keys.KeyStore(storage.key_table(settings))" in (PACKAGE / "api" / "auth.py").read_text()
+    assert "keys.KeyStore(storage.key_table(Settings.from_env()))" in (PACKAGE / "cli.py").read_text()
+
+
+def test_the_api_reads_the_queue_depth_it_is_granted(modules):
+    """Backpressure (NANOGRID_MAX_QUEUE_DEPTH) reads the task queue's depth from the API process:
+    sqs:GetQueueAttributes on the task queue is granted to the controller role."""
+    calls, problems = codescan.calls_in(modules, {"nanogrid.api.ratelimit"})
+    assert not problems, problems
+    assert "sqs:GetQueueAttributes" in codescan.actions_of(calls)
+    assert "nanogrid.api.ratelimit" in process_modules(modules, "api")
+    assert "sqs:GetQueueAttributes" in granted_on("controller", root_default("celery_sns_fanout"), "${var.task_queue.arn}")
+
+
 # --- Environment ----------------------------------------------------------------------------------
 
 
@@ -600,6 +688,42 @@ def test_rendered_environment_loads_as_production_settings(process):
         assert settings.archive == "none"
     if process == "api":
         assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    if PROCESSES[process]["env"] == "controller.env.j2":
+        assert settings.keys_table == root_default("keys_table_name")
+        assert settings.trusted_proxies == 1  # the ALB (test_the_api_trusts_exactly_the_alb)
+    else:
+        assert "NANOGRID_KEYS_TABLE" not in rendered and "NANOGRID_TRUSTED_PROXIES" not in rendered
+
+
+def test_the_api_trusts_exactly_the_alb():
+    """NANOGRID_TRUSTED_PROXIES=1 on the controllers is right only while the ALB is the one proxy in
+    front of them, appends the client's address to X-Forwarded-For, and is the only way in to 8080."""
+    assert render_env("api")["NANOGRID_TRUSTED_PROXIES"] == "1"
+    alb = tf_module("modules/edge").resource("aws_lb", "this")
+    assert alb.get("xff_header_processing_mode", "append") == "append"
+    ingress = tf_module("modules/network").resources["aws_vpc_security_group_ingress_rule"]
+    to_api = [r for r in ingress.values()
+              if "aws_security_group.controller.id" in r["security_group_id"] and r["from_port"] <= 8080 <= r["to_port"]]
+    assert to_api and all(r.get("referenced_security_group_id") == "${aws_security_group.alb.id}" for r in to_api), to_api
+
+
+def test_the_api_rate_limit_default_is_the_waf_rule():
+    """NANOGRID_RATE_LIMIT stays unset: its default is the WAF's per-address rule."""
+    from nanogrid.config import RateLimit, Settings
+
+    assert Settings.rate_limit == RateLimit(root_default("waf_rate_limit"), root_default("waf_rate_window_seconds"))
+    for process in PROCESSES:
+        assert "NANOGRID_RATE_LIMIT" not in render_env(process), process
+
+
+def test_the_tenant_running_quota_is_above_the_fleets_run_slots():
+    """The reason NANOGRID_TENANT_MAX_RUNNING may stay unset: at most worker_max_size x
+    worker_concurrency runs are in progress at once, fewer than the quota."""
+    from nanogrid.config import Settings
+
+    defaults = yaml.safe_load((ANSIBLE / "roles" / "worker" / "defaults" / "main.yml").read_text())
+    slots = root_default("worker_max_size") * int(defaults["worker_concurrency"])
+    assert Settings.tenant_max_running == 0 or Settings.tenant_max_running > slots, (Settings.tenant_max_running, slots)
 
 
 def test_the_worker_metrics_exporter_stays_on_the_instance(modules):

@@ -14,7 +14,7 @@ import subprocess
 import hcl2
 import pytest
 
-from fleetlib import TERRAFORM, find_tool, root_default, single, tf_files, tf_module, tool_env
+from fleetlib import PACKAGE, TERRAFORM, find_tool, root_default, single, tf_files, tf_module, tool_env
 
 FOUNDING_SUBNETS = {
     "10.0.1.0/24": ("ap-northeast-2a", "public"),
@@ -302,16 +302,27 @@ def test_task_queue_with_dead_letter_redrive():
 
 
 def test_tables_are_on_demand_with_the_documented_keys():
+    from nanogrid.config import Settings
+
     data = tf_module("modules/data")
     functions = data.resource("aws_dynamodb_table", "functions")
     jobs = data.resource("aws_dynamodb_table", "jobs")
+    keys = data.resource("aws_dynamodb_table", "keys")
     assert root_default("functions_table_name") == "NanoGridFunctions"
     assert root_default("jobs_table_name") == "NanoGridJobs"
-    for table, key in ((functions, "functionId"), (jobs, "jobId")):
+    assert root_default("keys_table_name") == "NanoGridApiKeys" == Settings.keys_table
+    assert tf_module().modules["data"]["keys_table_name"] == "${var.keys_table_name}"
+    assert tf_module().modules["compute"]["keys_table"] == "${module.data.keys_table}"
+    for table, key in ((functions, "functionId"), (jobs, "jobId"), (keys, "keyId")):
         assert table["billing_mode"] == "PAY_PER_REQUEST"
         assert table["hash_key"] == key
         assert single(table["attribute"]) == {"name": key, "type": "S"}
         assert single(table["point_in_time_recovery"])["enabled"] is True
+        assert single(table["server_side_encryption"])["enabled"] is True
+        assert table["deletion_protection_enabled"] is True
+    # The key attribute names the code uses (nanogrid/storage/__init__.py).
+    storage = (PACKAGE / "storage" / "__init__.py").read_text()
+    assert '_table(settings, settings.keys_table, "keyId"' in storage
 
 
 def test_redis_7_1_on_one_small_node():
@@ -379,6 +390,37 @@ def test_sns_topic_for_operations_alarms():
 def _waf_rules() -> dict[str, dict]:
     acl = tf_module("modules/edge").resource("aws_wafv2_web_acl", "this")
     return {rule["name"]: rule for rule in acl["rule"]}
+
+
+def test_metrics_is_refused_at_the_edge():
+    """The API's GET /metrics has no key and no rate limit (a plain app route for a scraper on the
+    private network): the ALB answers it 403 on the listener that forwards to the controllers, and
+    WAF refuses it however the path is spelled (percent-encoded, doubled slashes)."""
+    route = re.search(r'add_url_rule\("([^"]+)", endpoint="metrics"', (PACKAGE / "metrics.py").read_text())
+    assert route, "nanogrid/metrics.py no longer registers the metrics route as expected"
+    edge = tf_module("modules/edge")
+    assert edge.locals["metrics_path"] == route.group(1) == "/metrics"
+    rule = edge.resource("aws_lb_listener_rule", "metrics_private")
+    # The forwarding listener: HTTPS when a certificate is set (then HTTP only redirects), else HTTP.
+    assert rule["listener_arn"] == "${local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http.arn}"
+    assert "count" not in rule and "for_each" not in rule
+    paths = single(single(rule["condition"])["path_pattern"])["values"]
+    assert set(paths) == {"${local.metrics_path}", "${local.metrics_path}/*"}
+    action = single(rule["action"])
+    assert action["type"] == "fixed-response"
+    assert single(action["fixed_response"])["status_code"] == "403"
+    other_rules = [n for n in edge.resources["aws_lb_listener_rule"] if n != "metrics_private"]
+    assert not other_rules or all(edge.resources["aws_lb_listener_rule"][n]["priority"] > rule["priority"]
+                                  for n in other_rules)
+    waf = _waf_rules()["block-metrics"]
+    response = single(single(single(waf["action"])["block"])["custom_response"])
+    assert response["response_code"] == 403
+    match = single(single(waf["statement"])["byte_match_statement"])
+    assert match["search_string"] == "${local.metrics_path}"
+    assert match["positional_constraint"] == "STARTS_WITH"
+    assert "uri_path" in single(match["field_to_match"])
+    transformations = sorted(match["text_transformation"], key=lambda t: t["priority"])
+    assert [t["type"] for t in transformations] == ["URL_DECODE", "NORMALIZE_PATH"]
 
 
 def test_waf_rate_rule_is_1000_per_300_s_per_ip_answering_429_with_retry_after():

@@ -84,6 +84,21 @@ data "aws_iam_policy_document" "controller" {
     resources = [var.functions_table.arn, var.jobs_table.arn]
   }
 
+  # API keys (nanogrid/keys.py through nanogrid/storage/dynamodb.py): `nanogrid keys create`
+  # inserts (PutItem, conditional on a new key id), `keys revoke` reads and replaces (GetItem,
+  # PutItem conditional on the rev), `keys list` and the API's "does any key exist" check scan,
+  # and the API verifies a bearer key with GetItem. Keys are never deleted (a revoked key keeps
+  # its item), so no DeleteItem here. The workers get nothing on this table.
+  statement {
+    sid       = "KeysTable"
+    actions   = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Scan"]
+    resources = [var.keys_table.arn]
+  }
+
+  # Celery publishes run tasks (SendMessage). GetQueueAttributes: the API's backpressure
+  # (nanogrid/api/ratelimit.py, NANOGRID_MAX_QUEUE_DEPTH) and its /metrics (nanogrid/status.py)
+  # read the queue's ApproximateNumberOfMessages, the scaling publisher reads the backlog, and
+  # kombu reads the queue on declare.
   statement {
     sid       = "TaskQueuePublish"
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]

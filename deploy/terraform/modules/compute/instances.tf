@@ -34,6 +34,7 @@ locals {
     nanogrid_s3_user_data_bucket     = var.user_data_bucket.name
     nanogrid_functions_table         = var.functions_table.name
     nanogrid_jobs_table              = var.jobs_table.name
+    nanogrid_keys_table              = var.keys_table.name
     nanogrid_gcp_bucket_name         = var.gcp_bucket_name
     nanogrid_gcp_credentials_secret  = var.secrets.gcp_credentials.name
     nanogrid_ai_endpoint             = local.ai_endpoint

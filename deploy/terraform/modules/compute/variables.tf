@@ -163,6 +163,11 @@ variable "jobs_table" {
   type        = object({ name = string, arn = string })
 }
 
+variable "keys_table" {
+  description = "API keys table name and ARN."
+  type        = object({ name = string, arn = string })
+}
+
 variable "task_queue" {
   description = "Task queue name, URL and ARN."
   type        = object({ name = string, url = string, arn = string })

@@ -23,6 +23,11 @@ output "jobs_table" {
   value       = { name = aws_dynamodb_table.jobs.name, arn = aws_dynamodb_table.jobs.arn }
 }
 
+output "keys_table" {
+  description = "Name and ARN of the API keys table."
+  value       = { name = aws_dynamodb_table.keys.name, arn = aws_dynamodb_table.keys.arn }
+}
+
 output "task_queue" {
   description = "Name, URL and ARN of the task queue."
   value       = { name = aws_sqs_queue.tasks.name, url = aws_sqs_queue.tasks.url, arn = aws_sqs_queue.tasks.arn }

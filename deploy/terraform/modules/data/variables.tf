@@ -28,6 +28,11 @@ variable "jobs_table_name" {
   type        = string
 }
 
+variable "keys_table_name" {
+  description = "DynamoDB table of API keys (partition key keyId)."
+  type        = string
+}
+
 variable "task_queue_name" {
   description = "Name of the SQS task queue."
   type        = string

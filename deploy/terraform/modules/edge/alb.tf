@@ -1,8 +1,10 @@
 # Internet-facing ALB: listener 80 (redirecting to 443 when a certificate is given), target
-# group on 8080 with the health check on /health.
+# group on 8080 with the health check on /health, and /metrics refused at the edge.
 
 locals {
   https = var.acm_certificate_arn != ""
+  # The API's unauthenticated Prometheus endpoint (nanogrid/metrics.py).
+  metrics_path = "/metrics"
 }
 
 resource "aws_lb" "this" {
@@ -13,6 +15,10 @@ resource "aws_lb" "this" {
   security_groups            = [var.alb_security_group_id]
   subnets                    = var.public_subnet_ids
   drop_invalid_header_fields = true
+  # The API trusts exactly one proxy (NANOGRID_TRUSTED_PROXIES=1, ansible/roles/controller): the
+  # ALB appends the client's address to X-Forwarded-For, and the API takes that last entry as
+  # the client of its rate limit. "append" is the default; stated because the API depends on it.
+  xff_header_processing_mode = "append"
   enable_deletion_protection = var.deletion_protection
   # Runs wait for their result up to NANOGRID_MAX_WAIT_S (300 s); the ALB must not cut them.
   idle_timeout = 330
@@ -81,5 +87,33 @@ resource "aws_lb_listener" "https" {
   default_action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.api.arn
+  }
+}
+
+# The API serves Prometheus metrics on GET /metrics without a key and without a rate limit
+# (nanogrid/metrics.py: a plain app route, outside the API's guards), meant for a scraper on the
+# private network. From the internet it is refused here, on the listener that forwards to the
+# controllers (HTTPS when a certificate is set; plain HTTP then only redirects). This matches the
+# path as sent; the API also serves /%6Detrics and //metrics (gunicorn decodes the path, Flask
+# routes // as /), which the WAF rule block-metrics (waf.tf) refuses on the decoded, normalized
+# path.
+resource "aws_lb_listener_rule" "metrics_private" {
+  listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http.arn
+  priority     = 1
+
+  condition {
+    path_pattern {
+      values = [local.metrics_path, "${local.metrics_path}/*"]
+    }
+  }
+
+  action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      message_body = "{\"error\":{\"code\":\"forbidden\",\"message\":\"${local.metrics_path} is served to the private network only\"}}"
+      status_code  = "403"
+    }
   }
 }

@@ -1,6 +1,6 @@
 # WAF on the ALB: the AWS managed rule groups (SQL injection, core rule set, known bad inputs),
-# a rate rule (1000 requests per 5 minutes per IP, answered with 429 + Retry-After), and the
-# founding document's 1 GB body limit.
+# a rate rule (1000 requests per 5 minutes per IP, answered with 429 + Retry-After), the
+# founding document's 1 GB body limit, and the API's /metrics refused from the internet.
 #
 # Uploading Python source must not be blocked: on an ALB, WAF sees only the first 8 KB of a
 # body, the core rule set's SizeRestrictions_BODY blocks every body over 8 KB, and its XSS/LFI/
@@ -56,6 +56,12 @@ resource "aws_wafv2_web_acl" "this" {
     key          = "rate-limited"
     content_type = "APPLICATION_JSON"
     content      = "{\"error\":\"rate_limited\",\"message\":\"too many requests from this address; retry later\"}"
+  }
+
+  custom_response_body {
+    key          = "metrics-private"
+    content_type = "APPLICATION_JSON"
+    content      = "{\"error\":{\"code\":\"forbidden\",\"message\":\"${local.metrics_path} is served to the private network only\"}}"
   }
 
   custom_response_body {
@@ -312,6 +318,48 @@ resource "aws_wafv2_web_acl" "this" {
     visibility_config {
       cloudwatch_metrics_enabled = true
       metric_name                = "${var.name}-body-outside-code-routes"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  # 8. The API's /metrics (no key, no rate limit) is for the private network: refused from the
+  # internet however it is spelled. gunicorn percent-decodes the path before Flask routes it, and
+  # Flask serves //metrics like /metrics, so the match is on the decoded path with repeated
+  # slashes and dot segments removed (the ALB listener rule in alb.tf sees the literal path only).
+  rule {
+    name     = "block-metrics"
+    priority = 7
+
+    action {
+      block {
+        custom_response {
+          response_code            = 403
+          custom_response_body_key = "metrics-private"
+        }
+      }
+    }
+
+    statement {
+      byte_match_statement {
+        search_string         = local.metrics_path
+        positional_constraint = "STARTS_WITH"
+        field_to_match {
+          uri_path {}
+        }
+        text_transformation {
+          priority = 0
+          type     = "URL_DECODE"
+        }
+        text_transformation {
+          priority = 1
+          type     = "NORMALIZE_PATH"
+        }
+      }
+    }
+
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "${var.name}-metrics-private"
       sampled_requests_enabled   = true
     }
   }
