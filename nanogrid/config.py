@@ -119,17 +119,19 @@ class Settings:
     file_size_mb: Limit = Limit(64, 1024)
     tmpfs_mb: Limit = Limit(64, 1024)
     output_bytes: Limit = Limit(1024 * 1024, 16 * 1024 * 1024)
-    # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own.
+    # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own;
+    # and Celery task events (docs/performance.md).
     warm_pool_size: int = 2  # idle containers per function version; 0: no reuse, a container per run
     warm_idle_ttl_s: float = 300.0
     warm_max_containers: int = 8
     warm_memory_budget_mb: int = 2048  # the sum of the memory limits of a process's warm containers
+    task_events: bool = False  # Celery task events from the start (Flower turns them on itself)
 
     # Exactly-once and crash recovery (see nanogrid/worker/lease.py)
     lease_s: float = 30.0
     reaper_interval_s: float = 5.0
     redispatch_after_s: float = 300.0
-    max_dispatch_attempts: int = 3
+    pending_timeout_s: float = 6 * 3600
 
     # Private AI: the Ollama node runs reach through a per-run, allow-listed channel (nanogrid/ai)
     ai_endpoint: str = ""
@@ -220,10 +222,11 @@ class Settings:
             warm_idle_ttl_s=read.float("NANOGRID_WARM_IDLE_TTL_S", cls.warm_idle_ttl_s),
             warm_max_containers=read.int("NANOGRID_WARM_MAX_CONTAINERS", cls.warm_max_containers),
             warm_memory_budget_mb=read.int("NANOGRID_WARM_MEMORY_BUDGET_MB", cls.warm_memory_budget_mb),
+            task_events=read.choice("NANOGRID_TASK_EVENTS", "0", ("0", "1")) == "1",
             lease_s=read.float("NANOGRID_LEASE_S", cls.lease_s),
             reaper_interval_s=read.float("NANOGRID_REAPER_INTERVAL_S", cls.reaper_interval_s),
             redispatch_after_s=read.float("NANOGRID_REDISPATCH_AFTER_S", cls.redispatch_after_s),
-            max_dispatch_attempts=read.int("NANOGRID_MAX_DISPATCH_ATTEMPTS", cls.max_dispatch_attempts),
+            pending_timeout_s=read.float("NANOGRID_PENDING_TIMEOUT_S", cls.pending_timeout_s),
             ai_endpoint=read.str("AI_ENDPOINT", ""),
             ai_connect_timeout_s=read.float("NANOGRID_AI_CONNECT_TIMEOUT_S", cls.ai_connect_timeout_s),
             ai_timeout_s=read.float("NANOGRID_AI_TIMEOUT_S", cls.ai_timeout_s),

@@ -31,6 +31,7 @@ from nanogrid.storage import BlobStore, DocumentTable
 PENDING, PROCESSING, SUCCESS, FAILED = "PENDING", "PROCESSING", "SUCCESS", "FAILED"
 TERMINAL = frozenset({SUCCESS, FAILED})
 STATUS_TTL_S = 24 * 3600
+MAX_REDISPATCH_INTERVAL_S = 3600
 LEASES = "nanogrid:leases"  # zset: PROCESSING job -> lease expiry
 UNCLAIMED = "nanogrid:unclaimed"  # zset: PENDING job -> when to check it was claimed
 FAILURES = "nanogrid:failures"  # list, newest first: the last FAILURES_KEPT failed jobs (`nanogrid status`)
@@ -265,10 +266,12 @@ class JobStore:
             pipe = self.redis.pipeline()
             pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
             if status == PENDING:
-                pipe.zadd(UNCLAIMED, {job_id: time.time() + settings.redispatch_after_s})
-                # Counted as queued for as long as redispatching may keep it PENDING.
-                stale_at = time.time() + settings.redispatch_after_s * (settings.max_dispatch_attempts + 1)
-                pipe.zadd(queued_key(tenant), {job_id: stale_at})
+                # A long queue is no fault: each check that finds the job unclaimed dispatches it
+                # again (duplicates lose the claim) and waits twice as long before the next.
+                backoff = settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
+                pipe.zadd(UNCLAIMED, {job_id: time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S)})
+                # Counted as queued until the reaper gives up on it.
+                pipe.zadd(queued_key(tenant), {job_id: job["created_at"] + settings.pending_timeout_s})
             else:
                 pipe.zrem(UNCLAIMED, job_id)
                 pipe.zrem(queued_key(tenant), job_id)

@@ -5,8 +5,13 @@ long as the worker) and does three things each interval:
 - a PROCESSING job whose lease expired (its worker was killed, or its host died) becomes
   FAILED/worker_lost; its lease holder can no longer finish it because finish() is conditional;
 - a PENDING job nobody claimed in time (the API died between record and publish, or an early-
-  acked message died with its worker) is dispatched again, up to a limit, then FAILED;
-- sandboxes labelled with a job that is no longer running are removed.
+  acked message died with its worker) is dispatched again, with a growing interval, and FAILED
+  (not_started) once it has waited NANOGRID_PENDING_TIMEOUT_S;
+- sandboxes labelled with a job that is no longer running are removed, and so are warm sandboxes
+  (nanogrid/sandbox/warm.py) that no live worker process keeps: exited ones, and those whose
+  owner was a process of this host that is gone (a SIGKILLed pool process, a crashed worker).
+  Warm sandboxes of deleted functions and superseded versions are removed by their owner's pool,
+  which checks the function registry every reaper interval.
 Several reapers at once are safe: every change is a compare-and-set on the job record.
 """
 
@@ -61,10 +66,11 @@ class Reaper:
         if job["status"] != PENDING:
             jobs.forget(job_id)
             return
-        if job["dispatch_attempts"] >= self.services.settings.max_dispatch_attempts:
+        timeout_s = self.services.settings.pending_timeout_s
+        if time.time() - job["created_at"] >= timeout_s:
             jobs.finish(job_id, None, FAILED, error={
-                "type": "not_dispatched",
-                "message": f"no worker started the job after {job['dispatch_attempts']} dispatches",
+                "type": "not_started",
+                "message": f"no worker started the job within {timeout_s:g} s ({job['dispatch_attempts']} dispatches)",
             })
             return
         log.warning("job not claimed in time, dispatching it again", extra={"job_id": job_id})
@@ -94,7 +100,7 @@ class ReaperStep(bootsteps.StartStopStep):
         from nanogrid.worker.tasks import services
 
         svc = services()
-        reaper = Reaper(svc, lambda job_id: worker.app.send_task(RUN_TASK, args=[job_id]))
+        reaper = Reaper(svc, lambda job_id: worker.app.send_task(RUN_TASK, args=[job_id], ignore_result=True))
 
         def loop() -> None:
             while True:

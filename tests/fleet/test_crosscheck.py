@@ -143,7 +143,7 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_LEASE_S": "exactly-once lease; the 30 s default is what the reliability tests prove",
     "NANOGRID_REAPER_INTERVAL_S": "reaper period; default 5 s",
     "NANOGRID_REDISPATCH_AFTER_S": "re-dispatch of unclaimed jobs; default 300 s",
-    "NANOGRID_MAX_DISPATCH_ATTEMPTS": "re-dispatch limit; default 3",
+    "NANOGRID_PENDING_TIMEOUT_S": "how long a job may wait unstarted before it fails; default 6 h",
     "NANOGRID_BIND": "gunicorn bind; derived from NANOGRID_HOST:NANOGRID_PORT",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
     "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
@@ -636,7 +636,7 @@ def test_every_variable_a_process_reads_is_set_or_optional_with_a_reason(modules
     assert not dynamic, f"environment reads with computed names: {dynamic}"
     rendered = render_env(process)
     limits = {n for n in config_names(modules) if re.fullmatch(r"NANOGRID_(DEFAULT|MAX)_[A-Z_]+", n)
-              and n not in OPTIONAL_EVERYWHERE and n != "NANOGRID_MAX_DISPATCH_ATTEMPTS"}
+              and n not in OPTIONAL_EVERYWHERE}
     optional = {**OPTIONAL_EVERYWHERE, **OPTIONAL_BY_PROCESS.get(process, {}), **SYSTEM,
                 **{n: RUN_LIMITS_REASON for n in limits}}
     unset = sorted(n for n in reads if n not in rendered and n not in optional)

@@ -23,7 +23,7 @@ class NoContainers:
 
 @pytest.fixture
 def services(local_settings):
-    svc = Services(local_settings.replace(lease_s=1, redispatch_after_s=0.1, max_dispatch_attempts=2))
+    svc = Services(local_settings.replace(lease_s=1, redispatch_after_s=0.1, pending_timeout_s=0.5))
     svc.__dict__["sandbox"] = NoContainers()
     return svc
 
@@ -57,20 +57,23 @@ def test_a_renewed_lease_is_not_reaped(services, function):
     assert services.jobs.get(job["job_id"])["status"] == PROCESSING
 
 
-def test_unclaimed_job_is_dispatched_again_then_failed(services, function):
+def test_unclaimed_job_is_dispatched_again_with_backoff_then_failed(services, function):
     dispatched: list[str] = []
     reaper = Reaper(services, dispatch=dispatched.append)
     job = services.jobs.create(function, None)
-    time.sleep(0.2)
+    time.sleep(0.15)
     reaper.run_once()
     assert dispatched == [job["job_id"]]
     record = services.jobs.get(job["job_id"])
     assert record["status"] == PENDING and record["dispatch_attempts"] == 2
-    time.sleep(0.2)
+    time.sleep(0.15)  # the second check waits twice as long (0.2 s): not due yet
+    reaper.run_once()
+    assert dispatched == [job["job_id"]]
+    time.sleep(0.35)  # due again, and older than the pending timeout
     reaper.run_once()
     failed = services.jobs.get(job["job_id"])
     assert dispatched == [job["job_id"]]
-    assert failed["status"] == FAILED and failed["error"]["type"] == "not_dispatched"
+    assert failed["status"] == FAILED and failed["error"]["type"] == "not_started"
 
 
 def test_claimed_jobs_leave_the_unclaimed_index(services, function):
