@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import threading
 import time
 import uuid
 from typing import Any, Callable
@@ -86,6 +88,7 @@ class JobStore:
         self.table = table
         self.redis = redis_client
         self.outputs = outputs
+        self._waiters = threading.local()  # each thread's pub/sub connection for wait(), kept between waits
 
     # -- creation and reads ------------------------------------------------------------------
 
@@ -311,10 +314,10 @@ class JobStore:
         pubsub = None
         try:
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._pubsub()
                 pubsub.subscribe(channel(tenant, job_id))
             except redis.RedisError:
-                pubsub = None
+                pubsub = self._drop_pubsub()
             while True:
                 status = self.fast_status(job_id, tenant)
                 if status in TERMINAL or status is None:
@@ -329,15 +332,46 @@ class JobStore:
                     time.sleep(min(poll, 0.2))
                     continue
                 try:
-                    pubsub.get_message(timeout=poll)
+                    self._wake(pubsub, channel(tenant, job_id), poll)
                 except redis.RedisError:
-                    pubsub = None
+                    pubsub = self._drop_pubsub()
         finally:
             if pubsub is not None:
                 try:
-                    pubsub.close()
+                    pubsub.unsubscribe(channel(tenant, job_id))
                 except redis.RedisError:
-                    pass
+                    self._drop_pubsub()
+
+    @staticmethod
+    def _wake(pubsub: redis.client.PubSub, name: str, timeout_s: float) -> None:
+        """Return when a terminal status is published on name, or after timeout_s; subscription
+        confirmations, non-terminal statuses and other jobs' late messages do not end the wait."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if (message is not None and message.get("type") == "message"
+                    and _text(message.get("channel")) == name and _text(message.get("data")) in TERMINAL):
+                return
+
+    def _pubsub(self) -> redis.client.PubSub:
+        """This thread's pub/sub connection: reused by its next wait (a new one costs a connect)."""
+        pubsub = getattr(self._waiters, "pubsub", None)
+        if pubsub is None or self._waiters.pid != os.getpid():  # never a connection from before a fork
+            pubsub = self._waiters.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self._waiters.pid = os.getpid()
+        return pubsub
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._waiters.pubsub = getattr(self._waiters, "pubsub", None), None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass
+
+
+def _text(value) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _failure_summary(job: dict) -> dict:

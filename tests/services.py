@@ -113,10 +113,23 @@ def wait_for_http(url: str, timeout_s: float, alive=lambda: True) -> bool:
 
 
 def job_containers(job_id: str, *, running_only: bool = False) -> list[dict]:
-    """Summaries of the containers labelled with a job (the low-level call: no per-container
-    inspect, so a container removed while listing cannot make the call fail)."""
+    """Summaries of the containers running a job: labelled with it (a single-use container), or the
+    warm container a worker on this host recorded as running it (the low-level call: no
+    per-container inspect, so a container removed while listing cannot make the call fail)."""
+    import tempfile
+    from pathlib import Path
+
     import docker
 
     from nanogrid.sandbox import LABEL_JOB
+    from nanogrid.sandbox.docker import STATE_DIR_PREFIX
 
-    return docker.from_env().api.containers(all=not running_only, filters={"label": f"{LABEL_JOB}={job_id}"})
+    client = docker.from_env().api
+    found = client.containers(all=not running_only, filters={"label": f"{LABEL_JOB}={job_id}"})
+    for record in Path(tempfile.gettempdir()).glob(f"{STATE_DIR_PREFIX}*/jobs/{job_id}"):
+        try:
+            container_id = record.read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        found += client.containers(all=not running_only, filters={"id": container_id})
+    return found

@@ -122,6 +122,7 @@ class Channel:
         self.models = frozenset(model_key(m) for m in settings.ai_models)
         self.usage = Usage()
         self.directory: Path | None = None
+        self._own_directory = True
         self._lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_CALLS)
         self._upstreams: set[socket.socket] = set()
@@ -134,15 +135,22 @@ class Channel:
         assert self.directory is not None, "the channel is not started"
         return self.directory / SOCKET_NAME
 
-    def start(self) -> "Channel":
-        self.directory = Path(tempfile.mkdtemp(prefix="nanogrid-ai-", dir=self.parent))
+    def start(self, directory: str | os.PathLike | None = None) -> "Channel":
+        """Listen in a fresh private directory, or in `directory` (an existing one, such as a warm
+        container's AI directory, which then stays: close() removes only the socket)."""
+        self._own_directory = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="nanogrid-ai-", dir=self.parent) if directory is None
+                              else directory)
         try:
-            self.directory.chmod(0o755)
+            if self._own_directory:
+                self.directory.chmod(0o755)
+            else:
+                self.socket_path.unlink(missing_ok=True)  # an earlier run's, if its close did not happen
             self._server = _Server(str(self.socket_path), _Handler)
             self._server.channel = self
             os.chmod(self.socket_path, 0o666)
         except BaseException:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self._remove_socket()
             raise
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"ai-channel-{self.directory.name}", daemon=True)
@@ -162,9 +170,19 @@ class Channel:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-            if self.directory is not None:
-                shutil.rmtree(self.directory, ignore_errors=True)
+            self._remove_socket()
         return self.usage_document()
+
+    def _remove_socket(self) -> None:
+        if self.directory is None:
+            return
+        if self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        else:
+            try:
+                self.socket_path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def usage_document(self) -> dict:
         with self._lock:

@@ -300,7 +300,7 @@ def run_function(function_id: str):
     check_schema("RunRequest", body)
     job = svc.jobs.create(function, run_input, run_limits)  # QuotaExceeded (429) before anything is written
     try:
-        svc.celery.send_task(RUN_TASK, args=[job["job_id"]])
+        svc.celery.send_task(RUN_TASK, args=[job["job_id"]], ignore_result=True)  # the job record is the result
     except Exception as exc:  # noqa: BLE001 - any publish failure: record it, tell the client, keep nothing PENDING
         log.error("could not queue job %s: %s", job["job_id"], exc)
         svc.jobs.finish(job["job_id"], None, FAILED, error={

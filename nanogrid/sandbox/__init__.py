@@ -1,8 +1,8 @@
 """Sandboxes: where user code runs, and how what happened there becomes a job outcome.
 
-A sandbox backend only launches the in-sandbox runner (nanogrid/sandbox/runtime/runner.py) on a
-prepared run directory, enforces the wall-clock deadline and the output cap, and reports the
-raw facts in a `RawRun`. `classify` turns those facts into the one terminal state of the job,
+A sandbox backend only hands a run's request to the in-sandbox runner
+(nanogrid/sandbox/runtime/runner.py), which serves one function version's code directory, enforces
+the wall-clock deadline and the output cap, and reports the raw facts in a `RawRun`. `classify` turns those facts into the one terminal state of the job,
 so the Docker and process backends cannot disagree about what a timeout or an OOM means.
 """
 
@@ -13,9 +13,10 @@ import json
 import math
 import signal
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 from urllib.parse import urlparse
 
 from nanogrid.config import Settings
@@ -24,12 +25,17 @@ LABEL_JOB = "nanogrid.job"
 LABEL_FUNCTION = "nanogrid.function"
 LABEL_WORKER = "nanogrid.worker"
 LABEL_INSTANCE = "nanogrid.instance"
-RUN_FILE = ".nanogrid-run.json"
+# A warm container serves many jobs, so it carries no job label: this one names its owner, the
+# worker process (host:pid) that keeps it, and LABEL_VERSION the function version it serves.
+LABEL_WARM = "nanogrid.warm"
+LABEL_VERSION = "nanogrid.version"
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 
 # Frames the runner writes on its stdout: one type byte, a 4-byte big-endian length, the payload.
+# Requests to the runner (on its stdin) have the same header with the type REQUEST.
 FRAME_HEADER = struct.Struct(">cI")
 STDOUT, STDERR, RESULT, EXIT = b"o", b"e", b"r", b"x"
+REQUEST = b"q"
 
 
 def instance_id(settings: Settings) -> str:
@@ -118,10 +124,34 @@ class Limits:
 class RunSpec:
     job_id: str
     function_id: str
-    run_dir: Path  # holds main.py (and the rest of the bundle) plus RUN_FILE
+    code_dir: Path  # one function version's extracted bundle (main.py, ...), shared by its runs, read-only
     handler: str | None  # None: run main.py as a script
     limits: Limits
-    ai_socket_dir: Path | None = None  # the run's AI channel (nanogrid/ai/channel.py), when AI_ENDPOINT is set
+    # An AI channel the caller has already opened, to mount as it is (Docker: a single-use container).
+    ai_socket_dir: Path | None = None
+    version: int = 0
+    code_sha: str = ""  # the bundle's sha256: part of what a warm container is for
+    tenant: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)  # the function's environment variables
+    input_json: str = "null"  # the event, as JSON text: the user process's stdin
+    # This run's AI channel (nanogrid.ai.channel.Channel), not yet started: the sandbox opens it
+    # where the run can reach it (Docker: the container's own AI directory).
+    ai_channel: Any = None
+    ai_timeout_s: float = 0.0
+
+    def request(self, ai_socket: str | None = None) -> bytes:
+        """The runner's request frame for this run; the context's deadline starts now."""
+        spec = {"handler": self.handler, "env": dict(self.env),
+                "context": {"job_id": self.job_id, "function_id": self.function_id,
+                            "function_version": self.version, "deadline": time.time() + self.limits.timeout_s}}
+        if ai_socket is not None:
+            spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
+        return request_frame(spec, self.input_json)
+
+
+def request_frame(spec: dict, input_json: str) -> bytes:
+    payload = json.dumps({"spec": spec, "input": input_json}).encode()
+    return FRAME_HEADER.pack(REQUEST, len(payload)) + payload
 
 
 @dataclass
@@ -161,8 +191,11 @@ class Sandbox(Protocol):
 
     def run(self, spec: RunSpec) -> RawRun: ...
 
+    def kill(self, job_id: str) -> bool: ...
+
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
-        """Remove leftover sandboxes labelled with a job: those in job_ids, or all but keep."""
+        """Remove leftover sandboxes labelled with a job: those in job_ids, or all but keep (the
+        reaper's sweep, which also removes warm sandboxes whose owner is gone)."""
         ...
 
 
@@ -238,6 +271,8 @@ class FrameReader:
             raw.exit_code = self.exit.get("exit_code")
             raw.exit_signal = self.exit.get("signal")
             raw.memory_error = bool(self.exit.get("memory_error"))
+            # The sandbox's cgroup counted an OOM kill during the run (the runner reads it).
+            raw.oom_killed = raw.oom_killed or self.exit.get("oom_kill") is True
             if isinstance(self.exit.get("max_rss_kb"), int):
                 raw.peak_memory_bytes = self.exit["max_rss_kb"] * 1024
             if isinstance(self.exit.get("cpu_ms"), int):

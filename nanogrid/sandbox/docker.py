@@ -1,20 +1,38 @@
-"""The Docker sandbox: every run gets a fresh, locked-down container of the runtime image.
+"""The Docker sandbox: runs execute in locked-down containers of the runtime image, kept warm.
 
 The container has no network, a read-only root, a small noexec /tmp, no capabilities and an
 unprivileged user; memory, CPU, processes, open files and file size are capped by the kernel.
+Its main process (PID 1, no init in between) is the runner in serve mode (runtime/runner.py) for
+one function version's code, mounted read-only at /code. The worker talks to it over the
+container's attached stdin and stdout (Docker's multiplexed stream, parsed here): one request per
+run, answered by frames ending with the exit frame, after which the runner has cleaned the
+container and it goes back to the warm pool (warm.py) for the next run of the same version.
+
 The worker enforces the wall-clock deadline and the output cap itself, by killing the container;
 if the container's output has not ended KILL_GRACE_S after a kill (a wedged dockerd or runtime),
 it cuts the stream and force-removes the container, so no run outlives its deadline by more than
-that. The exit state (exit code, OOMKilled) is read before the container is removed, which always
-happens; leftovers are found by their nanogrid.job label (the reaper). Peak memory and CPU time
-come from the container's cgroup files when the worker can read them (a worker on the host can),
-else from the runner's own accounting of the user process.
+that. Every abnormal end (a kill for whatever reason, an OOM kill, a user process killed by a
+signal, a broken stream, a runner that could not clean up) removes the container instead of
+returning it to the pool; its exit state (exit code, OOMKilled) is read first. With the pool
+disabled (NANOGRID_WARM_POOL_SIZE=0) each run gets a container of its own, labelled with the job
+as before. Leftovers are found by their labels (the reaper): nanogrid.job for single-use
+containers, nanogrid.warm (the owning worker process) for warm ones. Peak memory and CPU time of
+a run come from the runner's accounting of the user process (a warm container's cgroup spans
+many runs); whether the kernel OOM-killed it, from the cgroup's oom_kill counter.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
+import select
+import shutil
+import socket
+import stat
+import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,17 +42,20 @@ import docker.errors
 from docker.types import LogConfig, Mount, Ulimit
 from requests.exceptions import RequestException
 
-from nanogrid.ai import SANDBOX_SOCKET_DIR
+from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
-from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_WORKER, FrameReader, RawRun, RunSpec,
-                              instance_id)
+from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
+                              FrameReader, RawRun, RunSpec, instance_id)
+from nanogrid.sandbox.warm import Key, Slot, WarmPool
 
 log = logging.getLogger(__name__)
 
 BUILD_HINT = "run `nanogrid image build`"
 CODE_MOUNT = "/code"
-RUNNER_COMMAND = ["python3", "-I", "-B", "/opt/nanogrid/runner.py", CODE_MOUNT]
+# The runner empties the container's writable places (and its IPC namespace) after every run.
+RUNNER_COMMAND = ["python3", "-I", "-B", "/opt/nanogrid/runner.py", CODE_MOUNT,
+                  "--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub-ipc"]
 SANDBOX_USER = "65534:65534"
 MiB = 1024 * 1024
 API_TIMEOUT_S = 60
@@ -47,6 +68,16 @@ SAMPLE_S = 0.25
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RUNNER_STDERR_KEEP = 64 * 1024
 SIGKILL_EXIT_CODE = 128 + 9
+READ_CHUNK = 64 * 1024
+# Docker's multiplexed attach stream (no TTY): stream type, 3 zero bytes, payload length.
+MUX_HEADER = struct.Struct(">BxxxI")
+MUX_STDOUT, MUX_STDERR = 1, 2
+# A container created but not started for this long is a leftover, not one being started.
+CREATED_GRACE_S = 120
+# Per installation, under the temporary directory: jobs/<job id> names the warm container running
+# it (and its owner pid), ai/ holds the warm containers' AI folders.
+STATE_DIR_PREFIX = "nanogrid-sandbox-"
+SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DOCKER_ERRORS = (docker.errors.DockerException, RequestException)
 
 
@@ -118,8 +149,8 @@ class _Usage:
 
 
 class _Supervisor:
-    """Watches one run: the deadline, the kill (at most once, never blocking the stream reader),
-    the escalation when a killed container's output does not end, and the cgroup samples."""
+    """One run's kill (at most once, never blocking the stream reader) and the escalation when a
+    killed container's output does not end; the stream reader checks the deadline."""
 
     def __init__(self, sandbox: "DockerSandbox", container, usage: _Usage):
         self.sandbox = sandbox
@@ -143,16 +174,6 @@ class _Supervisor:
 
     def end(self) -> None:
         self.ended.set()
-
-    def watch(self, deadline: float) -> None:
-        """The supervisor thread: until the output ends, sample, enforce the deadline, escalate."""
-        while not self.ended.wait(min(SAMPLE_S, max(deadline - time.monotonic(), 0.0) or SAMPLE_S)):
-            self.usage.sample()
-            now = time.monotonic()
-            if now >= deadline:
-                self.kill("timeout")
-            if self.killed_at is not None and now >= self.killed_at + KILL_GRACE_S and not self.escalated:
-                self._escalate()
 
     def _escalate(self) -> None:
         """The kill did not end the output: cut the stream and force-remove the container."""
@@ -181,6 +202,55 @@ class _Supervisor:
             log.warning("cannot kill container %s: %s", self.container.id[:12], exc)
 
 
+class _Demux:
+    """Splits Docker's multiplexed attach stream into (stream type, payload) pieces."""
+
+    def __init__(self, pending: bytearray):
+        self.buffer = pending  # the slot's: a header split across reads survives between calls
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        pieces = []
+        while len(self.buffer) >= MUX_HEADER.size:
+            kind, length = MUX_HEADER.unpack_from(self.buffer)
+            end = MUX_HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            pieces.append((kind, bytes(self.buffer[MUX_HEADER.size:end])))
+            del self.buffer[:end]
+        return pieces
+
+
+class _Stale(Exception):
+    """An idle warm container had died before this run was handed to it: nothing ran."""
+
+
+def _owner() -> str:
+    """Who keeps a warm container: this worker process (host:pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _private_dir(path: Path) -> Path:
+    """path (and its parent, the state folder) as folders of this user that nobody else can write to;
+    OSError otherwise (another local user could have made them first, under the shared /tmp)."""
+    for folder in (path.parent, path):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise OSError(f"{folder} is not a private folder of this user")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DockerSandbox:
     kind = "docker"
     isolated = True
@@ -191,7 +261,15 @@ class DockerSandbox:
         self.instance = instance_id(settings)
         self._client: docker.DockerClient | None = None
         self._client_pid: int | None = None
+        self._pool: WarmPool | None = None
+        self._pool_pid: int | None = None
         self._running: dict[str, _Supervisor] = {}
+        # The function's latest version, None once deleted: lets the pools drop outdated containers.
+        self.current_version = None
+        # Per installation on this host: which warm container runs which job (for kill() from
+        # another process: the worker's control command, a test), and the containers' AI folders.
+        self.state_dir = Path(tempfile.gettempdir()) / f"{STATE_DIR_PREFIX}{self.instance}"
+        self._jobs_dir_made = False
 
     @property
     def client(self) -> docker.DockerClient:
@@ -201,73 +279,352 @@ class DockerSandbox:
             self._client_pid = os.getpid()
         return self._client
 
+    @property
+    def pool(self) -> WarmPool:
+        """This process's warm pool (a forked child never uses its parent's containers)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            pool = WarmPool(self.settings, self._discard)
+            pool.current_version = self.current_version
+            self._pool, self._pool_pid, self._running = pool, os.getpid(), {}
+            atexit.register(pool.close)
+            try:  # a prefork child ends with os._exit: atexit would not run there
+                from celery.signals import worker_process_shutdown
+
+                worker_process_shutdown.connect(lambda **_: pool.close(), weak=False)
+            except ImportError:
+                pass
+        return self._pool
+
+    def watch_functions(self, current_version) -> None:
+        """current_version(function_id) -> latest version, or None once the function is deleted."""
+        self.current_version = current_version
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.current_version = current_version
+
+    def code_dirs_in_use(self) -> set[Path]:
+        """The code directories this process's containers mount (they must not be removed)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            return set()
+        return self._pool.code_dirs()
+
     def ping(self) -> None:
         try:
             self.client.ping()
         except DOCKER_ERRORS as exc:
             raise Unavailable(f"cannot reach dockerd: {exc}") from exc
 
+    # -- a run -------------------------------------------------------------------------------------
+
     def run(self, spec: RunSpec) -> RawRun:
-        container = self._create(spec)
+        pool = self.pool
+        # A channel directory opened by the caller is mounted as it is: that container serves one run.
+        pooled = pool.enabled and spec.ai_socket_dir is None
+        key = Key.of(spec)
+        for _ in range(3):
+            slot = pool.acquire(key) if pooled else None
+            if slot is None:
+                slot = self._start(spec, key, warm=pooled)
+                if pooled:
+                    pool.track(slot)
+            reusable = False
+            try:
+                raw, reusable = self._serve(slot, spec)
+                return raw
+            except _Stale:
+                continue  # it died while idle (removed by the reaper, say): another one
+            finally:
+                if pooled:
+                    pool.release(slot, reusable)
+                else:
+                    self._discard(slot)
+        raise Unavailable("warm containers keep dying before a run reaches them")
+
+    def _start(self, spec: RunSpec, key: Key, warm: bool) -> Slot:
+        """Create, attach to and start a container for key."""
+        ai_dir = None
+        if key.ai and spec.ai_socket_dir is None:
+            # The container's own AI folder, mounted read-only at SANDBOX_SOCKET_DIR: each run's
+            # channel puts its socket in it (a mount cannot change after the container is created).
+            try:
+                ai_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai")))
+                ai_dir.chmod(0o755)
+            except OSError as exc:
+                raise Unavailable(f"cannot make the sandbox's AI folder: {exc}") from exc
         try:
-            return self._supervise(container, spec)
+            container = self._create(spec, ai_dir=ai_dir, warm=warm)
+        except BaseException:
+            if ai_dir is not None:
+                shutil.rmtree(ai_dir, ignore_errors=True)
+            raise
+        slot = Slot(container, None, key, spec.code_dir, ai_dir)
+        try:
+            # Attached before the start, so not a byte of output is missed however fast the run.
+            slot.stream = self.client.api.attach_socket(
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            container.start()
+        except DOCKER_ERRORS as exc:
+            self._discard(slot)
+            raise Unavailable(f"cannot start the sandbox container: {exc}") from exc
+        except BaseException:
+            self._discard(slot)
+            raise
+        return slot
+
+    def _serve(self, slot: Slot, spec: RunSpec) -> tuple[RawRun, bool]:
+        """Hand one run to the slot's runner and read its frames; (what happened, reusable)."""
+        limits = spec.limits
+        raw = RawRun()
+        frames = FrameReader(limits.output_bytes)
+        runner_stderr = bytearray()
+        usage = _Usage(slot.container.id)
+        supervisor = _Supervisor(self, slot.container, usage)
+        supervisor.stream = slot
+        ai_socket = None
+        if spec.ai_channel is not None:
+            try:
+                spec.ai_channel.start(slot.ai_dir or spec.ai_socket_dir)
+            except OSError as exc:
+                raise Unavailable(f"cannot open the run's AI channel: {exc}") from exc
+            ai_socket = f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}"
+        elif spec.ai_socket_dir is not None:
+            ai_socket = f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}"
+        first_run = slot.runs == 0
+        since = int(time.time()) - 1
+        self._register(spec.job_id, slot, supervisor)
+        started = time.monotonic()
+        try:
+            try:
+                slot.sock.sendall(spec.request(ai_socket))
+            except OSError:
+                if not first_run:
+                    raise _Stale() from None
+                # A container that died at once: its state below says why.
+            self._read(slot, frames, runner_stderr, supervisor, usage, started + limits.timeout_s, first_run)
         finally:
-            self._remove(container)
+            supervisor.end()
+            self._unregister(spec.job_id)
+        raw.duration_ms = int((time.monotonic() - started) * 1000)
+        slot.runs += 1
+        frames.fill(raw)
+        raw.timed_out = supervisor.reason == "timeout"
+        if frames.exit is not None and supervisor.reason is None and not frames.over_cap and not frames.garbled:
+            # The runner reported the run and has cleaned up: the container lives on.
+            raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
+            reusable = (frames.exit.get("clean") is True and raw.exit_signal is None and not raw.oom_killed
+                        and not raw.memory_error and not slot.pending)
+            return raw, reusable
+        # Killed, or it died: read how it ended before it goes.
+        if first_run and raw.peak_memory_bytes is None and usage.peak_memory_bytes is not None:
+            raw.peak_memory_bytes = usage.peak_memory_bytes  # its cgroup saw this run only
+            raw.cpu_time_ms = raw.cpu_time_ms if usage.cpu_ns is None else usage.cpu_ns // 1_000_000
+        state = self._final_state(slot.container)
+        if state is None:
+            runner_stderr += b"\n[nanogrid] the container was removed while the run was in progress"
+        elif state.get("Running"):
+            runner_stderr += b"\n[nanogrid] the container did not stop when killed"
+        else:
+            raw.runner_exit_code = state["ExitCode"]
+            raw.oom_killed = raw.oom_killed or bool(state.get("OOMKilled"))
+        raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
+        # A SIGKILL this run did not send, with no OOM and no exit report from the runner: either
+        # someone called kill(job_id) from another process (or `docker kill`ed it), which is a
+        # cancellation, or something else killed the runner, which is not. Only the first leaves
+        # a kill event in dockerd.
+        killed = (supervisor.reason is None and frames.exit is None and not raw.oom_killed
+                  and raw.runner_exit_code == SIGKILL_EXIT_CODE)
+        raw.cancelled = supervisor.reason == "cancel" or (killed and self._kill_requested(slot.container, since))
+        return raw, False
+
+    def _read(self, slot: Slot, frames: FrameReader, runner_stderr: bytearray, supervisor: "_Supervisor",
+              usage: _Usage, deadline: float, first_run: bool) -> None:
+        """Read the run's frames until its exit frame or the end of the stream; enforce the deadline."""
+        sock, demux = slot.sock, _Demux(slot.pending)
+        while frames.exit is None:
+            now = time.monotonic()
+            if now >= deadline:
+                supervisor.kill("timeout")
+            if supervisor.killed_at is not None:
+                if now >= supervisor.killed_at + KILL_GRACE_S:
+                    supervisor._escalate()
+                    return
+                wait = SAMPLE_S
+            else:
+                wait = min(SAMPLE_S, max(deadline - now, 0.001))
+            try:
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                data = sock.recv(READ_CHUNK) if poller.poll(wait * 1000) else None
+            except (OSError, ValueError):  # cut by the escalation, or by dockerd
+                return
+            if data is None:
+                if first_run:
+                    usage.sample()  # the cgroup's figures: only a container's first run has them to itself
+                continue
+            if not data:
+                return
+            for kind, payload in demux.feed(data):
+                if kind == MUX_STDOUT:
+                    frames.feed(payload)
+                    if frames.over_cap:
+                        supervisor.kill("output")
+                    elif frames.garbled:
+                        supervisor.kill("garbled")
+                elif kind == MUX_STDERR:
+                    runner_stderr += payload
+                    del runner_stderr[:-RUNNER_STDERR_KEEP]
+                else:
+                    frames.garbled = True
+                    supervisor.kill("garbled")
+        if frames.buffer or slot.pending:
+            frames.garbled = True  # bytes after the exit frame: the stream is not what it should be
+
+    # -- who runs what, for kill() from any process ---------------------------------------------
+
+    def _register(self, job_id: str, slot: Slot, supervisor: "_Supervisor") -> None:
+        self._running[job_id] = supervisor
+        if SAFE_JOB_ID.match(job_id) and LABEL_JOB not in (slot.container.labels or {}):
+            try:
+                if not self._jobs_dir_made:
+                    _private_dir(self.state_dir / "jobs")
+                    self._jobs_dir_made = True
+                (self.state_dir / "jobs" / job_id).write_text(f"{slot.container.id} {os.getpid()}\n")
+            except OSError as exc:
+                self._jobs_dir_made = False
+                log.warning("cannot record which container runs %s: %s", job_id, exc)
+
+    def _unregister(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        if SAFE_JOB_ID.match(job_id):
+            try:
+                (self.state_dir / "jobs" / job_id).unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def running_container(self, job_id: str) -> str | None:
+        """The id of the warm container running job_id on this host, if one does."""
+        if not SAFE_JOB_ID.match(job_id):
+            return None
+        try:
+            return (self.state_dir / "jobs" / job_id).read_text().split()[0]
+        except (OSError, IndexError):
+            return None
 
     def kill(self, job_id: str) -> bool:
-        """Kill the container running job_id, from any process; True if one was running."""
-        supervisor = self._running.get(job_id)
+        """Kill the container running job_id, from any process on this host; True if one was running.
+
+        The container goes with the run (a warm one is not reused after a kill)."""
+        supervisor = self._running.get(job_id) if self._pool_pid == os.getpid() else None
         if supervisor is not None:
             supervisor.kill("cancel")
         try:
-            running = self.client.api.containers(filters={"label": f"{LABEL_JOB}={job_id}"})
+            running = [s["Id"] for s in self.client.api.containers(filters={"label": f"{LABEL_JOB}={job_id}"})]
         except DOCKER_ERRORS as exc:
             raise Unavailable(f"cannot list containers: {exc}") from exc
-        for summary in running:
+        warm = self.running_container(job_id) if supervisor is None else None
+        if warm is not None:  # only a warm container of this installation, whatever the record says
             try:
-                self.client.api.kill(summary["Id"])
+                labels = self.client.api.inspect_container(warm)["Config"]["Labels"] or {}
+            except docker.errors.NotFound:
+                labels = {}
+            except DOCKER_ERRORS as exc:
+                raise Unavailable(f"cannot inspect container {warm[:12]}: {exc}") from exc
+            if LABEL_WARM not in labels or labels.get(LABEL_INSTANCE) != self.instance:
+                warm = None
+        for container_id in running + ([warm] if warm else []):
+            try:
+                self.client.api.kill(container_id)
             except docker.errors.APIError as exc:
                 if exc.status_code not in (404, 409):  # already gone or already stopped
-                    raise Unavailable(f"cannot kill container {summary['Id'][:12]}: {exc}") from exc
-        return bool(running) or supervisor is not None
+                    raise Unavailable(f"cannot kill container {container_id[:12]}: {exc}") from exc
+        return bool(running) or supervisor is not None or warm is not None
+
+    # -- clean-up ----------------------------------------------------------------------------------
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         """Force-remove containers labelled with a job in job_ids and not in keep.
 
         None means no restriction, so keep={...} alone (the reaper's sweep) removes every job
         container of this installation on this dockerd except those, whichever worker started
-        them; another installation's containers (another Redis) are never swept.
+        them; another installation's containers (another Redis) are never swept. The sweep also
+        removes this installation's warm containers that no live worker process keeps: those
+        that have exited, and those whose owner was a process of this host that is gone.
         """
         labels = [LABEL_JOB] if job_ids is not None else [LABEL_JOB, f"{LABEL_INSTANCE}={self.instance}"]
         try:
             containers = self.client.api.containers(all=True, filters={"label": labels})
         except DOCKER_ERRORS as exc:
             raise Unavailable(f"cannot list containers: {exc}") from exc
-        removed = 0
+        doomed = []
         for summary in containers:
             job_id = (summary.get("Labels") or {}).get(LABEL_JOB)
             if (job_ids is not None and job_id not in job_ids) or (keep is not None and job_id in keep):
                 continue
+            doomed.append(summary["Id"])
+        if job_ids is None:
+            doomed += self._ownerless_warm()
+        removed = 0
+        for container_id in doomed:
             try:
-                self.client.api.remove_container(summary["Id"], force=True)
+                self.client.api.remove_container(container_id, force=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass
             except DOCKER_ERRORS as exc:
-                raise Unavailable(f"cannot remove container {summary['Id'][:12]}: {exc}") from exc
+                raise Unavailable(f"cannot remove container {container_id[:12]}: {exc}") from exc
         return removed
 
-    def _create(self, spec: RunSpec):
+    def _ownerless_warm(self) -> list[str]:
+        """Warm containers of this installation nobody keeps (and stale records of who runs what)."""
+        try:
+            containers = self.client.api.containers(
+                all=True, filters={"label": [LABEL_WARM, f"{LABEL_INSTANCE}={self.instance}"]})
+        except DOCKER_ERRORS as exc:
+            raise Unavailable(f"cannot list containers: {exc}") from exc
+        host, found = socket.gethostname(), []
+        for summary in containers:
+            owner_host, _, pid = (summary.get("Labels") or {}).get(LABEL_WARM, "").rpartition(":")
+            state = summary.get("State")
+            gone = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+            if (gone or state in ("exited", "dead")
+                    or (state == "created" and time.time() - summary.get("Created", 0) > CREATED_GRACE_S)):
+                found.append(summary["Id"])
+        try:
+            for record in (self.state_dir / "jobs").iterdir():
+                fields = record.read_text().split()
+                if len(fields) == 2 and fields[1].isdigit() and not _pid_alive(int(fields[1])):
+                    record.unlink(missing_ok=True)
+        except OSError:
+            pass
+        try:
+            for folder in (self.state_dir / "ai").iterdir():  # AI folders are named <owner pid>-...
+                pid = folder.name.split("-", 1)[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+        return found
+
+    def _discard(self, slot: Slot) -> None:
+        """Remove a container for good: its stream, the container, its AI folder."""
+        slot.close()
+        self._remove(slot.container)
+        if slot.ai_dir is not None:
+            shutil.rmtree(slot.ai_dir, ignore_errors=True)
+
+    def _create(self, spec: RunSpec, ai_dir: Path | None = None, warm: bool = False):
+        """A container serving spec's code: for one job (labelled with it), or warm for many."""
         limits = spec.limits
+        labels = {LABEL_FUNCTION: spec.function_id, LABEL_VERSION: str(spec.version), LABEL_WORKER: self.worker_id,
+                  LABEL_INSTANCE: self.instance}
+        labels.update({LABEL_WARM: _owner()} if warm else {LABEL_JOB: spec.job_id})
         options = dict(
             image=self.settings.runtime_image,
             command=RUNNER_COMMAND,
             user=SANDBOX_USER,
             working_dir=CODE_MOUNT,
             environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
-            labels={LABEL_JOB: spec.job_id, LABEL_FUNCTION: spec.function_id, LABEL_WORKER: self.worker_id,
-                    LABEL_INSTANCE: self.instance},
-            mounts=[Mount(target=CODE_MOUNT, source=str(spec.run_dir.resolve()), type="bind", read_only=True)],
+            labels=labels,
+            mounts=[Mount(target=CODE_MOUNT, source=str(Path(spec.code_dir).resolve()), type="bind", read_only=True)],
             network_mode="none",
             read_only=True,
             tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777"},
@@ -285,16 +642,24 @@ class DockerSandbox:
             ],
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
-            init=True,
+            # No init: the runner is PID 1, so no other process of the container holds its stdin and
+            # stdout (an init would, and the user code, same uid, could open them through /proc and
+            # talk to the worker in the runner's name). The runner reaps every process itself.
+            init=False,
+            # With detach=False, docker-py also sets StdinOnce: when the worker's end of the attached
+            # stream closes (the worker died), dockerd closes the runner's stdin and the runner exits.
+            stdin_open=True,
+            detach=False,
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
-            auto_remove=False,  # its exit state is read after the run; run() removes it
+            auto_remove=False,  # its exit state is read after an abnormal end; then it is removed
         )
         if self.settings.docker_runtime:
             options["runtime"] = self.settings.docker_runtime
-        if spec.ai_socket_dir is not None:
-            # The run's AI channel: a directory holding only the channel's Unix socket, read-only.
+        ai_mount = ai_dir or spec.ai_socket_dir
+        if ai_mount is not None:
+            # The AI channel's directory: it holds only the channel's Unix socket, read-only.
             # Connecting to a socket needs no write access to the mount, and the network stays "none".
-            options["mounts"].append(Mount(target=SANDBOX_SOCKET_DIR, source=str(spec.ai_socket_dir.resolve()),
+            options["mounts"].append(Mount(target=SANDBOX_SOCKET_DIR, source=str(Path(ai_mount).resolve()),
                                            type="bind", read_only=True))
         try:
             return self.client.containers.create(**options)
@@ -302,76 +667,6 @@ class DockerSandbox:
             raise Unavailable(f"the runtime image {self.settings.runtime_image} does not exist; {BUILD_HINT}") from exc
         except DOCKER_ERRORS as exc:
             raise Unavailable(f"cannot create the sandbox container: {exc}") from exc
-
-    def _supervise(self, container, spec: RunSpec) -> RawRun:
-        limits = spec.limits
-        raw = RawRun()
-        frames = FrameReader(limits.output_bytes)
-        runner_stderr = bytearray()
-        usage = _Usage(container.id)
-        supervisor = _Supervisor(self, container, usage)
-        try:
-            # Attached before the start, so not a byte of output is missed however fast the run.
-            stream = container.attach(stdout=True, stderr=True, stream=True, demux=True)
-        except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot attach to the sandbox container: {exc}") from exc
-        supervisor.stream = stream
-        since = int(time.time()) - 1
-        try:
-            container.start()
-        except DOCKER_ERRORS as exc:
-            _close(stream)
-            raise Unavailable(f"cannot start the sandbox container: {exc}") from exc
-        started = time.monotonic()
-        watcher = threading.Thread(target=supervisor.watch, args=(started + limits.timeout_s,),
-                                   name=f"watch-{spec.job_id}", daemon=True)
-        watcher.start()
-        self._running[spec.job_id] = supervisor
-        exit_sampled = False
-        try:
-            for stdout, stderr in stream:
-                if stdout:
-                    frames.feed(stdout)
-                    if frames.over_cap:
-                        supervisor.kill("output")
-                    elif frames.garbled:
-                        supervisor.kill("garbled")
-                    if frames.exit is not None and not exit_sampled:
-                        # The user process has exited and the runner is about to: the cgroup's
-                        # high-water mark is final now, and the files vanish with the container.
-                        usage.sample()
-                        exit_sampled = True
-                if stderr:
-                    runner_stderr += stderr
-                    del runner_stderr[:-RUNNER_STDERR_KEEP]
-        finally:
-            supervisor.end()
-            _close(stream)
-            self._running.pop(spec.job_id, None)
-        raw.duration_ms = int((time.monotonic() - started) * 1000)
-        usage.sample()
-        frames.fill(raw)
-        raw.timed_out = supervisor.reason == "timeout"
-        state = self._final_state(container)
-        if state is None:
-            runner_stderr += b"\n[nanogrid] the container was removed while the run was in progress"
-        elif state.get("Running"):
-            runner_stderr += b"\n[nanogrid] the container did not stop when killed"
-        else:
-            raw.runner_exit_code, raw.oom_killed = state["ExitCode"], bool(state.get("OOMKilled"))
-        raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
-        if usage.peak_memory_bytes is not None:
-            raw.peak_memory_bytes = max(usage.peak_memory_bytes, raw.peak_memory_bytes or 0)
-        if usage.cpu_ns is not None:
-            raw.cpu_time_ms = max(usage.cpu_ns // 1_000_000, raw.cpu_time_ms or 0)
-        # A SIGKILL this run did not send, with no OOM and no exit report from the runner: either
-        # someone called kill(job_id) from another process (or `docker kill`ed it), which is a
-        # cancellation, or the function killed its own runner (same user), which is not. Only the
-        # first leaves a kill event in dockerd.
-        killed = (supervisor.reason is None and frames.exit is None and not raw.oom_killed
-                  and raw.runner_exit_code == SIGKILL_EXIT_CODE)
-        raw.cancelled = supervisor.reason == "cancel" or (killed and self._kill_requested(container, since))
-        return raw
 
     def _kill_requested(self, container, since: int) -> bool:
         """Whether dockerd was asked to kill the container (by anyone) since `since`."""
@@ -434,9 +729,3 @@ class DockerSandbox:
                 log.warning("cannot remove container %s (the reaper will retry): %s", container.id[:12], exc)
                 return
 
-
-def _close(stream) -> None:
-    try:
-        stream.close()
-    except (OSError, DOCKER_ERRORS):
-        pass  # already shut down (the supervisor cut it) or never fully opened

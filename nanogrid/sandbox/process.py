@@ -1,9 +1,9 @@
 """The process sandbox: the runner as a plain child process of the worker, for development.
 
 It is NOT isolation: the code runs as the worker's user, sees its filesystem and network.
-What it does give is the same runner and frames as the Docker sandbox, a minimal environment
-(no worker secrets), a private scratch directory, kernel rlimits on memory, CPU time, open files
-and file size, and the same deadline and output cap, enforced by killing the runner's whole
+What it does give is the same runner, request and frames as the Docker sandbox (one run per
+runner process: no warm pool), a minimal environment (no worker secrets), a private scratch
+directory, kernel rlimits on memory, CPU time, open files and file size, and the same deadline and output cap, enforced by killing the runner's whole
 process tree (the runner is a child subreaper, so even double-forked, setsid'd leftovers are in it).
 """
 
@@ -20,8 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
+from nanogrid.ai import SOCKET_NAME
 from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
 from nanogrid.sandbox import RUNTIME_DIR, FrameReader, Limits, RawRun, RunSpec
 
 MiB = 1024 * 1024
@@ -114,14 +117,24 @@ class ProcessSandbox:
         self._lock = threading.Lock()
 
     def run(self, spec: RunSpec) -> RawRun:
+        """One runner process per run (no pool): the request on its stdin, which closes after the run."""
         limits = spec.limits
+        ai_socket = None
+        if spec.ai_channel is not None:
+            try:
+                spec.ai_channel.start()
+            except OSError as exc:
+                raise Unavailable(f"cannot open the run's AI channel: {exc}") from exc
+            ai_socket = str(spec.ai_channel.socket_path)
+        elif spec.ai_socket_dir is not None:
+            ai_socket = str(Path(spec.ai_socket_dir) / SOCKET_NAME)
         with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as scratch:
             environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
                            "LANG": "C.UTF-8"}
             started = time.monotonic()
             process = subprocess.Popen(
-                [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.run_dir)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), "--scrub", scratch],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=scratch, env=environment, start_new_session=True,
                 preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits)),
             )
@@ -129,13 +142,22 @@ class ProcessSandbox:
             with self._lock:
                 self._running[spec.job_id] = run
             try:
+                try:
+                    # Stdin stays open while the run lasts: its end tells the runner the worker is gone.
+                    process.stdin.write(spec.request(ai_socket))
+                    process.stdin.flush()
+                except OSError:
+                    pass  # the runner died at once: its exit status says why
                 raw = self._supervise(process, limits, started)
             finally:
                 # Also ends whatever the user code left running in the background.
                 _kill_group(process)
                 process.wait()
-                process.stdout.close()
-                process.stderr.close()
+                for stream in (process.stdin, process.stdout, process.stderr):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
                 with self._lock:
                     self._running.pop(spec.job_id, None)
         raw.cancelled = run.cancelled
@@ -180,6 +202,8 @@ class ProcessSandbox:
                 if frames.over_cap or frames.garbled:
                     _kill_group(process)
                     break
+                if frames.exit is not None and process.stdin is not None and not process.stdin.closed:
+                    process.stdin.close()  # the run is over: the end of its requests ends the runner
         try:
             process.wait(timeout=EXIT_WAIT_S)
         except subprocess.TimeoutExpired:

@@ -7,6 +7,9 @@ Why these settings (see the README's "Exactly once" section):
 - worker_prefetch_multiplier=1 with concurrency = sandbox slots: a reserved message burns
   visibility time and blocks an idle worker from taking it.
 - Messages carry the job id only; code and input stay in the stores (SQS caps messages).
+- Task events off unless NANOGRID_TASK_EVENTS=1: they cost about a fifth of the CPU of a warm run
+  (docs/performance.md). Flower turns them on in the workers it watches (its --enable_events,
+  on by default), and `celery -A nanogrid control enable_events` does too.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def celery_settings(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "broker_connection_retry_on_startup": True,
     }
     if settings.uses_sqs:

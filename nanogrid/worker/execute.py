@@ -1,35 +1,44 @@
 """One run, start to finish, inside a worker process.
 
-claim (PENDING -> PROCESSING, conditional) -> fetch code -> prepare the run directory -> sandbox
--> classify -> finish (conditional on still holding the lease). A message whose claim fails was
-already taken by someone else (a redelivery or a redispatch) and is dropped: that, with early
-ack, is what makes a run execute exactly once.
+claim (PENDING -> PROCESSING, conditional) -> fetch code -> its extracted directory (kept per
+version: warm sandboxes serve from it) -> the run's request to the sandbox -> classify -> finish
+(conditional on still holding the lease). A message whose claim fails was already taken by
+someone else (a redelivery or a redispatch) and is dropped: that, with early ack, is what makes
+a run execute exactly once.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
+import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from nanogrid import logs, metrics
-from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.ai.channel import Channel
 from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
-from nanogrid.functions import code_key
+from nanogrid.functions import code_key, tenant_of
 from nanogrid.jobs import FAILED
-from nanogrid.sandbox import RUN_FILE, Limits, RunSpec, classify
+from nanogrid.sandbox import Limits, RunSpec, classify
 from nanogrid.services import Services, worker_id
 
 log = logging.getLogger(__name__)
-INPUT_FILE = ".nanogrid-input.json"
 CODE_FETCH_ATTEMPTS = 3
+# Extracted code directories kept per worker process beyond those its warm containers mount.
+MAX_CODE_DIRS = 16
+CODE_DIR_PREFIX = "nanogrid-code-"
 # The last stderr line of a function that let nanogrid_ai.AIUnavailable escape.
 AI_UNAVAILABLE = re.compile(r"^(?:nanogrid_ai\.)?AIUnavailable: (?:the AI node is unavailable: )?(.*)$")
 
@@ -101,43 +110,33 @@ def execute(services: Services, job: dict) -> dict:
     limits = Limits.resolve(settings, {"timeout_s": spec.get("timeout_s"), "memory_mb": spec.get("memory_mb"),
                                        **(spec.get("limits") or {})})
     try:
-        bundle = fetch_code(services, job["function_id"], job["function_version"])
+        bundle = fetch_code(services, job["function_id"], job["function_version"], tenant_of(job))
     except NotFound:
         return failure("code_unavailable", "the function's code is gone (the function was deleted)")
     except Unavailable as exc:
         return failure("code_unavailable", f"the code store did not answer: {exc}")
-    with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as tmp:
-        run_dir = Path(tmp)
-        run_dir.chmod(0o755)
-        extract(bundle, run_dir)
-        context = {
-            "job_id": job["job_id"], "function_id": job["function_id"],
-            "function_version": job["function_version"], "deadline": time.time() + limits.timeout_s,
-        }
-        run_file = {"handler": spec.get("handler"), "env": spec.get("env") or {}, "context": context}
-        try:
-            # The run's AI channel (nanogrid/ai): the sandbox's only way to the AI node, with budgets.
-            channel = Channel(settings).start() if settings.ai_endpoint else None
-        except OSError as exc:
-            return failure("sandbox_error", f"cannot open the run's AI channel: {exc}")
-        try:
-            if channel is not None:
-                in_sandbox = (str(channel.socket_path) if services.sandbox.kind == "process"
-                              else f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}")
-                run_file["ai"] = {"socket": in_sandbox,
-                                  "timeout_s": settings.ai_connect_timeout_s + settings.ai_timeout_s + 5}
-            (run_dir / RUN_FILE).write_text(json.dumps(run_file))
-            (run_dir / INPUT_FILE).write_text(json.dumps(job["input"]))
-            for name in (RUN_FILE, INPUT_FILE):
-                os.chmod(run_dir / name, 0o644)
-            with metrics.sandbox_call(getattr(services.sandbox, "kind", "other")) as call:  # active sandboxes, overhead
-                raw = services.sandbox.run(RunSpec(job["job_id"], job["function_id"], run_dir, spec.get("handler"),
-                                                   limits, ai_socket_dir=channel and channel.directory))
+    sandbox = services.sandbox
+    if getattr(sandbox, "current_version", False) is None:  # lets warm pools drop deleted or superseded code
+        sandbox.watch_functions(functools.partial(latest_version, services))
+    # The run's AI channel (nanogrid/ai): the sandbox's only way to the AI node, with budgets. The
+    # sandbox opens it where the run can reach it; it is closed here, with the run's usage.
+    channel = Channel(settings) if settings.ai_endpoint else None
+    sha = hashlib.sha256(bundle).hexdigest()
+    try:
+        with code_dir(services, job, bundle, sha) as directory:
+            run_spec = RunSpec(
+                job["job_id"], job["function_id"], directory, spec.get("handler"), limits,
+                version=job["function_version"], code_sha=sha,
+                tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
+                ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
+            )
+            with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
+                raw = sandbox.run(run_spec)
                 call.run_ms = raw.duration_ms
-        except Unavailable as exc:
-            return failure("sandbox_error", str(exc))
-        finally:
-            ai_usage = channel.close() if channel is not None else None
+    except Unavailable as exc:
+        return failure("sandbox_error", str(exc))
+    finally:
+        ai_usage = channel.close() if channel is not None else None
     outcome = classify(raw, limits)
     if ai_usage is not None:
         ai_unavailable(outcome, raw)
@@ -155,6 +154,106 @@ def execute(services: Services, job: dict) -> dict:
     return fields
 
 
+@contextlib.contextmanager
+def code_dir(services: Services, job: dict, bundle: bytes, sha: str) -> Iterator[Path]:
+    """The extracted bundle the run serves from: shared by every run of the version in this process
+    for an isolated sandbox (it is mounted read-only), a fresh one for the process sandbox (whose
+    runs could write into it)."""
+    if services.sandbox.isolated:
+        key = (tenant_of(job), job["function_id"], job["function_version"], sha)
+        in_use = getattr(services.sandbox, "code_dirs_in_use", set)
+        yield CODE_DIRS.get(key, bundle, in_use)
+        return
+    with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as tmp:
+        directory = Path(tmp)
+        directory.chmod(0o755)
+        extract(bundle, directory)
+        yield directory
+
+
+class CodeDirs:
+    """Extracted bundles, one directory per (tenant, function, version, code sha256), per process.
+
+    A warm container mounts its version's directory for as long as it lives: a directory is removed
+    only once no container of this process uses it and more than `limit` are kept (least recently
+    used first), and when the process exits.
+    """
+
+    def __init__(self, limit: int = MAX_CODE_DIRS):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.pid: int | None = None
+        self.root: Path | None = None
+        self.entries: collections.OrderedDict[tuple, Path] = collections.OrderedDict()
+
+    def get(self, key: tuple, bundle: bytes, in_use: Callable[[], set]) -> Path:
+        with self.lock:
+            if self.pid != os.getpid():  # a forked child keeps its own (its parent may remove theirs)
+                self.pid, self.root, self.entries = os.getpid(), None, collections.OrderedDict()
+            path = self.entries.get(key)
+            if path is not None and path.is_dir():
+                self.entries.move_to_end(key)
+                return path
+            if self.root is None or not self.root.is_dir():
+                self.root = self._make_root()
+            path = Path(tempfile.mkdtemp(prefix=f"{key[1]}-v{key[2]}-", dir=self.root))
+            try:
+                path.chmod(0o755)
+                extract(bundle, path)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            self.entries[key] = path
+            if len(self.entries) > self.limit:
+                used = in_use()
+                for old_key, old_path in list(self.entries.items()):
+                    if len(self.entries) <= self.limit:
+                        break
+                    if old_key != key and old_path not in used:
+                        shutil.rmtree(old_path, ignore_errors=True)
+                        del self.entries[old_key]
+            return path
+
+
+    def _make_root(self) -> Path:
+        """This process's folder (removed when it exits), after removing those of dead processes."""
+        for stale in Path(tempfile.gettempdir()).glob(f"{CODE_DIR_PREFIX}*-*"):
+            pid = stale.name[len(CODE_DIR_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        root = Path(tempfile.mkdtemp(prefix=f"{CODE_DIR_PREFIX}{os.getpid()}-"))
+        root.chmod(0o755)
+        atexit.register(shutil.rmtree, root, True)
+        try:  # a prefork child ends with os._exit: atexit would not run there
+            from celery.signals import worker_process_shutdown
+
+            worker_process_shutdown.connect(lambda **_: shutil.rmtree(root, True), weak=False)
+        except ImportError:
+            pass
+        return root
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+CODE_DIRS = CodeDirs()
+
+
+def latest_version(services: Services, function_id: str) -> int | None:
+    """The function's current version, or None once it is deleted (for the warm pools)."""
+    try:
+        return services.functions.get(function_id)["version"]
+    except NotFound:
+        return None
+
+
 def ai_unavailable(outcome, raw) -> None:
     """A function that let nanogrid_ai.AIUnavailable escape failed because the AI node is down: say so."""
     if outcome.error is None or outcome.error["type"] != "runtime_error":
@@ -168,10 +267,10 @@ def ai_unavailable(outcome, raw) -> None:
                                     f"{match.group(1)[:300]}"}
 
 
-def fetch_code(services: Services, function_id: str, version: int) -> bytes:
+def fetch_code(services: Services, function_id: str, version: int, tenant: str) -> bytes:
     for attempt in range(CODE_FETCH_ATTEMPTS):
         try:
-            return services.functions.code.get(code_key(function_id, version))
+            return services.functions.code.get(code_key(tenant, function_id, version))
         except Unavailable:
             if attempt == CODE_FETCH_ATTEMPTS - 1:
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 from celery import shared_task
 
@@ -24,19 +25,32 @@ def services() -> Services:
     return Services(Settings.from_env())
 
 
-@shared_task(name=RUN_TASK, bind=True)
+# When this process last queued each version's archive task: once is enough (store_once is
+# idempotent), but after ARCHIVE_RESEND_S a success queues it again, in case that one failed.
+_archive_queued: dict[tuple, float] = {}
+ARCHIVE_RESEND_S = 600
+
+
+# ignore_result: the job record is the result; Celery's result backend would only cost a write
+# per run here and a subscription per run in the API.
+@shared_task(name=RUN_TASK, bind=True, ignore_result=True)
 def run_job(self, job_id: str) -> str:
     status = execute.run(services(), job_id)
     if status == SUCCESS and services().archive is not None:
         job = services().jobs.get(job_id)
-        try:
-            self.app.send_task(ARCHIVE_TASK, args=[job["function_id"], job["function_version"], tenant_of(job)])
-        except Exception:  # noqa: BLE001 - archiving must never fail the run; the next success retries it
-            log.exception("could not queue the archive task", extra={"job_id": job_id})
+        version = (tenant_of(job), job["function_id"], job["function_version"])
+        if time.monotonic() - _archive_queued.get(version, -ARCHIVE_RESEND_S) >= ARCHIVE_RESEND_S:
+            try:
+                self.app.send_task(ARCHIVE_TASK, args=[job["function_id"], job["function_version"], tenant_of(job)],
+                                   ignore_result=True)
+                _archive_queued[version] = time.monotonic()
+            except Exception:  # noqa: BLE001 - archiving must never fail the run; the next success retries it
+                log.exception("could not queue the archive task", extra={"job_id": job_id})
     return status
 
 
-@shared_task(name=ARCHIVE_TASK, autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=300, max_retries=8)
+@shared_task(name=ARCHIVE_TASK, autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=300, max_retries=8,
+             ignore_result=True)
 def archive_code(function_id: str, version: int, tenant: str = DEFAULT_TENANT) -> bool:
     """Copy a code version that ran successfully to the archive, once (store_once is idempotent)."""
     svc = services()

@@ -1,10 +1,15 @@
-"""DockerSandbox against the real dockerd and the real runtime image (built by `runtime_image`)."""
+"""DockerSandbox against the real dockerd and the real runtime image (built by `runtime_image`).
+
+Runs go through the warm pool (the default): every test's code is its own function version, so
+each test starts a container of its own (tests/integration/test_warm_pool.py covers reuse)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import signal
+import os
+import socket
 import textwrap
 import threading
 import time
@@ -14,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from nanogrid.errors import Unavailable
-from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_WORKER, RUN_FILE, Limits, RunSpec,
-                              classify, instance_id)
+from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
+                              Limits, RunSpec, classify, instance_id)
 from nanogrid.sandbox import docker as docker_sandbox
 from nanogrid.sandbox.docker import DockerSandbox
-from nanogrid.sandbox.image import image_status
+from nanogrid.sandbox.image import LABEL_DIGEST, image_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -28,17 +33,20 @@ WORKER_ID = "test-worker"
 FUNCTION_ID = "fn-test"
 
 
-def write_run_dir(run_dir: Path, code: str, handler: str | None, event, job_id: str, limits: Limits) -> Path:
-    """What the worker prepares: the bundle, the run file and the input, readable by uid 65534."""
-    run_dir.mkdir(mode=0o755)
-    (run_dir / "main.py").write_text(textwrap.dedent(code))
-    context = {"job_id": job_id, "function_id": FUNCTION_ID, "function_version": 1,
-               "deadline": time.time() + limits.timeout_s}
-    (run_dir / RUN_FILE).write_text(json.dumps({"handler": handler, "context": context}))
-    (run_dir / ".nanogrid-input.json").write_text(json.dumps(event if event is not None else {}))
-    for path in run_dir.iterdir():
-        path.chmod(0o644)
-    return run_dir
+def write_code_dir(code_dir: Path, code: str) -> Path:
+    """What the worker prepares: the extracted bundle, readable by uid 65534."""
+    code_dir.mkdir(mode=0o755)
+    (code_dir / "main.py").write_text(textwrap.dedent(code))
+    (code_dir / "main.py").chmod(0o644)
+    return code_dir
+
+
+def make_spec(code_dir: Path, code: str, handler: str | None, event, job_id: str, limits: Limits,
+              **extra) -> RunSpec:
+    """A run of code as its own function version (the sha of the code is part of the warm key)."""
+    return RunSpec(job_id, FUNCTION_ID, code_dir, handler, limits, version=1,
+                   code_sha=hashlib.sha256(code.encode()).hexdigest(),
+                   input_json=json.dumps(event if event is not None else {}), **extra)
 
 
 def job_containers(sandbox: DockerSandbox, job_id: str) -> list[dict]:
@@ -47,7 +55,9 @@ def job_containers(sandbox: DockerSandbox, job_id: str) -> list[dict]:
 
 @pytest.fixture
 def sandbox(runtime_image) -> DockerSandbox:
-    return DockerSandbox(runtime_image, WORKER_ID)
+    sandbox = DockerSandbox(runtime_image, WORKER_ID)
+    yield sandbox
+    sandbox.pool.close()
 
 
 @pytest.fixture
@@ -55,20 +65,20 @@ def prepare(sandbox, tmp_path):
     def prepare(code: str, handler: str | None = None, event=None, **limit_changes) -> RunSpec:
         limits = dataclasses.replace(LIMITS, **limit_changes)
         job_id = f"test-{uuid.uuid4().hex[:12]}"
-        run_dir = write_run_dir(tmp_path / job_id, code, handler, event, job_id, limits)
-        return RunSpec(job_id, FUNCTION_ID, run_dir, handler, limits)
+        return make_spec(write_code_dir(tmp_path / job_id, code), code, handler, event, job_id, limits)
 
     return prepare
 
 
 @pytest.fixture
 def run(sandbox, prepare):
-    """Run code in a fresh container; every run must leave no container behind."""
+    """Run code; no run leaves a container labelled with its job, nor a busy one in the pool."""
 
     def run(code: str, handler: str | None = None, event=None, **limit_changes):
         spec = prepare(code, handler, event, **limit_changes)
         raw = sandbox.run(spec)
         assert job_containers(sandbox, spec.job_id) == []
+        assert sandbox.pool.busy() == [] and sandbox.running_container(spec.job_id) is None
         return raw, classify(raw, spec.limits)
 
     return run
@@ -91,7 +101,8 @@ def test_handler_result(run):
     assert outcome.result["sum"] == 5
     assert outcome.result["job"].startswith("test-")
     assert 0 < outcome.result["left_ms"] <= LIMITS.timeout_s * 1000
-    assert raw.runner_exit_code == 0 and raw.exit_code == 0
+    assert raw.exit_code == 0
+    assert raw.runner_exit_code is None  # the runner lives on, serving the next run of this version
     assert raw.duration_ms > 0
 
 
@@ -225,16 +236,20 @@ def test_unprivileged_user_without_capabilities(run):
                               "cap_amb": "0000000000000000", "no_new_privs": "1", "seccomp": "2"}
 
 
-def test_container_settings(sandbox, prepare):
+@pytest.mark.parametrize("warm", [False, True], ids=["single-use", "warm"])
+def test_container_settings(sandbox, prepare, warm):
     """What dockerd was asked for, read back from the container before it runs."""
     spec = prepare("print('never started')\n", memory_mb=96, pids=40, cpus=0.5)
-    container = sandbox._create(spec)
+    container = sandbox._create(spec, warm=warm)
     try:
         container.reload()
         host, config = container.attrs["HostConfig"], container.attrs["Config"]
     finally:
         sandbox._remove(container)
-    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] and host["Init"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"]
+    # No init: the runner is PID 1, the only process holding the container's stdin and stdout.
+    assert not host["Init"] and config["Cmd"][:5] == ["python3", "-I", "-B", "/opt/nanogrid/runner.py", "/code"]
+    assert config["OpenStdin"] and config["StdinOnce"] and not config["Tty"]
     assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]  # no seccomp=unconfined, no apparmor=unconfined
     assert host["Memory"] == host["MemorySwap"] == 96 * 1024 * 1024
@@ -245,9 +260,11 @@ def test_container_settings(sandbox, prepare):
     assert not host.get("Binds") and [m["Target"] for m in host["Mounts"]] == ["/code"]
     assert all(m["ReadOnly"] for m in host["Mounts"])
     assert config["User"] == "65534:65534"
-    assert {k: config["Labels"][k] for k in (LABEL_JOB, LABEL_FUNCTION, LABEL_WORKER, LABEL_INSTANCE)} == {
-        LABEL_JOB: spec.job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID,
-        LABEL_INSTANCE: instance_id(sandbox.settings)}
+    expected = {LABEL_FUNCTION: FUNCTION_ID, LABEL_VERSION: "1", LABEL_WORKER: WORKER_ID,
+                LABEL_INSTANCE: instance_id(sandbox.settings)}
+    # A warm container serves many jobs: it names its owner (this process) instead of a job.
+    expected.update({LABEL_WARM: f"{socket.gethostname()}:{os.getpid()}"} if warm else {LABEL_JOB: spec.job_id})
+    assert {k: v for k, v in config["Labels"].items() if k.startswith("nanogrid.") and k != LABEL_DIGEST} == expected
     names = {entry.split("=", 1)[0] for entry in config["Env"]}
     assert names <= {"HOME", "LANG", "PATH", "PYTHONPATH"}, config["Env"]
 
@@ -339,15 +356,15 @@ def test_unreachable_dockerd_is_unavailable(runtime_image, monkeypatch, tmp_path
 
 
 def run_in_background(sandbox: DockerSandbox, spec: RunSpec) -> tuple[threading.Thread, dict]:
-    """Start a run in a thread; returns once its container is running, with the container's labels."""
+    """Start a run in a thread; returns once its container is running it, with the container's labels."""
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(raw=sandbox.run(spec)), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not (running := sandbox.client.api.containers(filters={"label": f"{LABEL_JOB}={spec.job_id}"})):
-        assert time.monotonic() < deadline, "the container never started"
+    while not (container_id := sandbox.running_container(spec.job_id)):
+        assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
-    outcome["labels"] = running[0]["Labels"]
+    outcome["labels"] = sandbox.client.api.inspect_container(container_id)["Config"]["Labels"]
     return thread, outcome
 
 
@@ -356,18 +373,20 @@ def test_kill_cancels_the_run(sandbox, runtime_image, prepare, same_instance):
     spec = prepare("import time\nprint('started', flush=True)\ntime.sleep(600)\n", timeout_s=30)
     thread, outcome = run_in_background(sandbox, spec)
     try:
-        expected_labels = {LABEL_JOB: spec.job_id, LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID}
-        assert outcome["labels"].items() >= expected_labels.items()
+        expected_labels = {LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID,
+                           LABEL_WARM: f"{socket.gethostname()}:{os.getpid()}"}
+        assert outcome["labels"].items() >= expected_labels.items() and LABEL_JOB not in outcome["labels"]
         killer = sandbox if same_instance else DockerSandbox(runtime_image, "another-worker")
         assert killer.kill(spec.job_id)
         thread.join(timeout=15)
         assert not thread.is_alive()
     finally:
-        sandbox.remove_containers(job_ids={spec.job_id})  # a failed test must not leave it sleeping
+        if thread.is_alive() and (container_id := sandbox.running_container(spec.job_id)):
+            sandbox.client.api.remove_container(container_id, force=True)  # a failed test must not leave it
     raw = outcome["raw"]
     assert raw.cancelled and not raw.timed_out
     assert classify(raw, spec.limits).error["type"] == "cancelled"
-    assert job_containers(sandbox, spec.job_id) == []
+    assert job_containers(sandbox, spec.job_id) == [] and sandbox.pool.idle() == []  # killed: not reused
     assert not killer.kill(spec.job_id)
 
 
@@ -434,10 +453,11 @@ def test_the_deadline_holds_when_a_kill_does_not(sandbox, prepare, monkeypatch):
     assert job_containers(sandbox, spec.job_id) == []
 
 
-def test_a_function_that_kills_its_runner_is_not_a_cancellation(run):
-    raw, outcome = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n")
-    assert raw.runner_exit_code == 137 and not raw.cancelled
-    assert outcome.error["type"] == "runtime_error" and outcome.error["signal"] == 9, outcome
+def test_a_function_cannot_kill_its_runner(sandbox, run):
+    """The runner is PID 1 of the container: the kernel drops the signals its namespace sends it."""
+    raw, outcome = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint(os.getppid())\n")
+    assert outcome.status == "SUCCESS" and raw.stdout == b"1\n", outcome
+    assert raw.runner_exit_code is None and not raw.cancelled and len(sandbox.pool.idle()) == 1
 
 
 def test_the_runner_is_out_of_the_user_codes_reach(run):
@@ -459,6 +479,7 @@ def test_the_runner_is_out_of_the_user_codes_reach(run):
         handler="handler",
     )
     assert outcome.result == {"fd": "PermissionError", "ptrace": 1, "own_environ": True}, outcome  # 1: EPERM
+    assert raw.stderr == b""
 
 
 def test_background_processes_die_with_the_run(run):
@@ -482,15 +503,40 @@ def test_background_processes_die_with_the_run(run):
     assert raw.duration_ms < 5000
 
 
-def test_a_garbled_stream_stops_the_run(run):
+def test_the_containers_output_stream_is_out_of_reach(run):
+    """Only the runner (PID 1, non-dumpable) holds the container's stdout: the user code cannot
+    write into the frame stream (with an init as PID 1 it could, through /proc/1/fd/1)."""
     raw, outcome = run(
         """
-        import time
-        with open("/proc/1/fd/1", "wb", buffering=0) as init_stdout:
-            init_stdout.write(b"this is not a frame" * 100)
-        time.sleep(60)
+        def handler(event, context):
+            found = {}
+            for fd in (0, 1, 2):
+                try:
+                    with open(f"/proc/1/fd/{fd}", "wb", buffering=0) as stream:
+                        stream.write(b"this is not a frame" * 100)
+                    found[fd] = "written"
+                except OSError as exc:
+                    found[fd] = type(exc).__name__
+            return found
         """,
-        timeout_s=20,
+        handler="handler",
     )
+    assert outcome.result == {"0": "PermissionError", "1": "PermissionError", "2": "PermissionError"}, outcome
+    assert not raw.garbled
+
+
+def test_a_garbled_stream_stops_the_run(sandbox, prepare, monkeypatch):
+    """A stream that stops being frames (here: the runner's output corrupted on the way) kills the
+    run and the container."""
+    original = docker_sandbox._Demux.feed
+
+    def corrupt(self, data):
+        return [(kind, b"this is not a frame" * 10 if kind == docker_sandbox.MUX_STDOUT else payload)
+                for kind, payload in original(self, data)]
+
+    monkeypatch.setattr(docker_sandbox._Demux, "feed", corrupt)
+    spec = prepare("import time\nprint('hello', flush=True)\ntime.sleep(60)\n", timeout_s=20)
+    raw = sandbox.run(spec)
+    outcome = classify(raw, spec.limits)
     assert raw.garbled and outcome.error["type"] == "runtime_error", outcome
-    assert raw.duration_ms < 10_000
+    assert raw.duration_ms < 10_000 and sandbox.pool.idle() == []

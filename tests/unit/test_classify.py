@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 
 from nanogrid.config import Limit, Settings
-from nanogrid.sandbox import (EXIT, FRAME_HEADER, RESULT, STDERR, STDOUT, FrameReader, LimitError, Limits, RawRun,
-                              classify, instance_id)
+from nanogrid.sandbox import (EXIT, FRAME_HEADER, REQUEST, RESULT, STDERR, STDOUT, FrameReader, LimitError, Limits,
+                              RawRun, RunSpec, classify, instance_id, request_frame)
 
 LIMITS = Limits(timeout_s=5, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=1000)
@@ -119,6 +120,33 @@ def test_fill():
     reader.fill(raw)
     assert (raw.stdout, raw.exit_code, raw.exit_signal, raw.memory_error) == (b"out", None, 9, True)
     assert not raw.output_truncated
+
+
+@pytest.mark.parametrize("oom_kill, expected", [(True, "memory_limit"), (False, "runtime_error"),
+                                                 (None, "runtime_error")])
+def test_a_sigkill_is_a_memory_limit_only_when_the_cgroup_counted_an_oom_kill(oom_kill, expected):
+    """In a warm container the kernel's OOM killer may take the user process and spare the runner,
+    which then reports the signal and whether its cgroup's oom_kill counter went up (None: unknown)."""
+    reader = FrameReader(1000)
+    reader.feed(json_frame(EXIT, {"exit_code": None, "signal": 9, "memory_error": False, "oom_kill": oom_kill,
+                                  "clean": True}))
+    raw = RawRun()
+    reader.fill(raw)
+    assert raw.oom_killed is (oom_kill is True)
+    assert classify(raw, LIMITS).error["type"] == expected
+
+
+def test_a_request_frame_carries_the_spec_and_the_input_as_text():
+    spec = RunSpec("job-1", "fn-1", "/code", "handler", LIMITS, version=3, env={"A": "1"}, input_json='{"x": 1}')
+    data = spec.request("/run/nanogrid-ai/ai.sock")
+    kind, length = FRAME_HEADER.unpack_from(data)
+    request = json.loads(data[FRAME_HEADER.size:])
+    assert kind == REQUEST and length == len(data) - FRAME_HEADER.size
+    assert request["input"] == '{"x": 1}' and request["spec"]["handler"] == "handler"
+    assert request["spec"]["env"] == {"A": "1"} and request["spec"]["ai"]["socket"] == "/run/nanogrid-ai/ai.sock"
+    assert request["spec"]["context"]["function_version"] == 3
+    assert 0 < request["spec"]["context"]["deadline"] - time.time() <= LIMITS.timeout_s
+    assert request_frame({"handler": None}, "null")[:1] == REQUEST
 
 
 def finished(**changes) -> RawRun:

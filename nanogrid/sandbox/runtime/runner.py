@@ -1,50 +1,94 @@
-"""The in-sandbox runner: runs one function invocation and reports it as frames on stdout.
+"""The in-sandbox runner: runs function invocations, one at a time, and reports each as frames.
 
-Usage: python3 -I -B runner.py RUN_DIR
+Usage: python3 -I -B runner.py CODE_DIR [--scrub DIR]... [--scrub-ipc]
 
-RUN_DIR holds the function's bundle (main.py, ...), `.nanogrid-run.json` (handler name and
-context) and `.nanogrid-input.json` (the event). The user code runs in a forked child whose
-stdout and stderr are pipes; this process relays them as frames and then reports the handler's
-result and the child's exit status, so the worker gets binary-safe output, a result channel
-that print() cannot corrupt, and the exit status even when the code segfaults. Standard library
-only: it runs on the bare Python of the runtime image.
+CODE_DIR holds one function version's bundle (main.py, ...), read-only and shared by every run
+of that version. Requests arrive on stdin as frames with the same header as the output frames:
+type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "context", "ai"},
+"input": "<the event as JSON text>"}. Each request runs in a freshly forked child whose stdin is
+the input and whose stdout and stderr are pipes; this process relays them as frames on its own
+stdout, then reports the handler's result and the child's exit status, so the worker gets
+binary-safe output, a result channel that print() cannot corrupt, and the exit status even when
+the code segfaults. After the child has ended, and BEFORE the exit frame, the runner kills
+whatever the run left running and empties every place the run could write to (the --scrub
+directories, and with --scrub-ipc the System V IPC objects and POSIX message queues of the
+sandbox's IPC namespace): when the worker reads the exit frame, the sandbox is as clean as the
+next run needs it. Then it reads the next request; it exits at the end of its stdin.
+
+Reuse contract: nothing survives from one run to the next. Every run is a new process forked
+from this one (no module cache, no globals, no environment changes carry over), its files are
+deleted and its processes killed. What is reused is the container and this interpreter, whose
+start is what a run no longer pays for. If the clean-up cannot finish (a process that will not
+die, a file that cannot be removed), the exit frame says so ("clean": false) and the runner
+exits, so the worker never hands the sandbox to another run. EOF on stdin during a run (the
+worker is gone) kills the run and ends the runner.
 
 The runner makes itself non-dumpable, so the user code (same uid) can neither ptrace it nor open
-its file descriptors through /proc to forge frames, and a child subreaper, so processes the user
-code double-forks into the background are reparented to it and killed when the run ends.
+its file descriptors through /proc to read requests or forge frames; in a container it is PID 1
+(no init in between holding the same pipes), which also makes it immune to the user code's
+signals. It is a child subreaper, so processes the user code double-forks into the background
+stay its descendants. Standard library only: it runs on the bare Python of the runtime image.
 """
 
-import asyncio
+import gc
 import importlib
-import inspect
 import json
 import os
-import runpy
 import select
 import signal
+import stat
 import struct
 import sys
 import time
-import traceback
+import types
+
+# Only what every run needs is imported here: every module loaded makes each run's fork (and the
+# memory it copies on write) bigger. asyncio, runpy and traceback are imported in the run's
+# process when it needs them.
 
 HEADER = struct.Struct(">cI")
+REQUEST = b"q"
 CHUNK = 64 * 1024
 RESULT_CAP = 8 * 1024 * 1024
+REQUEST_CAP = 1024 * 1024 * 1024
 DRAIN_S = 0.2
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+IPC_RMID = 0
 # How long the runner keeps killing leftover background processes (a fork bomb may race it).
 ORPHAN_KILL_S = 1.0
+# The cgroup files whose oom_kill counter tells an OOM kill from any other SIGKILL (v1, v2).
+OOM_FILES = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
+
+
+class ProtocolError(Exception):
+    """The worker's side of stdin broke the protocol (never the user code: it cannot reach it)."""
+
+
+class Stop(Exception):
+    """Stdin ended (the worker is gone) or sent something during a run: stop everything."""
+
+
+_libc = []
+
+
+def libc():
+    """The C library through ctypes (loaded once, before the forks), or None without ctypes."""
+    if not _libc:
+        try:
+            import ctypes
+
+            _libc.append(ctypes.CDLL(None, use_errno=True))
+        except (ImportError, OSError):
+            _libc.append(None)
+    return _libc[0]
 
 
 def prctl(option, value):
     """Best effort: without ctypes (or off Linux) the run still works, with less self-protection."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0) == 0
-    except (ImportError, OSError, AttributeError):
+        return libc().prctl(option, value, 0, 0, 0) == 0
+    except AttributeError:
         return False
 
 
@@ -74,8 +118,53 @@ def frame(fd, kind, payload):
     write_all(fd, HEADER.pack(kind, len(payload)) + payload)
 
 
+def read_exactly(fd, size):
+    """size bytes from fd; None at EOF before the first byte, ProtocolError at EOF after it."""
+    chunks, left = [], size
+    while left:
+        data = os.read(fd, min(left, CHUNK))
+        if not data:
+            if left == size:
+                return None
+            raise ProtocolError("stdin ended in the middle of a request")
+        chunks.append(data)
+        left -= len(data)
+    return b"".join(chunks)
+
+
+def read_request(fd):
+    """The next request from fd, or None at the end of the stream."""
+    header = read_exactly(fd, HEADER.size)
+    if header is None:
+        return None
+    kind, length = HEADER.unpack(header)
+    if kind != REQUEST or length > REQUEST_CAP:
+        raise ProtocolError(f"not a request frame: type {kind!r}, length {length}")
+    payload = read_exactly(fd, length) if length else b""
+    if payload is None:
+        raise ProtocolError("stdin ended before the request's payload")
+    try:
+        request = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"the request is not JSON: {exc}") from None
+    if (not isinstance(request, dict) or not isinstance(request.get("spec"), dict)
+            or not isinstance(request.get("input", ""), str)):
+        raise ProtocolError("the request must be {\"spec\": {...}, \"input\": \"<JSON text>\"}")
+    return request
+
+
+def input_descriptor(text):
+    """A readable descriptor holding the run's input (an anonymous in-memory file)."""
+    fd = os.memfd_create("nanogrid-input", os.MFD_CLOEXEC)
+    write_all(fd, text.encode("utf-8", "surrogatepass"))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def print_user_traceback(exc):
     """Print the traceback without the runner's own frames: the user should see only theirs."""
+    import traceback
+
     tb = exc.__traceback__
     while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
                               or tb.tb_frame.f_code.co_filename.startswith("<frozen")):
@@ -92,23 +181,27 @@ def exit_code_of(exc):
     return 1
 
 
-def run_user_code(run_dir, spec, result_fd):
+def run_user_code(code_dir, spec, result_fd):
     # The runner runs with -I (PYTHONPATH ignored); its own folder holds nanogrid_ai.
-    sys.path[:0] = [run_dir, os.path.dirname(os.path.abspath(__file__))]
-    sys.argv = [os.path.join(run_dir, "main.py")]
+    sys.path[:0] = [code_dir, os.path.dirname(os.path.abspath(__file__))]
+    sys.argv = [os.path.join(code_dir, "main.py")]
     sys.dont_write_bytecode = True
     handler = spec.get("handler")
     try:
         if spec.get("ai"):  # this run's AI channel (socket path, timeout), for nanogrid_ai
             importlib.import_module("nanogrid_ai").configure(**spec["ai"])
         if handler is None:
+            import runpy
+
             runpy.run_path(sys.argv[0], run_name="__main__")
             return 0
         module = importlib.import_module("main")
         function = getattr(module, handler)
         event = json.load(sys.stdin)
         value = function(event, Context(**spec["context"]))
-        if inspect.iscoroutine(value):
+        if isinstance(value, types.CoroutineType):  # an async handler
+            import asyncio
+
             value = asyncio.run(value)
         try:
             payload = json.dumps({"ok": True, "value": value}, allow_nan=False)
@@ -131,25 +224,25 @@ def run_user_code(run_dir, spec, result_fd):
         return 1
 
 
-def child(run_dir, spec, pipes):
+def child(code_dir, spec, input_fd, pipes, out_fd):
     # The user code gets an ordinary process: readable /proc/self, core-dump rules as usual.
     prctl(PR_SET_DUMPABLE, 1)
     (r_out, w_out), (r_err, w_err), (r_res, w_res) = pipes
-    for fd in (r_out, r_err, r_res):
+    for fd in (r_out, r_err, r_res, out_fd):
         os.close(fd)
     os.dup2(w_out, 1)
     os.dup2(w_err, 2)
     os.close(w_out)
     os.close(w_err)
-    input_fd = os.open(os.path.join(run_dir, ".nanogrid-input.json"), os.O_RDONLY)
+    # The input replaces the runner's stdin, so the user code has no way to the request stream.
     os.dup2(input_fd, 0)
     os.close(input_fd)
-    os.chdir(run_dir)
+    os.chdir(code_dir)
     # Python ignores SIGXFSZ and raises EFBIG instead; the default action lets the worker see
     # the file size limit as what it is.
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    os.environ.update(spec.get("env") or {})
-    code = run_user_code(run_dir, spec, w_res)
+    os.environ.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    code = run_user_code(code_dir, spec, w_res)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -181,43 +274,141 @@ def children():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
+                stat_line = f.read()
         except OSError:
             continue
         # The command name may hold spaces and parentheses: the fields after the last ")" are safe.
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat_line[stat_line.rfind(b")") + 2:].split()
         if len(fields) > 1 and int(fields[1]) == me:
             found.append(int(name))
     return found
 
 
 def kill_orphans():
-    """Kill what the user code left running in the background; they were reparented to this subreaper."""
+    """Kill what the user code left running; True once none is left (they were reparented here)."""
     deadline = time.monotonic() + ORPHAN_KILL_S
-    while time.monotonic() < deadline:
+    while True:
         reap(None)
         pids = children()
         if not pids:
-            return
+            return True
+        if time.monotonic() >= deadline:
+            return False
         for orphan in pids:
             try:
                 os.kill(orphan, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
-def relay(pid, pipes, out_fd):
+def remove_tree(path):
+    """Delete path, whatever the run did to it (modes included); True if it is gone."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+    try:
+        if info.st_mode & 0o700 != 0o700:
+            os.chmod(path, 0o700)  # a run may have taken its own directory's permissions away
+        names = os.listdir(path)
+    except OSError:
+        return False
+    ok = True
+    for name in names:
+        ok = remove_tree(os.path.join(path, name)) and ok
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return ok
+
+
+def scrub(directories):
+    """Empty each directory (it stays); True if everything in them could be removed."""
+    ok = True
+    for top in directories:
+        try:
+            names = os.listdir(top)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            ok = False
+            continue
+        for name in names:
+            try:
+                ok = remove_tree(os.path.join(top, name)) and ok
+            except RecursionError:  # nested deeper than the interpreter recurses
+                ok = False
+    return ok
+
+
+def scrub_ipc():
+    """Remove the System V IPC objects of this (private) IPC namespace; True if none is left."""
+    tables = (("/proc/sysvipc/shm", 1, "shmctl"), ("/proc/sysvipc/msg", 1, "msgctl"),
+              ("/proc/sysvipc/sem", 1, "semctl"))
+    found = []
+    for path, column, call in tables:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        found += [(call, int(line.split()[column])) for line in lines if line.split()]
+    if not found:
+        return True
+    if libc() is None:
+        return False
+    for call, ident in found:
+        if call == "semctl":
+            libc().semctl(ident, 0, IPC_RMID)
+        else:
+            getattr(libc(), call)(ident, IPC_RMID, None)
+    return all(not open(path).read().splitlines()[1:] for path, _, _ in tables if os.path.exists(path))
+
+
+def oom_kills():
+    """The sandbox's cgroup oom_kill counter, or None when it cannot be read (no cgroup of its own)."""
+    for path in OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def relay(pid, pipes, out_fd, control_fd):
+    """Relay the run's output until it ends; Stop if stdin moves meanwhile (the worker is gone)."""
     readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
     result = bytearray()
     status = usage = None
     exited_at = None
     while readers:
-        ready, _, _ = select.select(list(readers), [], [], 0.05 if status is not None else 0.5)
+        ready, _, _ = select.select([*readers, control_fd], [], [], 0.05 if status is not None else 0.5)
+        if control_fd in ready:
+            # The worker writes nothing during a run: this is the end of its stream (or a broken one).
+            raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
         for fd in ready:
             data = os.read(fd, CHUNK)
             if not data:
                 del readers[fd]
+                os.close(fd)
             elif readers[fd] == b"r":
                 if len(result) <= RESULT_CAP:  # one byte over is enough to know it is too big
                     result += data[:RESULT_CAP + 1 - len(result)]
@@ -230,32 +421,47 @@ def relay(pid, pipes, out_fd):
         # A double-forked orphan can hold the pipes open forever: stop shortly after the child ends.
         elif not ready or time.monotonic() - exited_at > DRAIN_S * 5:
             break
+    for fd in readers:
+        os.close(fd)
     if status is None:
         _, status, usage = os.wait4(pid, 0)
     return status, usage, bytes(result)
 
 
-def main():
-    prctl(PR_SET_DUMPABLE, 0)
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    run_dir = sys.argv[1]
-    with open(os.path.join(run_dir, ".nanogrid-run.json")) as f:
-        spec = json.load(f)
-    out_fd = os.dup(1)
-    sys.stdout.flush()
+def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc):
+    """One run, start to exit frame; returns whether the sandbox is clean for the next run."""
+    spec = request["spec"]
+    oom_before = oom_kills()
+    input_fd = input_descriptor(request.get("input") or "null")
     pipes = [os.pipe(), os.pipe(), os.pipe()]
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        os.close(out_fd)
-        child(run_dir, spec, pipes)
+        child(code_dir, spec, input_fd, pipes, out_fd)
+    os.close(input_fd)
     for _, w in pipes:
         os.close(w)
-    status, usage, result = relay(pid, pipes, out_fd)
-    kill_orphans()
-    # The user process's own accounting (its waited-for descendants included); the Docker
-    # sandbox prefers the container's cgroup figures when it can read them.
+    try:
+        status, usage, result = relay(pid, pipes, out_fd, control_fd)
+    except Stop:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        kill_orphans()
+        raise
+    clean = kill_orphans()
+    clean = scrub(scrub_dirs) and clean
+    if ipc:
+        clean = scrub_ipc() and clean
+    oom_after = oom_kills()
+    # The user process's own accounting (its waited-for descendants included): per run, where
+    # the container's cgroup figures would span every run the container served.
     exit_info = {"exit_code": None, "signal": None, "memory_error": False,
-                 "max_rss_kb": usage.ru_maxrss, "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000)}
+                 "max_rss_kb": usage.ru_maxrss, "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
+                 "oom_kill": None if oom_before is None or oom_after is None else oom_after > oom_before,
+                 "clean": clean}
     if os.WIFSIGNALED(status):
         exit_info["signal"] = os.WTERMSIG(status)
     else:
@@ -270,7 +476,55 @@ def main():
             pass
         frame(out_fd, b"r", result)
     frame(out_fd, b"x", json.dumps(exit_info).encode())
+    return clean
+
+
+def parse_arguments(argv):
+    code_dir, scrub_dirs, ipc = None, [], False
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--scrub":
+            scrub_dirs.append(next(arguments))
+        elif argument == "--scrub-ipc":
+            ipc = True
+        elif code_dir is None:
+            code_dir = argument
+        else:
+            raise SystemExit(f"runner: unexpected argument {argument!r}")
+    if code_dir is None:
+        raise SystemExit("usage: runner.py CODE_DIR [--scrub DIR]... [--scrub-ipc]")
+    return code_dir, scrub_dirs, ipc
+
+
+def main():
+    prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    code_dir, scrub_dirs, ipc = parse_arguments(sys.argv[1:])
+    if ipc:
+        scrub_dirs.append("/dev/mqueue")  # POSIX message queues: files of the namespace's mqueue fs
+    out_fd = os.dup(1)
+    control_fd = 0
+    # Everything loaded so far stays out of the collector's way: a collection in a run's process
+    # would otherwise touch (and so copy) every object inherited from this one.
+    gc.freeze()
+    while True:
+        try:
+            request = read_request(control_fd)
+        except ProtocolError as exc:
+            print(f"runner: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if request is None:
+            return 0
+        try:
+            clean = run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc)
+        except Stop as exc:
+            print(f"runner: {exc}; the run was killed", file=sys.stderr, flush=True)
+            return 3
+        if not clean:
+            print("runner: the run left something that could not be removed; not serving again",
+                  file=sys.stderr, flush=True)
+            return 4
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

