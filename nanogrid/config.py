@@ -79,7 +79,7 @@ class Settings:
     default_wait_s: float = 30.0
     max_wait_s: float = 300.0
 
-    # API security (docs/api-security.md): keys and tenants, rate limits, quotas, backpressure
+    # API security (README: API security): keys and tenants, rate limits, quotas, backpressure
     keys_table: str = "NanoGridApiKeys"
     rate_limit: RateLimit = RateLimit(1000, 300)  # the founding document's WAF rule: 1000 per 5 minutes
     trusted_proxies: int = 0  # proxies in front of the API whose X-Forwarded-For / -Proto are believed
@@ -120,7 +120,7 @@ class Settings:
     tmpfs_mb: Limit = Limit(64, 1024)
     output_bytes: Limit = Limit(1024 * 1024, 16 * 1024 * 1024)
     # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own;
-    # and Celery task events (docs/performance.md).
+    # and Celery task events (README: Performance).
     warm_pool_size: int = 2  # idle containers per function version; 0: no reuse, a container per run
     warm_idle_ttl_s: float = 300.0
     warm_max_containers: int = 8

@@ -8,7 +8,7 @@ Why these settings (see the README's "Exactly once" section):
   visibility time and blocks an idle worker from taking it.
 - Messages carry the job id only; code and input stay in the stores (SQS caps messages).
 - Task events off unless NANOGRID_TASK_EVENTS=1: they cost about a fifth of the CPU of a warm run
-  (docs/performance.md). Flower turns them on in the workers it watches (its --enable_events,
+  (README: Performance). Flower turns them on in the workers it watches (its --enable_events,
   on by default), and `celery -A nanogrid control enable_events` does too.
 """
 

@@ -48,7 +48,7 @@ def handler(event, context):
     }
 '''
 
-# The summarising function of docs/ai.md (the README example).
+# The summarising function of README: Private AI (the README example).
 SUMMARISE = '''
 import nanogrid_ai
 

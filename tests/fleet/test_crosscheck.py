@@ -122,7 +122,7 @@ NOT_ON_DYNAMIC_QUEUES = {
 # --- Environment: what may stay unset, and why --------------------------------------------------
 
 AI_LIMITS_REASON = ("per-run limits of the AI channel (only workers' sandboxed runs use it); the defaults in "
-                    "nanogrid/config.py are the documented ones (docs/ai.md)")
+                    "nanogrid/config.py are the documented ones (README: Private AI)")
 WARM_POOL_REASON = ("warm sandbox pool of each worker process (nanogrid/sandbox/warm.py; only workers run "
                     "sandboxes): reuse bounded per process by idle containers per function version, containers, "
                     "the sum of their memory limits and idle time, at the defaults of nanogrid/config.py; "
@@ -165,14 +165,14 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_RATE_LIMIT": "API requests per key (or per client address without a valid key), counted in Redis "
                            "across every API process; the default, 1000 per 5 minutes, is the founding document's "
                            "figure and the WAF's per-address rule (test_the_api_rate_limit_default_is_the_waf_rule)",
-    "NANOGRID_TENANT_MAX_RUNNING": "per-tenant quota of runs in progress, default 100 (docs/api-security.md): above "
+    "NANOGRID_TENANT_MAX_RUNNING": "per-tenant quota of runs in progress, default 100 (README: API security): above "
                                    "the fleet's run slots (worker_max_size x worker_concurrency, checked by "
                                    "test_the_tenant_running_quota_is_above_the_fleets_run_slots), so a tenant's "
                                    "running jobs are bounded by the slots and its backlog by NANOGRID_TENANT_MAX_QUEUED",
-    "NANOGRID_TENANT_MAX_QUEUED": "per-tenant quota of queued runs, default 1000 (docs/api-security.md)",
+    "NANOGRID_TENANT_MAX_QUEUED": "per-tenant quota of queued runs, default 1000 (README: API security)",
     # Named like a run limit (NANOGRID_MAX_x) but it is not one: listed here with its own reason.
     "NANOGRID_MAX_QUEUE_DEPTH": "the API's backpressure: run requests get 503 while the task queue holds this many "
-                                "waiting messages, default 10000 (docs/api-security.md); the API reads the depth "
+                                "waiting messages, default 10000 (README: API security); the API reads the depth "
                                 "with sqs:GetQueueAttributes on the task queue, which the controller role has",
     "NANOGRID_WARM_POOL_SIZE": WARM_POOL_REASON,
     "NANOGRID_WARM_IDLE_TTL_S": WARM_POOL_REASON,
