@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import math
 import signal
 import struct
@@ -339,3 +340,14 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         return failed(error_type, str(raw.result.get("message", "invalid result"))[:1000])
     value = raw.result.get("value") if raw.result else None
     return Outcome("SUCCESS", result=value, exit_code=raw.exit_code)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

@@ -46,7 +46,7 @@ from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
-                              FrameReader, RawRun, RunSpec, instance_id)
+                              FrameReader, RawRun, RunSpec, instance_id, pid_alive)
 from nanogrid.sandbox.warm import Key, Slot, WarmPool
 
 log = logging.getLogger(__name__)
@@ -240,15 +240,6 @@ def _private_dir(path: Path) -> Path:
             raise OSError(f"{folder} is not a private folder of this user")
     return path
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DockerSandbox:
@@ -584,21 +575,21 @@ class DockerSandbox:
         for summary in containers:
             owner_host, _, pid = (summary.get("Labels") or {}).get(LABEL_WARM, "").rpartition(":")
             state = summary.get("State")
-            gone = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+            gone = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
             if (gone or state in ("exited", "dead")
                     or (state == "created" and time.time() - summary.get("Created", 0) > CREATED_GRACE_S)):
                 found.append(summary["Id"])
         try:
             for record in (self.state_dir / "jobs").iterdir():
                 fields = record.read_text().split()
-                if len(fields) == 2 and fields[1].isdigit() and not _pid_alive(int(fields[1])):
+                if len(fields) == 2 and fields[1].isdigit() and not pid_alive(int(fields[1])):
                     record.unlink(missing_ok=True)
         except OSError:
             pass
         try:
             for folder in (self.state_dir / "ai").iterdir():  # AI folders are named <owner pid>-...
                 pid = folder.name.split("-", 1)[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
+                if pid.isdigit() and not pid_alive(int(pid)):
                     shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass

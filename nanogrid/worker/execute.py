@@ -31,7 +31,7 @@ from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import code_key, tenant_of
 from nanogrid.jobs import FAILED
-from nanogrid.sandbox import Limits, RunSpec, classify
+from nanogrid.sandbox import Limits, RunSpec, classify, pid_alive
 from nanogrid.services import Services, worker_id
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class CodeDirs:
         """This process's folder (removed when it exits), after removing those of dead processes."""
         for stale in Path(tempfile.gettempdir()).glob(f"{CODE_DIR_PREFIX}*-*"):
             pid = stale.name[len(CODE_DIR_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
         root = Path(tempfile.mkdtemp(prefix=f"{CODE_DIR_PREFIX}{os.getpid()}-"))
         root.chmod(0o755)
@@ -232,15 +232,6 @@ class CodeDirs:
             pass
         return root
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 CODE_DIRS = CodeDirs()
