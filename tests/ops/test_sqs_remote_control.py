@@ -388,17 +388,55 @@ def test_stopped_workers_leave_no_queue_or_subscription(workers, aws, baseline):
 
 # --- The same on the Redis broker -----------------------------------------------------------------
 
-def test_inspect_ping_on_the_redis_broker(sqs_env, redis_url, log_dir):
+def test_inspect_active_control_and_flower_on_the_redis_broker(sqs_env, redis_url, log_dir):
     env = {k: v for k, v in sqs_env.items() if k not in ("SQS_QUEUE_URL", "AWS_ENDPOINT_URL")}
     env["NANOGRID_BROKER_URL"] = redis_url.rsplit("/", 1)[0] + "/1"
     nodes = ("r1@ops", "r2@ops")
     processes = [start_worker(env, node, log_dir) for node in nodes]
+    port = free_port()
+    flower = None
     try:
         for process, node in zip(processes, nodes):
             process.wait_for(f"{node} ready.", 90)
         assert remote(env, "inspect", "ping", timeout_s=3) == {node: {"ok": "pong"} for node in nodes}
         grown = remote(env, "control", "pool_grow", "1", nodes=nodes)
         assert grown == {node: {"ok": "pool will grow"} for node in nodes}
+        flower = Process("flower-redis", [sys.executable, "-m", "celery", "-A", "nanogrid", "flower",
+                                          f"--port={port}", "--address=127.0.0.1"],
+                         {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, log_dir)
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for_http(f"{url}/healthcheck", 60, alive=lambda: flower.popen.poll() is None), flower.log()
+        # Flower turns task events on in the workers it watches (they are off by default): wait
+        # until it sees both, so the task below is reported from its start.
+        eventually(lambda: set(nodes) <= set(requests.get(f"{url}/api/workers", params={"refresh": 1},
+                                                          timeout=30).json()), 60, "Flower lists both workers")
+        online = lambda: requests.get(f"{url}/api/workers", params={"status": 1}, timeout=10).json()  # noqa: E731
+        eventually(lambda: all(online().get(node) for node in nodes), 60, "heartbeats (events) reach Flower")
+
+        services = Services(Settings.from_env(env))
+        function = services.functions.create(f"sleeper-{uuid.uuid4().hex[:6]}", bundles.from_source(SLEEPER, "handler"),
+                                             {})
+        job = services.jobs.create(function, {"seconds": 4})
+        sent = celery(env, "call", "nanogrid.run_job", "--args", json.dumps([job["job_id"]]))
+        assert sent.returncode == 0, sent.stderr
+        task_id = sent.stdout.strip().splitlines()[-1]
+
+        def running():
+            active = remote(env, "inspect", "active", nodes=nodes)
+            return [task for tasks in active.values() for task in tasks if task["id"] == task_id]
+
+        [task] = eventually(running, 30, "the task shows in inspect active on Redis", interval_s=0)
+        assert task["args"] == [job["job_id"]]
+
+        def finished():
+            listed = requests.get(f"{url}/api/workers", params={"refresh": 1}, timeout=30).json()
+            tasks = requests.get(f"{url}/api/tasks", timeout=10).json()
+            return (set(nodes) <= set(listed) and tasks.get(task_id, {}).get("state") == "SUCCESS") and tasks[task_id]
+
+        shown = eventually(finished, 60, "Flower on Redis lists both workers and the finished task")
+        assert shown["worker"] in nodes
     finally:
+        if flower is not None:
+            flower.stop()
         for process in processes:
             process.stop()
