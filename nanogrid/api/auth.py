@@ -1,6 +1,6 @@
 """Who a request acts for, whether it may, and the headers every answer carries.
 
-Before each request (but /health and /metrics): the bearer key is verified (nanogrid.keys), the
+Before each request (but /health): the bearer key is verified (nanogrid.keys), the
 request is counted against the rate limit of its key, or of its client address when it has no
 valid key, and then refused with 401 if the installation has keys and this request has none that
 is valid. The tenant of the key (or `default` while no key exists) is in `principal()` for the
@@ -28,7 +28,10 @@ from nanogrid.api.ratelimit import QueueDepth, RateLimiter
 from nanogrid.config import Settings
 
 log = logging.getLogger(__name__)
-OPEN_ENDPOINTS = frozenset({"api.health", "metrics"})  # no key and no rate limit: probes and scrapers
+OPEN_ENDPOINTS = frozenset({"api.health"})  # no key and no rate limit: the load balancer's probe
+# A scraper needs a key like any client once keys exist (metrics name functions and tenants' activity),
+# but is never rate limited.
+UNLIMITED_ENDPOINTS = frozenset({"metrics"})
 HSTS = "max-age=31536000; includeSubDomains"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -89,8 +92,8 @@ def _before_request():
     found = gd.keys.verify(token) if token else None
     required = found is None and gd.keys.any_keys()
     identity = f"key:{found.key_id}" if found is not None else f"addr:{request.remote_addr or 'unknown'}"
-    decision = gd.limiter.hit(identity)
-    if not decision.allowed:
+    decision = gd.limiter.hit(identity) if request.endpoint not in UNLIMITED_ENDPOINTS else None
+    if decision is not None and not decision.allowed:
         raise ApiError(f"rate limit exceeded ({gd.settings.rate_limit}); retry in {decision.retry_after_s} s",
                        status=429, code="rate_limited", headers={"Retry-After": str(decision.retry_after_s)})
     if required:

@@ -273,16 +273,15 @@ def _document(settings: Settings) -> dict:
                                    **_errors(404, 409, *GUARDED)}},
         },
         "/metrics": {"get": {
-            "operationId": "metrics", "summary": "Prometheus metrics (no key: scrape it from the private network)",
-            "security": [],
+            "operationId": "metrics", "summary": "Prometheus metrics (never rate limited)",
             "responses": {"200": {"description": "the metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}},
-                "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(405, 500)}}},
+                "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(401, 405, 500)}}},
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "NanoGrid", "version": __version__,
-                 "description": "Self-hosted functions. Every route but /health (and /metrics) needs "
+                 "description": "Self-hosted functions. Every route but /health needs "
                                 "`Authorization: Bearer <key>` once any key exists (`nanogrid keys create`); "
                                 "an installation without keys is open and acts for the tenant `default`."},
         "security": [{"bearerAuth": []}],

@@ -55,8 +55,9 @@ def test_open_without_keys_closed_with_one(make_app):
             unauthorized(response)
             if path != "/no/such/route":
                 conforms(doc, method, path, response)
-    for path in ("/health", "/metrics"):  # probes and scrapers need no key
-        assert client.get(path).status_code == 200, path
+    assert client.get("/health").status_code == 200  # the load balancer's probe needs no key
+    assert client.get("/metrics").status_code == 401  # a scraper does
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     ok = client.get("/functions", headers={"Authorization": f"Bearer {key}"})
     assert ok.status_code == 200 and ok.get_json() == {"functions": []}  # acme sees nothing of "default"
     assert client.get("/functions", headers={"Authorization": f"bearer   {key}  "}).status_code == 200

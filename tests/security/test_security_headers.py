@@ -85,5 +85,5 @@ def test_a_5xx_tells_the_client_nothing_internal(make_app, monkeypatch, failure)
     conforms(doc, "GET", "/functions", response)
 
 
-def test_open_endpoints_are_exactly_health_and_metrics():
-    assert auth.OPEN_ENDPOINTS == {"api.health", "metrics"}
+def test_open_endpoints_are_exactly_health():
+    assert auth.OPEN_ENDPOINTS == {"api.health"}
