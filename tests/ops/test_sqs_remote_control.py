@@ -276,6 +276,10 @@ def test_flower_shows_workers_and_finished_tasks(workers, sqs_env, aws, log_dir,
         # Events reach Flower once its event queue is subscribed to the events topic.
         eventually(lambda: any(q.startswith(f"{DYNAMIC_PREFIX}celeryev-") for q in aws.subscribed_queues(EVENTS_TOPIC)),
                    30, "Flower's event queue is subscribed")
+        # Task events are off by default; Flower turns them on in the workers it watches. Their
+        # heartbeats reaching Flower say it has, so the task below is reported from its start.
+        online = lambda: requests.get(f"{url}/api/workers", params={"status": 1}, timeout=10).json()  # noqa: E731
+        eventually(lambda: all(online().get(node) for node in NODES), 60, "heartbeats (events) reach Flower")
         sent = celery(sqs_env, "call", "nanogrid.run_job", "--args", json.dumps(["no-such-job"]))
         assert sent.returncode == 0, sent.stderr
         task_id = sent.stdout.strip().splitlines()[-1]
