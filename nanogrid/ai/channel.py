@@ -332,6 +332,8 @@ class _Counters:
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    # A function's concurrent connects wait in the backlog (a full one is EAGAIN on a Unix socket).
+    request_queue_size = 64
     channel: Channel
 
     def handle_error(self, request, client_address) -> None:
