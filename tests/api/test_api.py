@@ -13,22 +13,10 @@ import zipfile
 
 import pytest
 
-from nanogrid.api import create_app
-from nanogrid.services import Services
 from nanogrid.worker import execute
 
 HANDLER = "def handler(event, context):\n    print('hi', event)\n    return {'sum': event['a'] + event['b']}\n"
 SCRIPT = "import json, sys\ndata = json.load(sys.stdin)\nprint('hello', data['name'])\n"
-
-
-@pytest.fixture
-def services(local_settings):
-    return Services(local_settings)
-
-
-@pytest.fixture
-def api(services):
-    return create_app(services.settings, services).test_client()
 
 
 def deploy(api, name="adder", code=HANDLER, **extra):

@@ -9,25 +9,12 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 
-from nanogrid.api import create_app
-from nanogrid.services import Services
 from nanogrid.worker import execute
 
 LIMIT_NAMES = {"timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes"}
 SLEEPER = "import time\ntime.sleep(30)\n"
 TALKER = "print('x' * 50000)\n"
-
-
-@pytest.fixture
-def services(local_settings):
-    return Services(local_settings)
-
-
-@pytest.fixture
-def api(services):
-    return create_app(services.settings, services).test_client()
 
 
 def deploy(api, name, code="def handler(e, c):\n    return 1\n", **extra):
