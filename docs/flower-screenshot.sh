@@ -19,7 +19,11 @@ export SQS_QUEUE_URL REDIS_HOST=127.0.0.1 REDIS_PORT=6399 NANOGRID_SANDBOX=proce
 "$V/python" -m celery -A nanogrid worker -n worker-b@%h >"$work/b.log" 2>&1 & pids+=($!)
 FLOWER_UNAUTHENTICATED_API=true "$V/python" -m celery -A nanogrid flower --port=5566 --address=127.0.0.1 \
   >"$work/flower.log" 2>&1 & pids+=($!)
-sleep 20
+# Tasks are shown only once Flower has turned task events on in both workers (every 5 s).
+until "$V/python" -m celery -A nanogrid inspect task_events --json 2>/dev/null \
+    | "$V/python" -c 'import json, sys; r = json.loads(sys.stdin.read().splitlines()[-1]); sys.exit(not (len(r) == 2 and all(v["task_events"] for v in r.values())))'; do
+  sleep 1
+done
 for i in 1 2 3 4 5 6; do
   "$V/python" -m celery -A nanogrid call nanogrid.run_job --args "[\"00000000-0000-4000-8000-00000000000$i\"]" >/dev/null
 done

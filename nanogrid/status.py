@@ -67,6 +67,13 @@ def workers(settings: Settings, timeout_s: float) -> list[dict]:
     app = make_celery(settings)
     try:
         replies = app.control.inspect(timeout=timeout_s).stats() or {}
+        # Whether each sends task events (a monitor sees only tasks that start after they are on).
+        events = {}
+        if replies:
+            for item in app.control.broadcast("task_events", reply=True, destination=list(replies),
+                                              timeout=timeout_s):
+                events.update({node: reply.get("task_events") for node, reply in item.items()
+                               if isinstance(reply, dict)})
     finally:
         app.close()
     found = []
@@ -75,6 +82,7 @@ def workers(settings: Settings, timeout_s: float) -> list[dict]:
         found.append({
             "name": name, "pid": stats.get("pid"), "concurrency": pool.get("max-concurrency"),
             "uptime_s": stats.get("uptime"), "tasks_run": sum((stats.get("total") or {}).values()),
+            "task_events": events.get(name),
         })
     return found
 
@@ -165,8 +173,9 @@ def render(doc: dict) -> str:
         if not doc["workers"]:
             lines.append("  no worker answered")
         for w in doc["workers"]:
+            events = {True: "on", False: "off"}.get(w.get("task_events"), "?")
             lines.append(f"  {w['name']}  pid {w['pid']}  concurrency {w['concurrency']}  "
-                         f"up {_duration(w['uptime_s'])}  tasks run {w['tasks_run']}")
+                         f"up {_duration(w['uptime_s'])}  tasks run {w['tasks_run']}  task events {events}")
 
     active = doc.get("active_runs")
     lines.append("Active runs" + (f" ({active['count']})" if active else ""))

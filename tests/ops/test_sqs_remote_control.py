@@ -116,6 +116,35 @@ def start_worker(env: dict, node: str, log_dir: Path, concurrency: int = 2) -> P
                                         "-c", str(concurrency), "-l", "info"], env, log_dir)
 
 
+def task_events(env: dict, nodes: tuple[str, ...]) -> dict:
+    """Each worker's own report of whether it sends task events now (NanoGrid's inspect command)."""
+    return {node: reply["task_events"] for node, reply in remote(env, "inspect", "task_events", nodes=nodes).items()}
+
+
+def await_flower_hears_tasks(env: dict, nodes: tuple[str, ...], url: str) -> None:
+    """Return once a task sent now is reported to Flower from its start.
+
+    Two facts prove it: every worker reports task events on (Flower turns them on with a broadcast
+    every 5 s; heartbeats are sent either way, so a worker shown online proves nothing), and Flower
+    has received a probe task's events, so its event receiver is subscribed. Probes are sent until
+    one arrives, since the events of one sent before the receiver subscribed may never reach it.
+    """
+    eventually(lambda: task_events(env, nodes) == dict.fromkeys(nodes, True), 60,
+               "the workers report task events on (Flower's enable_events reached them)", interval_s=1)
+    probes: list[str] = []
+
+    def heard() -> bool:
+        tasks = requests.get(f"{url}/api/tasks", timeout=10).json()
+        if any(probe in tasks for probe in probes):
+            return True
+        sent = celery(env, "call", "nanogrid.run_job", "--args", json.dumps(["flower-probe"]))
+        assert sent.returncode == 0, sent.stderr
+        probes.append(sent.stdout.strip().splitlines()[-1])
+        return False
+
+    eventually(heard, 60, "Flower receives a probe task's events", interval_s=1)
+
+
 def eventually(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -232,6 +261,8 @@ def test_inspect_stats_registered_and_reserved(workers, sqs_env):
     registered = remote(sqs_env, "inspect", "registered", nodes=NODES)
     assert all("nanogrid.run_job" in registered[node] for node in NODES)
     assert remote(sqs_env, "inspect", "reserved", nodes=NODES) == {node: [] for node in NODES}
+    # Off until something turns them on (Flower, below): NANOGRID_TASK_EVENTS is not set.
+    assert task_events(sqs_env, NODES) == dict.fromkeys(NODES, False)
 
 
 def test_inspect_active_shows_a_running_task(workers, sqs_env):
@@ -276,10 +307,9 @@ def test_flower_shows_workers_and_finished_tasks(workers, sqs_env, aws, log_dir,
         # Events reach Flower once its event queue is subscribed to the events topic.
         eventually(lambda: any(q.startswith(f"{DYNAMIC_PREFIX}celeryev-") for q in aws.subscribed_queues(EVENTS_TOPIC)),
                    30, "Flower's event queue is subscribed")
-        # Task events are off by default; Flower turns them on in the workers it watches. Their
-        # heartbeats reaching Flower say it has, so the task below is reported from its start.
-        online = lambda: requests.get(f"{url}/api/workers", params={"status": 1}, timeout=10).json()  # noqa: E731
-        eventually(lambda: all(online().get(node) for node in NODES), 60, "heartbeats (events) reach Flower")
+        # Task events are off by default; Flower turns them on in the workers it watches (a
+        # broadcast every 5 s); see await_flower_hears_tasks.
+        await_flower_hears_tasks(sqs_env, NODES, url)
         sent = celery(sqs_env, "call", "nanogrid.run_job", "--args", json.dumps(["no-such-job"]))
         assert sent.returncode == 0, sent.stderr
         task_id = sent.stdout.strip().splitlines()[-1]
@@ -411,11 +441,8 @@ def test_inspect_active_control_and_flower_on_the_redis_broker(sqs_env, redis_ur
         url = f"http://127.0.0.1:{port}"
         assert wait_for_http(f"{url}/healthcheck", 60, alive=lambda: flower.popen.poll() is None), flower.log()
         # Flower turns task events on in the workers it watches (they are off by default): wait
-        # until it sees both, so the task below is reported from its start.
-        eventually(lambda: set(nodes) <= set(requests.get(f"{url}/api/workers", params={"refresh": 1},
-                                                          timeout=30).json()), 60, "Flower lists both workers")
-        online = lambda: requests.get(f"{url}/api/workers", params={"status": 1}, timeout=10).json()  # noqa: E731
-        eventually(lambda: all(online().get(node) for node in nodes), 60, "heartbeats (events) reach Flower")
+        # until both say they are on, so the task below is reported from its start.
+        await_flower_hears_tasks(env, nodes, url)
 
         services = Services(Settings.from_env(env))
         function = services.functions.create(f"sleeper-{uuid.uuid4().hex[:6]}", bundles.from_source(SLEEPER, "handler"),

@@ -43,7 +43,7 @@ def test_status_shows_queue_worker_active_run_and_failure(stack):
     assert shown.returncode == 0, shown.stdout + shown.stderr
     text = shown.stdout
     assert "Queue\n  0 visible, 0 in flight" in text, text
-    assert f"{stack.node}  pid " in text and "concurrency 2" in text, text
+    assert f"{stack.node}  pid " in text and "concurrency 2" in text and "task events off" in text, text
     assert f"{running}  naps ({sleeper})  running " in text, text
     assert f"{failed['job_id']}  {failed['function_id']}  runtime_error: the function exited with code 1" in text, text
 
@@ -52,7 +52,7 @@ def test_status_shows_queue_worker_active_run_and_failure(stack):
     doc = json.loads(as_json.stdout)
     assert doc["errors"] == {}
     assert doc["queue"] == {"broker": "redis", "queue": "nanogrid", "visible": 0, "in_flight": 0}
-    assert [w["name"] for w in doc["workers"]] == [stack.node]
+    assert [(w["name"], w["task_events"]) for w in doc["workers"]] == [(stack.node, False)]
     assert doc["active_runs"]["count"] == 1
     assert doc["active_runs"]["runs"][0]["job_id"] == running and doc["active_runs"]["runs"][0]["function"] == "naps"
     first = doc["recent_failures"][0]
