@@ -315,7 +315,7 @@ def wait_ready(client: Client, function_id: str, timeout_s: float = 120) -> None
 def celery_round_trips(operator_env: dict, count: int) -> list[float]:
     """A bare Celery no-op (celery.accumulate) through the same broker, worker and result backend."""
     from nanogrid.config import Settings
-    from nanogrid.worker.celery_app import make_celery
+    from nanogrid.transport.app import make_celery
 
     app = make_celery(Settings.from_env(operator_env))
     return timed(lambda: app.send_task("celery.accumulate", args=(1,)).get(timeout=30), count, warmup=20)

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from nanogrid import client
-
-DEFAULT_URL = "http://127.0.0.1:8080"
+from nanogrid.config import ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("job", "show a job", cmd_job),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("NANOGRID_URL", DEFAULT_URL))
+        p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
         p.add_argument("--api-key", default=None, help="the API key to send (default: $NANOGRID_API_KEY)")
         p.add_argument("--json", action="store_true", help="print the raw JSON document")
         p.set_defaults(run=handler)
@@ -128,46 +130,35 @@ def cmd_dev(args, _extra) -> int:
 
 
 def cmd_api(_args, extra) -> int:
-    from nanogrid import dev, logs, metrics
+    from nanogrid import dev, metrics
 
-    try:
-        logs.log_format()  # a bad NANOGRID_LOG_FORMAT stops here, not in every gunicorn worker
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    metrics.prepare_multiproc_dir()  # before gunicorn and prometheus_client start
+    settings = Settings.from_env()  # a bad setting stops here, not in every gunicorn worker
+    metrics.prepare_multiproc_dir(settings, os.environ)  # before gunicorn and prometheus_client start
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(dev.GUNICORN_CONF), *extra, "wsgi:app"])
 
 
 def cmd_worker(_args, extra) -> int:
-    from nanogrid import logs, metrics
+    from nanogrid import metrics
 
-    try:
-        # JSON logs: no startup banner either, so every line of the worker's output is one JSON object.
-        quiet = ["--quiet"] if logs.log_format() == "json" else []
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    metrics.prepare_multiproc_dir()  # shared by the pool children and the exporter in the main process
+    settings = Settings.from_env()
+    # JSON logs: no startup banner either, so every line of the worker's output is one JSON object.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    metrics.prepare_multiproc_dir(settings, os.environ)  # shared by the pool children and the main process
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
                               *extra])
 
 
 def cmd_status(args, _extra) -> int:
     from nanogrid import status
-    from nanogrid.config import ConfigError
 
-    try:
-        return status.main(args.json, args.timeout, args.failures)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return status.main(args.json, args.timeout, args.failures)
 
 
 FLOWER_AUTH_OPTIONS = ("--basic-auth", "--basic_auth", "--auth")
 
 
 def flower_authenticated(extra: list[str], environ) -> bool:
+    """environ: Settings.extra, where Flower's own FLOWER_BASIC_AUTH and FLOWER_AUTH are passed along."""
     if environ.get("FLOWER_BASIC_AUTH") or environ.get("FLOWER_AUTH"):
         return True
     for i, arg in enumerate(extra):
@@ -178,7 +169,7 @@ def flower_authenticated(extra: list[str], environ) -> bool:
 
 
 def cmd_flower(args, extra) -> int:
-    if not args.unauthenticated_dev and not flower_authenticated(extra, os.environ):
+    if not args.unauthenticated_dev and not flower_authenticated(extra, Settings.from_env().extra):
         print("error: Flower can revoke tasks and shut workers down; refusing to start it without "
               "authentication. Set FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH with an OAuth provider), "
               "or pass --unauthenticated-dev on a trusted development host.", file=sys.stderr)
@@ -207,7 +198,6 @@ def cmd_bench(args, extra) -> int:
 
 
 def cmd_image_build(args, _extra) -> int:
-    from nanogrid.config import Settings
     from nanogrid.sandbox import image
 
     tag = image.build_image(Settings.from_env(), method=args.method)
@@ -217,14 +207,9 @@ def cmd_image_build(args, _extra) -> int:
 
 def cmd_ai_check(args, _extra) -> int:
     from nanogrid.ai import client as ai_client
-    from nanogrid.config import ConfigError, Settings
 
     environ = {**os.environ, **({"AI_ENDPOINT": args.endpoint} if args.endpoint else {})}
-    try:
-        settings = Settings.from_env(environ)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    settings = Settings.from_env(environ)
     check = ai_client.check(settings, timeout=args.timeout)
     if args.json:
         print(json.dumps(check.document(), indent=2))
@@ -247,13 +232,11 @@ def cmd_ai_check(args, _extra) -> int:
 
 def _key_store():
     from nanogrid import keys, storage
-    from nanogrid.config import Settings
 
     return keys.KeyStore(storage.key_table(Settings.from_env()))
 
 
 def _keys_command(run) -> int:
-    from nanogrid.config import ConfigError
     from nanogrid.errors import Unavailable
 
     try:
@@ -315,9 +298,15 @@ def cmd_keys_revoke(args, _extra) -> int:
     return _keys_command(run)
 
 
+def api_client(args) -> client.Client:
+    """The API the CLI talks to: --url and --api-key, else NANOGRID_URL and NANOGRID_API_KEY."""
+    settings = Settings.from_env()
+    return client.Client(args.url or settings.url, api_key=args.api_key or settings.api_key or None)
+
+
 def cmd_deploy(args, _extra) -> int:
     options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb") if getattr(args, k) is not None}
-    doc = client.Client(args.url, api_key=args.api_key).deploy(args.file, args.name, options)
+    doc = api_client(args).deploy(args.file, args.name, options)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -327,7 +316,7 @@ def cmd_deploy(args, _extra) -> int:
 
 
 def cmd_invoke(args, _extra) -> int:
-    api = client.Client(args.url, api_key=args.api_key)
+    api = api_client(args)
     try:
         event = json.loads(args.input) if args.input is not None else None
     except ValueError as exc:
@@ -338,7 +327,7 @@ def cmd_invoke(args, _extra) -> int:
 
 
 def cmd_job(args, _extra) -> int:
-    return show_job(client.Client(args.url, api_key=args.api_key).job(args.job_id), args.json)
+    return show_job(api_client(args).job(args.job_id), args.json)
 
 
 def show_job(job: dict, as_json: bool) -> int:

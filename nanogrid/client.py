@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import requests
@@ -15,11 +14,10 @@ class ClientError(Exception):
 
 class Client:
     def __init__(self, url: str, timeout_s: float = 330, api_key: str | None = None):
-        """api_key: sent as `Authorization: Bearer`; default $NANOGRID_API_KEY (none: an open API)."""
+        """api_key: sent as `Authorization: Bearer` (none: an open API)."""
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.http = requests.Session()
-        api_key = api_key or os.environ.get("NANOGRID_API_KEY")
         if api_key:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
 

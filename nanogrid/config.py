@@ -1,18 +1,27 @@
 """Settings: the one place where NanoGrid reads its environment.
 
-Names from the founding document (SQS_QUEUE_URL, REDIS_HOST, S3_CODE_BUCKET, AI_ENDPOINT,
-GCP_BUCKET_NAME, ...) are kept as they are; everything else is NANOGRID_*. A bad value stops
-the process at startup with a message naming the variable, instead of failing mid-run.
+Every setting is declared once, below, with the variable it comes from, its default, how its text
+is parsed and what values it accepts; `Settings.from_env` reads the table and `validate` checks
+the rules that tie settings together. Names from the founding document (SQS_QUEUE_URL,
+REDIS_HOST, S3_CODE_BUCKET, AI_ENDPOINT, GCP_BUCKET_NAME, ...) are kept as they are; everything
+else is NANOGRID_*. A bad value stops the process at startup with a message naming the variable,
+instead of failing mid-run. Variables of other programs that NanoGrid only passes along (Google's
+credentials file, the GCS emulator, Flower's authentication) are kept in `extra`.
+
+A plain dataclass rather than pydantic-settings: the founding names, the paired run limits
+(NANOGRID_DEFAULT_x / NANOGRID_MAX_x) and the settings derived from others (the Redis URL from
+REDIS_HOST, the broker from SQS_QUEUE_URL) map onto it directly, without a new dependency.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 
@@ -51,11 +60,10 @@ class RateLimit:
             return cls(0, 1)
         match = _RATE_PATTERN.match(text)
         if not match:
-            raise ValueError(f"{text!r}: expected 'N per [M] second|minute|hour|day' (e.g. '1000 per 5 minutes') "
-                             "or 'off'")
+            raise ValueError("expected 'N per [M] second|minute|hour|day' (e.g. '1000 per 5 minutes') or 'off'")
         count, multiple, unit = int(match.group(1)), int(match.group(2) or 1), match.group(3).lower()
         if count < 1 or multiple < 1:
-            raise ValueError(f"{text!r}: the count and the period must be positive")
+            raise ValueError("the count and the period must be positive")
         return cls(count, multiple * _RATE_UNITS[unit])
 
     @property
@@ -66,83 +74,206 @@ class RateLimit:
         return f"{self.count} per {self.period_s} seconds" if self.enabled else "off"
 
 
+# --- How a setting is read ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Env:
+    """Where a setting comes from and what it accepts."""
+
+    name: str  # the variable; for a Limit, the suffix of NANOGRID_DEFAULT_<suffix> / NANOGRID_MAX_<suffix>
+    parse: Callable[[str], Any]
+    accepts: Callable[[Any], bool] = lambda value: True
+    rule: str = ""  # what `accepts` means, for the error message
+
+    def names(self, limit: bool) -> tuple[str, ...]:
+        return (f"NANOGRID_DEFAULT_{self.name}", f"NANOGRID_MAX_{self.name}") if limit else (self.name,)
+
+    def read(self, env: Mapping[str, str], default: Any) -> Any:
+        if isinstance(default, Limit):
+            low, high = self.names(True)
+            return Limit(self._one(env, low, default.default), self._one(env, high, default.ceiling))
+        return self._one(env, self.name, default)
+
+    def _one(self, env: Mapping[str, str], name: str, default: Any) -> Any:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = self.parse(raw)
+        except ValueError as exc:
+            detail = str(exc) if self.parse in _SELF_EXPLAINING else f"expected {_KIND.get(self.parse, 'a valid value')}"
+            raise ConfigError(f"{name}={raw!r}: {detail}") from None
+        if not self.accepts(value):
+            raise ConfigError(f"{name}={raw!r}: must be {self.rule}")
+        return value
+
+
+def _flag(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError(raw)
+    return raw == "1"
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _choice(*options: str, fold_case: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if fold_case:
+            raw = raw.strip().lower()
+        if raw not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw
+
+    _SELF_EXPLAINING.add(parse)
+    return parse
+
+
+_SELF_EXPLAINING: set[Callable] = {RateLimit.parse}
+_KIND = {int: "a whole number", _finite: "a number", str: "text", _flag: "0 or 1", _path: "a path",
+         _names: "a comma-separated list"}
+
+
+def _setting(name: str, default: Any, parse: Callable[[str], Any] | None = None,
+             accepts: Callable[[Any], bool] | None = None, rule: str = "", **options) -> Any:
+    """A field read from the variable `name` (see _Env); parse defaults to the default's type."""
+    if parse is None:
+        parse = {bool: _flag, int: int, float: _finite, Limit: _finite}.get(type(default), str)
+    spec = _Env(name, parse, accepts or (lambda value: True), rule)
+    return field(default=default, metadata={"env": spec}, **options)
+
+
+def _derived(default: Any, **options) -> Any:
+    """A field computed from other variables in Settings.from_env (see there)."""
+    return field(default=default, metadata={"derived": True}, **options)
+
+
+_AT_LEAST_0 = {"accepts": lambda v: v >= 0, "rule": "0 or more"}
+_AT_LEAST_1 = {"accepts": lambda v: v >= 1, "rule": "at least 1"}
+_POSITIVE = {"accepts": lambda v: v > 0, "rule": "positive"}
+_PORT = {"accepts": lambda v: 0 <= v <= 65535, "rule": "a port number (0 to 65535)"}
+
+
 @dataclass(frozen=True)
 class Settings:
     # API
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_code_bytes: int = 10 * 1024 * 1024
-    max_input_bytes: int = 256 * 1024
-    max_zip_members: int = 1000
-    max_unpacked_bytes: int = 50 * 1024 * 1024
-    max_compression_ratio: int = 100
-    default_wait_s: float = 30.0
-    max_wait_s: float = 300.0
+    host: str = _setting("NANOGRID_HOST", "127.0.0.1")
+    port: int = _setting("NANOGRID_PORT", 8080, **_PORT)
+    bind: str = _setting("NANOGRID_BIND", "")  # gunicorn's address; empty: host:port
+    api_workers: int = _setting("NANOGRID_API_WORKERS", 2, **_AT_LEAST_1)
+    # gunicorn threads per worker: a synchronous run request holds one while it waits.
+    api_threads: int = _setting("NANOGRID_API_THREADS", 16, **_AT_LEAST_1)
+    max_code_bytes: int = _setting("NANOGRID_MAX_CODE_BYTES", 10 * 1024 * 1024, **_AT_LEAST_1)
+    max_input_bytes: int = _setting("NANOGRID_MAX_INPUT_BYTES", 256 * 1024, **_AT_LEAST_1)
+    max_zip_members: int = _setting("NANOGRID_MAX_ZIP_MEMBERS", 1000, **_AT_LEAST_1)
+    max_unpacked_bytes: int = _setting("NANOGRID_MAX_UNPACKED_BYTES", 50 * 1024 * 1024, **_AT_LEAST_1)
+    max_compression_ratio: int = _setting("NANOGRID_MAX_COMPRESSION_RATIO", 100, **_AT_LEAST_1)
+    default_wait_s: float = _setting("NANOGRID_DEFAULT_WAIT_S", 30.0, **_AT_LEAST_0)
+    max_wait_s: float = _setting("NANOGRID_MAX_WAIT_S", 300.0, **_AT_LEAST_0)
 
     # API security (README: API security): keys and tenants, rate limits, quotas, backpressure
-    keys_table: str = "NanoGridApiKeys"
-    rate_limit: RateLimit = RateLimit(1000, 300)  # the founding document's WAF rule: 1000 per 5 minutes
-    trusted_proxies: int = 0  # proxies in front of the API whose X-Forwarded-For / -Proto are believed
-    tenant_max_running: int = 100  # PROCESSING runs per tenant; 0: no limit
-    tenant_max_queued: int = 1000  # PENDING runs per tenant; 0: no limit
-    max_queue_depth: int = 10000  # waiting broker messages above which runs get 503; 0: off
+    keys_table: str = _setting("NANOGRID_KEYS_TABLE", "NanoGridApiKeys")
+    # The founding document's WAF rule: 1000 per 5 minutes.
+    rate_limit: RateLimit = _setting("NANOGRID_RATE_LIMIT", RateLimit(1000, 300), RateLimit.parse)
+    # Proxies in front of the API whose X-Forwarded-For / -Proto are believed.
+    trusted_proxies: int = _setting("NANOGRID_TRUSTED_PROXIES", 0, **_AT_LEAST_0)
+    tenant_max_running: int = _setting("NANOGRID_TENANT_MAX_RUNNING", 100, **_AT_LEAST_0)  # 0: no limit
+    tenant_max_queued: int = _setting("NANOGRID_TENANT_MAX_QUEUED", 1000, **_AT_LEAST_0)  # 0: no limit
+    # Waiting broker messages above which run requests get 503; 0: off.
+    max_queue_depth: int = _setting("NANOGRID_MAX_QUEUE_DEPTH", 10000, **_AT_LEAST_0)
 
-    # Broker and job state
-    broker_url: str = ""
-    sqs_queue_url: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    aws_region: str = "ap-northeast-2"
-    aws_endpoint_url: str | None = None
-    sqs_visibility_timeout: int = 3600
-    worker_concurrency: int = 2
+    # Broker and job state. broker_url and redis_url are derived: see from_env.
+    broker_url: str = _derived("")
+    sqs_queue_url: str = _setting("SQS_QUEUE_URL", "")
+    redis_url: str = _derived("redis://127.0.0.1:6379/0")
+    aws_region: str = _derived("ap-northeast-2")
+    aws_endpoint_url: str | None = _setting("AWS_ENDPOINT_URL", None)
+    sqs_visibility_timeout: int = _setting("NANOGRID_SQS_VISIBILITY_TIMEOUT", 3600, **_AT_LEAST_1)
+    worker_concurrency: int = _setting("NANOGRID_WORKER_CONCURRENCY", 2, **_AT_LEAST_1)
 
     # Storage backends: "local" keeps everything under data_dir; "aws" uses S3 and DynamoDB.
-    storage: str = "local"
-    data_dir: Path = Path("~/.nanogrid").expanduser()
-    s3_code_bucket: str = "nanogrid-code-bucket"
-    s3_user_data_bucket: str = "nanogrid-user-data"
-    functions_table: str = "NanoGridFunctions"
-    jobs_table: str = "NanoGridJobs"
-    archive: str = "local"
-    gcp_bucket_name: str = ""
-    inline_output_bytes: int = 64 * 1024
+    storage: str = _setting("NANOGRID_STORAGE", "local", _choice("local", "aws"))
+    data_dir: Path = _setting("NANOGRID_DATA_DIR", Path("~/.nanogrid").expanduser(), _path)
+    s3_code_bucket: str = _setting("S3_CODE_BUCKET", "nanogrid-code-bucket")
+    s3_user_data_bucket: str = _setting("S3_USER_DATA_BUCKET", "nanogrid-user-data")
+    functions_table: str = _setting("NANOGRID_FUNCTIONS_TABLE", "NanoGridFunctions")
+    jobs_table: str = _setting("NANOGRID_JOBS_TABLE", "NanoGridJobs")
+    archive: str = _derived("local")  # NANOGRID_ARCHIVE; its default depends on GCP_BUCKET_NAME
+    gcp_bucket_name: str = _setting("GCP_BUCKET_NAME", "")
+    inline_output_bytes: int = _setting("NANOGRID_INLINE_OUTPUT_BYTES", 64 * 1024, **_AT_LEAST_0)
 
     # Sandbox
-    sandbox: str = "docker"
-    runtime_image: str = "nanogrid-runtime:latest"
-    docker_runtime: str | None = None
-    timeout_s: Limit = Limit(30, 86400)
-    memory_mb: Limit = Limit(256, 4096)
-    cpus: Limit = Limit(1.0, 2.0)
-    pids: Limit = Limit(128, 1024)
-    open_files: Limit = Limit(256, 4096)
-    file_size_mb: Limit = Limit(64, 1024)
-    tmpfs_mb: Limit = Limit(64, 1024)
-    output_bytes: Limit = Limit(1024 * 1024, 16 * 1024 * 1024)
-    # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own;
-    # and Celery task events (README: Performance).
-    warm_pool_size: int = 2  # idle containers per function version; 0: no reuse, a container per run
-    warm_idle_ttl_s: float = 300.0
-    warm_max_containers: int = 8
-    warm_memory_budget_mb: int = 2048  # the sum of the memory limits of a process's warm containers
-    task_events: bool = False  # Celery task events from the start (Flower turns them on itself)
+    sandbox: str = _setting("NANOGRID_SANDBOX", "docker", _choice("docker", "process"))
+    runtime_image: str = _setting("NANOGRID_RUNTIME_IMAGE", "nanogrid-runtime:latest")
+    docker_runtime: str | None = _setting("NANOGRID_DOCKER_RUNTIME", None)
+    timeout_s: Limit = _setting("TIMEOUT_S", Limit(30, 86400))
+    memory_mb: Limit = _setting("MEMORY_MB", Limit(256, 4096))
+    cpus: Limit = _setting("CPUS", Limit(1.0, 2.0))
+    pids: Limit = _setting("PIDS", Limit(128, 1024))
+    open_files: Limit = _setting("OPEN_FILES", Limit(256, 4096))
+    file_size_mb: Limit = _setting("FILE_SIZE_MB", Limit(64, 1024))
+    tmpfs_mb: Limit = _setting("TMPFS_MB", Limit(64, 1024))
+    output_bytes: Limit = _setting("OUTPUT_BYTES", Limit(1024 * 1024, 16 * 1024 * 1024))
+    # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own.
+    # Idle containers per function version; 0: no reuse, a container per run.
+    warm_pool_size: int = _setting("NANOGRID_WARM_POOL_SIZE", 2, **_AT_LEAST_0)
+    warm_idle_ttl_s: float = _setting("NANOGRID_WARM_IDLE_TTL_S", 300.0, **_POSITIVE)
+    warm_max_containers: int = _setting("NANOGRID_WARM_MAX_CONTAINERS", 8, **_AT_LEAST_0)
+    # The sum of the memory limits of a process's warm containers.
+    warm_memory_budget_mb: int = _setting("NANOGRID_WARM_MEMORY_BUDGET_MB", 2048, **_AT_LEAST_0)
+    # Celery task events from the start (Flower turns them on itself; README: Performance).
+    task_events: bool = _setting("NANOGRID_TASK_EVENTS", False)
 
-    # Exactly-once and crash recovery (see nanogrid/worker/lease.py)
-    lease_s: float = 30.0
-    reaper_interval_s: float = 5.0
-    redispatch_after_s: float = 300.0
-    pending_timeout_s: float = 6 * 3600
+    # Exactly-once and crash recovery (README: How it works)
+    lease_s: float = _setting("NANOGRID_LEASE_S", 30.0, accepts=lambda v: v >= 1, rule="at least 1 (seconds)")
+    reaper_interval_s: float = _setting("NANOGRID_REAPER_INTERVAL_S", 5.0, **_POSITIVE)
+    redispatch_after_s: float = _setting("NANOGRID_REDISPATCH_AFTER_S", 300.0, **_POSITIVE)
+    pending_timeout_s: float = _setting("NANOGRID_PENDING_TIMEOUT_S", 6 * 3600.0, **_POSITIVE)
 
     # Private AI: the Ollama node runs reach through a per-run, allow-listed channel (nanogrid/ai)
-    ai_endpoint: str = ""
-    ai_connect_timeout_s: float = 5.0
-    ai_timeout_s: float = 120.0  # longest wait for the AI node's next bytes
-    ai_max_calls: int = 100  # per run; 0: no limit
-    ai_max_tokens: int = 100_000  # prompt + eval tokens per run; 0: no limit
-    ai_max_request_bytes: int = 4 * 1024 * 1024
-    ai_models: tuple[str, ...] = ()  # empty: every model the node serves
+    ai_endpoint: str = _setting("AI_ENDPOINT", "")
+    ai_connect_timeout_s: float = _setting("NANOGRID_AI_CONNECT_TIMEOUT_S", 5.0, **_POSITIVE)
+    ai_timeout_s: float = _setting("NANOGRID_AI_TIMEOUT_S", 120.0, **_POSITIVE)  # longest wait for the next bytes
+    ai_max_calls: int = _setting("NANOGRID_AI_MAX_CALLS", 100, **_AT_LEAST_0)  # per run; 0: no limit
+    ai_max_tokens: int = _setting("NANOGRID_AI_MAX_TOKENS", 100_000, **_AT_LEAST_0)  # prompt + eval per run
+    ai_max_request_bytes: int = _setting("NANOGRID_AI_MAX_REQUEST_BYTES", 4 * 1024 * 1024, **_AT_LEAST_1)
+    ai_models: tuple[str, ...] = _setting("NANOGRID_AI_MODELS", (), _names)  # empty: every model the node serves
+
+    # Operations: logs, the Prometheus multiprocess directory, the worker's exporter
+    log_format: str = _setting("NANOGRID_LOG_FORMAT", "json", _choice("json", "text", fold_case=True))
+    # prometheus_client's own variable (it reads it too), and the one NanoGrid sets beside it when
+    # it made that directory itself (then it removes the directory at exit).
+    metrics_dir: str = _setting("PROMETHEUS_MULTIPROC_DIR", "")
+    metrics_private_dir: str = _setting("NANOGRID_METRICS_PRIVATE_DIR", "")
+    worker_metrics_port: int = _setting("NANOGRID_WORKER_METRICS_PORT", 9808, **_PORT)  # 0: no exporter
+    worker_metrics_host: str = _setting("NANOGRID_WORKER_METRICS_HOST", "127.0.0.1")
+
+    # The queue-depth scaling publisher (nanogrid/scaling/publisher.py)
+    worker_asg: str = _setting("NANOGRID_WORKER_ASG", "")
+    metric_namespace: str = _setting("NANOGRID_METRIC_NAMESPACE", "NanoGrid")
+    backlog_metric: str = _setting("NANOGRID_BACKLOG_METRIC", "BacklogPerInstance")
+    scaling_interval_s: float = _setting("NANOGRID_SCALING_INTERVAL_S", 60.0, **_POSITIVE)
+
+    # The CLI's way to a running API
+    url: str = _setting("NANOGRID_URL", "http://127.0.0.1:8080")
+    api_key: str = _setting("NANOGRID_API_KEY", "", repr=False)
 
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    # Variables of other programs, passed along as they are.
+    EXTRA = ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "FLOWER_BASIC_AUTH", "FLOWER_AUTH")
 
     @property
     def queue_name(self) -> str:
@@ -154,6 +285,10 @@ class Settings:
     def uses_sqs(self) -> bool:
         return self.broker_url.startswith("sqs://")
 
+    @property
+    def bind_address(self) -> str:
+        return self.bind or f"{self.host}:{self.port}"
+
     def limits_document(self) -> dict:
         names = ("timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes")
         return {n: {"default": getattr(self, n).default, "ceiling": getattr(self, n).ceiling} for n in names}
@@ -162,151 +297,47 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def environment_names(cls) -> set[str]:
+        """Every variable Settings reads (the fleet cross-checks hold the templates to it)."""
+        names = set(cls.EXTRA) | {"NANOGRID_REDIS_URL", "REDIS_HOST", "REDIS_PORT", "NANOGRID_BROKER_URL",
+                                  "AWS_REGION", "AWS_DEFAULT_REGION", "NANOGRID_ARCHIVE"}
+        for item in dataclasses.fields(cls):
+            spec = item.metadata.get("env")
+            if spec is not None:
+                names.update(spec.names(isinstance(item.default, Limit)))
+        return names
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        read = _Reader(env)
-        redis_host = env.get("REDIS_HOST")
-        redis_url = read.str("NANOGRID_REDIS_URL", "")
-        if not redis_url:
-            redis_url = f"redis://{redis_host or '127.0.0.1'}:{read.int('REDIS_PORT', 6379)}/0"
-        sqs_queue_url = read.str("SQS_QUEUE_URL", "")
-        broker_url = read.str("NANOGRID_BROKER_URL", "")
-        if not broker_url:
-            broker_url = "sqs://" if sqs_queue_url else redis_url
-        if broker_url.startswith("sqs://") and not sqs_queue_url:
-            raise ConfigError("an sqs:// broker needs SQS_QUEUE_URL")
-        settings = cls(
-            host=read.str("NANOGRID_HOST", cls.host),
-            port=read.int("NANOGRID_PORT", cls.port),
-            max_code_bytes=read.int("NANOGRID_MAX_CODE_BYTES", cls.max_code_bytes),
-            max_input_bytes=read.int("NANOGRID_MAX_INPUT_BYTES", cls.max_input_bytes),
-            max_zip_members=read.int("NANOGRID_MAX_ZIP_MEMBERS", cls.max_zip_members),
-            max_unpacked_bytes=read.int("NANOGRID_MAX_UNPACKED_BYTES", cls.max_unpacked_bytes),
-            default_wait_s=read.float("NANOGRID_DEFAULT_WAIT_S", cls.default_wait_s),
-            max_wait_s=read.float("NANOGRID_MAX_WAIT_S", cls.max_wait_s),
-            keys_table=read.str("NANOGRID_KEYS_TABLE", cls.keys_table),
-            rate_limit=_rate_limit(read.str("NANOGRID_RATE_LIMIT", ""), cls.rate_limit),
-            trusted_proxies=read.int("NANOGRID_TRUSTED_PROXIES", cls.trusted_proxies),
-            tenant_max_running=read.int("NANOGRID_TENANT_MAX_RUNNING", cls.tenant_max_running),
-            tenant_max_queued=read.int("NANOGRID_TENANT_MAX_QUEUED", cls.tenant_max_queued),
-            max_queue_depth=read.int("NANOGRID_MAX_QUEUE_DEPTH", cls.max_queue_depth),
-            broker_url=broker_url,
-            sqs_queue_url=sqs_queue_url,
-            redis_url=redis_url,
-            aws_region=read.str("AWS_REGION", env.get("AWS_DEFAULT_REGION", cls.aws_region)),
-            aws_endpoint_url=read.str("AWS_ENDPOINT_URL", "") or None,
-            sqs_visibility_timeout=read.int("NANOGRID_SQS_VISIBILITY_TIMEOUT", cls.sqs_visibility_timeout),
-            worker_concurrency=read.int("NANOGRID_WORKER_CONCURRENCY", cls.worker_concurrency),
-            storage=read.choice("NANOGRID_STORAGE", "local", ("local", "aws")),
-            data_dir=Path(read.str("NANOGRID_DATA_DIR", str(cls.data_dir))).expanduser(),
-            s3_code_bucket=read.str("S3_CODE_BUCKET", cls.s3_code_bucket),
-            s3_user_data_bucket=read.str("S3_USER_DATA_BUCKET", cls.s3_user_data_bucket),
-            functions_table=read.str("NANOGRID_FUNCTIONS_TABLE", cls.functions_table),
-            jobs_table=read.str("NANOGRID_JOBS_TABLE", cls.jobs_table),
-            archive=read.choice("NANOGRID_ARCHIVE", "gcs" if env.get("GCP_BUCKET_NAME") else "local",
-                                ("local", "gcs", "none")),
-            gcp_bucket_name=read.str("GCP_BUCKET_NAME", ""),
-            inline_output_bytes=read.int("NANOGRID_INLINE_OUTPUT_BYTES", cls.inline_output_bytes),
-            sandbox=read.choice("NANOGRID_SANDBOX", "docker", ("docker", "process")),
-            runtime_image=read.str("NANOGRID_RUNTIME_IMAGE", cls.runtime_image),
-            docker_runtime=read.str("NANOGRID_DOCKER_RUNTIME", "") or None,
-            timeout_s=read.limit("TIMEOUT_S", cls.timeout_s),
-            memory_mb=read.limit("MEMORY_MB", cls.memory_mb),
-            cpus=read.limit("CPUS", cls.cpus),
-            pids=read.limit("PIDS", cls.pids),
-            open_files=read.limit("OPEN_FILES", cls.open_files),
-            file_size_mb=read.limit("FILE_SIZE_MB", cls.file_size_mb),
-            tmpfs_mb=read.limit("TMPFS_MB", cls.tmpfs_mb),
-            output_bytes=read.limit("OUTPUT_BYTES", cls.output_bytes),
-            warm_pool_size=read.int("NANOGRID_WARM_POOL_SIZE", cls.warm_pool_size),
-            warm_idle_ttl_s=read.float("NANOGRID_WARM_IDLE_TTL_S", cls.warm_idle_ttl_s),
-            warm_max_containers=read.int("NANOGRID_WARM_MAX_CONTAINERS", cls.warm_max_containers),
-            warm_memory_budget_mb=read.int("NANOGRID_WARM_MEMORY_BUDGET_MB", cls.warm_memory_budget_mb),
-            task_events=read.choice("NANOGRID_TASK_EVENTS", "0", ("0", "1")) == "1",
-            lease_s=read.float("NANOGRID_LEASE_S", cls.lease_s),
-            reaper_interval_s=read.float("NANOGRID_REAPER_INTERVAL_S", cls.reaper_interval_s),
-            redispatch_after_s=read.float("NANOGRID_REDISPATCH_AFTER_S", cls.redispatch_after_s),
-            pending_timeout_s=read.float("NANOGRID_PENDING_TIMEOUT_S", cls.pending_timeout_s),
-            ai_endpoint=read.str("AI_ENDPOINT", ""),
-            ai_connect_timeout_s=read.float("NANOGRID_AI_CONNECT_TIMEOUT_S", cls.ai_connect_timeout_s),
-            ai_timeout_s=read.float("NANOGRID_AI_TIMEOUT_S", cls.ai_timeout_s),
-            ai_max_calls=read.int("NANOGRID_AI_MAX_CALLS", cls.ai_max_calls),
-            ai_max_tokens=read.int("NANOGRID_AI_MAX_TOKENS", cls.ai_max_tokens),
-            ai_max_request_bytes=read.int("NANOGRID_AI_MAX_REQUEST_BYTES", cls.ai_max_request_bytes),
-            ai_models=tuple(m.strip() for m in read.str("NANOGRID_AI_MODELS", "").split(",") if m.strip()),
-            extra={k: v for k, v in env.items() if k in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")},
-        )
+        values = {item.name: item.metadata["env"].read(env, item.default)
+                  for item in dataclasses.fields(cls) if "env" in item.metadata}
+        # Derived: the founding document names Redis by REDIS_HOST (and REDIS_PORT); NANOGRID_REDIS_URL
+        # says it all at once. The broker is SQS when SQS_QUEUE_URL is set, else that Redis.
+        port = _Env("REDIS_PORT", int, **_PORT).read(env, 6379)
+        values["redis_url"] = env.get("NANOGRID_REDIS_URL") or f"redis://{env.get('REDIS_HOST') or '127.0.0.1'}:{port}/0"
+        values["broker_url"] = env.get("NANOGRID_BROKER_URL") or ("sqs://" if values["sqs_queue_url"]
+                                                                  else values["redis_url"])
+        values["aws_region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cls.aws_region
+        # An archive bucket named in the environment means the GCS archive, unless said otherwise.
+        archive_default = "gcs" if env.get("GCP_BUCKET_NAME") else "local"
+        values["archive"] = _Env("NANOGRID_ARCHIVE", _choice("local", "gcs", "none")).read(env, archive_default)
+        values["extra"] = {name: env[name] for name in cls.EXTRA if name in env}
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        """The rules that tie settings together (each setting's own range is checked as it is read)."""
+        if self.broker_url.startswith("sqs://") and not self.sqs_queue_url:
+            raise ConfigError("an sqs:// broker needs SQS_QUEUE_URL")
         if self.archive == "gcs" and not self.gcp_bucket_name:
             raise ConfigError("NANOGRID_ARCHIVE=gcs needs GCP_BUCKET_NAME")
-        if self.lease_s < 1 or self.reaper_interval_s <= 0:
-            raise ConfigError("NANOGRID_LEASE_S must be at least 1 s and NANOGRID_REAPER_INTERVAL_S positive")
-        if min(self.warm_pool_size, self.warm_max_containers, self.warm_memory_budget_mb) < 0 \
-                or self.warm_idle_ttl_s <= 0:
-            raise ConfigError("NANOGRID_WARM_POOL_SIZE, NANOGRID_WARM_MAX_CONTAINERS and "
-                              "NANOGRID_WARM_MEMORY_BUDGET_MB must be 0 or more, NANOGRID_WARM_IDLE_TTL_S positive")
-        if self.worker_concurrency < 1:
-            raise ConfigError("NANOGRID_WORKER_CONCURRENCY must be at least 1")
-        if min(self.trusted_proxies, self.tenant_max_running, self.tenant_max_queued, self.max_queue_depth) < 0:
-            raise ConfigError("NANOGRID_TRUSTED_PROXIES, NANOGRID_TENANT_MAX_RUNNING, NANOGRID_TENANT_MAX_QUEUED "
-                              "and NANOGRID_MAX_QUEUE_DEPTH must be 0 or more")
         if not 0 <= self.default_wait_s <= self.max_wait_s:
             raise ConfigError("NANOGRID_DEFAULT_WAIT_S must be from 0 to NANOGRID_MAX_WAIT_S")
         if self.ai_endpoint and (urlparse(self.ai_endpoint).scheme not in ("http", "https")
                                  or not urlparse(self.ai_endpoint).hostname):
             raise ConfigError(f"AI_ENDPOINT={self.ai_endpoint!r}: expected http://host:port (Ollama's address)")
-        if self.ai_connect_timeout_s <= 0 or self.ai_timeout_s <= 0:
-            raise ConfigError("NANOGRID_AI_CONNECT_TIMEOUT_S and NANOGRID_AI_TIMEOUT_S must be positive")
-        if min(self.ai_max_calls, self.ai_max_tokens) < 0 or self.ai_max_request_bytes < 1:
-            raise ConfigError("NANOGRID_AI_MAX_CALLS and NANOGRID_AI_MAX_TOKENS must be 0 (no limit) or more, "
-                              "NANOGRID_AI_MAX_REQUEST_BYTES positive")
         for name, limit in self.limits_document().items():
             if not 0 < limit["default"] <= limit["ceiling"]:
                 raise ConfigError(f"limit {name}: need 0 < default <= ceiling, got {limit}")
-
-
-def _rate_limit(raw: str, default: RateLimit) -> RateLimit:
-    if not raw:
-        return default
-    try:
-        return RateLimit.parse(raw)
-    except ValueError as exc:
-        raise ConfigError(f"NANOGRID_RATE_LIMIT={exc}") from None
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]):
-        self.env = env
-
-    def _get(self, name: str, default, convert: Callable):
-        raw = self.env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            return convert(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a valid {convert.__name__}") from None
-
-    def str(self, name: str, default: str) -> str:
-        return self._get(name, default, str)
-
-    def int(self, name: str, default: int) -> int:
-        return self._get(name, default, int)
-
-    def float(self, name: str, default: float) -> float:
-        return self._get(name, default, float)
-
-    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
-        value = self.str(name, default)
-        if value not in options:
-            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(options)}")
-        return value
-
-    def limit(self, suffix: str, default: Limit) -> Limit:
-        return Limit(
-            self.float(f"NANOGRID_DEFAULT_{suffix}", default.default),
-            self.float(f"NANOGRID_MAX_{suffix}", default.ceiling),
-        )

@@ -133,16 +133,19 @@ def wait_healthy(url: str, children, stopping, timeout_s: float = 60) -> bool:
 
 def wait_worker(settings: Settings, name: str, children, stopping, timeout_s: float = 60) -> bool:
     """Wait until the worker answers a ping, so the banner never promises a worker that is not there."""
-    from nanogrid.worker.celery_app import make_celery
+    from nanogrid.transport.broker import Broker
 
-    app = make_celery(settings)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stopping():
-        if any(c.poll() is not None for c in children):
-            return False
-        if app.control.ping(destination=[name], timeout=0.5):
-            return True
-    return False
+    broker = Broker(settings)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not stopping():
+            if any(c.poll() is not None for c in children):
+                return False
+            if broker.ask("ping", destination=[name], timeout_s=0.5):
+                return True
+        return False
+    finally:
+        broker.close()
 
 
 def auth_line(settings: Settings) -> str:

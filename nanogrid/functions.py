@@ -23,7 +23,7 @@ from nanogrid.bundles import Bundle
 from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound
 from nanogrid.keys import DEFAULT_TENANT
-from nanogrid.sandbox import Limits
+from nanogrid.limits import Limits
 from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

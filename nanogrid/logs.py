@@ -8,9 +8,8 @@ get task_id and task_name; gunicorn's access lines get method, route-free path (
 string), status, duration and remote address. Only the fields named here are ever added: the
 environment, settings and `extra` payloads beyond them are never written.
 
-Celery: its documented `setup_logging` signal hands logging over to `setup_celery_logging`
-(connected in nanogrid/celery.py). gunicorn: gunicorn_conf.py's logconfig_dict from
-`gunicorn_logconfig`.
+Celery: its documented `setup_logging` signal hands logging over to nanogrid/worker/logs.py.
+gunicorn: gunicorn_conf.py's logconfig_dict from `gunicorn_logconfig`.
 """
 
 from __future__ import annotations
@@ -18,31 +17,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
-import sys
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Iterator
 
-FORMAT_ENV = "NANOGRID_LOG_FORMAT"
-FORMATS = ("json", "text")
+from nanogrid.task_names import RUN_TASK
+
 # Fields a record may carry beyond the basics; nothing else from `extra` is written.
 FIELDS = ("job_id", "function_id", "function_version", "task_id", "task_name", "status", "error_type",
           "duration_ms")
-RUN_TASK = "nanogrid.run_job"  # nanogrid.worker.celery_app.RUN_TASK, not imported to keep this module light
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _scope: ContextVar[dict | None] = ContextVar("nanogrid_log_scope", default=None)
-
-
-def log_format(environ: Mapping[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    value = (env.get(FORMAT_ENV) or "json").strip().lower()
-    if value not in FORMATS:
-        raise ValueError(f"{FORMAT_ENV}={value!r}: expected one of {', '.join(FORMATS)}")
-    return value
 
 
 # --- Scope: the fields every record inside a run carries ---------------------------------------
@@ -59,6 +47,18 @@ def scope(**fields) -> Iterator[None]:
         yield
     finally:
         _scope.reset(token)
+
+
+def open_scope(**fields) -> Token:
+    """A scope that spans calls (Celery's task_prerun to task_postrun); close it with close_scope."""
+    return _scope.set({k: v for k, v in fields.items() if v is not None})
+
+
+def close_scope(token: Token) -> None:
+    try:
+        _scope.reset(token)
+    except ValueError:  # opened in another context (should not happen in a pool process)
+        _scope.set(None)
 
 
 @contextlib.contextmanager
@@ -157,64 +157,15 @@ class TextFormatter(logging.Formatter):
         return f"{first} [{ids}]{sep}{rest}"
 
 
-def formatter(fmt: str | None = None) -> logging.Formatter:
-    return JsonFormatter() if (fmt or log_format()) == "json" else TextFormatter()
+def formatter(fmt: str) -> logging.Formatter:
+    """NANOGRID_LOG_FORMAT's formatter: "json" or "text" (Settings.log_format)."""
+    return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
-# --- Wiring -------------------------------------------------------------------------------------
+# --- gunicorn -------------------------------------------------------------------------------------
 
-def setup_celery_logging(loglevel=None, logfile=None, **_kwargs) -> None:
-    """Receiver of Celery's setup_logging signal: the worker's root logger, in our format."""
-    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(loglevel or logging.INFO)
-    # billiard's pool logger ("Process ... exited with signal 9") does not propagate: give it ours.
-    from celery.utils.log import get_multiprocessing_logger
-
-    pool_logger = get_multiprocessing_logger()
-    if pool_logger is not None:
-        for old in list(pool_logger.handlers):
-            pool_logger.removeHandler(old)
-        pool_logger.addHandler(handler)
-        pool_logger.setLevel(logging.ERROR)
-
-
-_task_scopes: dict[str, object] = {}
-
-
-def task_started(task_id=None, task=None, args=None, **_kwargs) -> None:
-    """task_prerun: a scope for the task, with the job id when it is a run."""
-    fields = {"task_id": task_id, "task_name": getattr(task, "name", None)}
-    if fields["task_name"] == RUN_TASK and args:
-        fields["job_id"] = str(args[0])
-    _task_scopes[task_id] = _scope.set({k: v for k, v in fields.items() if v is not None})
-
-
-def task_ended(task_id=None, **_kwargs) -> None:
-    """task_postrun: close the task's scope."""
-    token = _task_scopes.pop(task_id, None)
-    if token is not None:
-        try:
-            _scope.reset(token)
-        except ValueError:  # set in another context (should not happen in a pool process)
-            _scope.set(None)
-
-
-def connect_celery() -> None:
-    from celery import signals
-
-    signals.setup_logging.connect(setup_celery_logging, weak=False)
-    signals.task_prerun.connect(task_started, weak=False)
-    signals.task_postrun.connect(task_ended, weak=False)
-
-
-def gunicorn_logconfig(fmt: str | None = None) -> dict:
+def gunicorn_logconfig(fmt: str) -> dict:
     """gunicorn's logconfig_dict: everything, access lines included, to stderr in our format."""
-    fmt = fmt or log_format()
     return {
         "version": 1,
         "disable_existing_loggers": False,

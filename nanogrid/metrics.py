@@ -1,4 +1,4 @@
-"""Prometheus metrics: the API's requests, the workers' runs and queue, and how they are served.
+"""Prometheus metrics: their definitions, what records them, and the multiprocess directory.
 
 One scrape must see every process of a service: gunicorn's workers behind the API's /metrics,
 a Celery worker's pool children behind its main process's exporter. prometheus_client's
@@ -10,7 +10,12 @@ exec gunicorn or celery, and in gunicorn_conf.py (the master, before the app is 
 package's CLI plugin does), so a worker needs the variable in its environment from the start:
 `nanogrid worker` sets it; a bare `celery -A nanogrid worker` serves its main process only.
 Without the variable (a bare `gunicorn wsgi:app`, tests) a process keeps prometheus_client's
-ordinary in-process registry.
+ordinary in-process registry. A directory NanoGrid made is named after the process that owns it
+and removed when that process exits; those of processes that died without cleaning up (kill -9)
+are removed by the next one made on the host.
+
+Serving them: the API's /metrics (nanogrid/api/metrics.py), the worker's exporter
+(nanogrid/worker/metrics.py).
 
 API:     nanogrid_http_requests_total{method,route,status}, nanogrid_http_request_duration_seconds
 Worker:  nanogrid_runs_total{status,error_type}, nanogrid_run_duration_seconds{status},
@@ -24,27 +29,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Iterator, MutableMapping
 
-from celery import bootsteps
-
-log = logging.getLogger(__name__)
+from nanogrid.config import Settings
+from nanogrid.host import pid_alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PRIVATE_ENV = "NANOGRID_METRICS_PRIVATE_DIR"  # set beside MULTIPROC_ENV when NanoGrid created the directory
-PORT_ENV = "NANOGRID_WORKER_METRICS_PORT"
-HOST_ENV = "NANOGRID_WORKER_METRICS_HOST"
-DEFAULT_WORKER_PORT = 9808
-DEFAULT_WORKER_HOST = "127.0.0.1"
-UNMATCHED_ROUTE = "<unmatched>"
+PRIVATE_DIR_PREFIX = "nanogrid-metrics-"  # then <owner pid>-<random>
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 14400, 86400)
 OVERHEAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -54,34 +54,45 @@ MAX_ERROR_TYPES = 32  # label values a process will create; more distinct types 
 
 # --- Multiprocess directory ---------------------------------------------------------------------
 
-def prepare_multiproc_dir(environ=None) -> str | None:
-    """Give this process tree a fresh private PROMETHEUS_MULTIPROC_DIR unless the operator set one.
+def prepare_multiproc_dir(settings: Settings, environ: MutableMapping[str, str]) -> str | None:
+    """Give a process tree a fresh private PROMETHEUS_MULTIPROC_DIR unless the operator set one.
 
-    environ: this process's environment by default, or the one a child will be started with.
-    Returns the directory in use, or None when prometheus_client is already imported in this
-    process without one (too late to switch: the process stays single-process).
+    environ: os.environ (this process, which will exec the service and so keep its pid), or the
+    environment a child will be started with (then the directory is named after this process,
+    which waits for the child). Returns the directory in use, or None when prometheus_client is
+    already imported in this process without one (too late to switch: it stays single-process).
     """
-    env = os.environ if environ is None else environ
-    if env.get(MULTIPROC_ENV):
-        return env[MULTIPROC_ENV]
-    if env is os.environ and "prometheus_client.values" in sys.modules:
+    if settings.metrics_dir:
+        return settings.metrics_dir
+    if environ is os.environ and "prometheus_client.values" in sys.modules:
         return None
-    path = tempfile.mkdtemp(prefix="nanogrid-metrics-")
-    env[MULTIPROC_ENV] = path
-    env[PRIVATE_ENV] = path
+    remove_abandoned_dirs()
+    path = tempfile.mkdtemp(prefix=f"{PRIVATE_DIR_PREFIX}{os.getpid()}-")
+    environ[MULTIPROC_ENV] = path
+    environ[PRIVATE_ENV] = path
     return path
 
 
-def multiproc_dir() -> str | None:
-    path = os.environ.get(MULTIPROC_ENV)
+def remove_abandoned_dirs() -> int:
+    """Remove the private directories of processes of this host that are gone; how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{PRIVATE_DIR_PREFIX}*-*"):
+        owner = path.name[len(PRIVATE_DIR_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not pid_alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def multiproc_dir(settings: Settings) -> str | None:
+    path = settings.metrics_dir
     return path if path and os.path.isdir(path) else None
 
 
-def remove_private_dir() -> None:
+def remove_private_dir(settings: Settings) -> None:
     """At the service's exit: remove the directory if NanoGrid created it (never an operator's)."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if path and path == os.environ.get(PRIVATE_ENV):
-        shutil.rmtree(path, ignore_errors=True)
+    if settings.metrics_dir and settings.metrics_dir == settings.metrics_private_dir:
+        shutil.rmtree(settings.metrics_dir, ignore_errors=True)
 
 
 def preload() -> None:
@@ -90,37 +101,33 @@ def preload() -> None:
     import prometheus_client.multiprocess  # noqa: F401
 
 
-def mark_process_dead(pid: int) -> None:
+def mark_process_dead(settings: Settings, pid: int) -> None:
     """Drop a dead process's live gauges (gunicorn's child_exit, the worker's scrape-time sweep)."""
-    path = multiproc_dir()
+    path = multiproc_dir(settings)
     if path is not None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, path)
 
 
-def sweep_dead_processes() -> None:
+def sweep_dead_processes(settings: Settings) -> None:
     """Pool children that died without notice (kill -9, OOM) must not leave their gauges behind."""
-    path = multiproc_dir()
+    path = multiproc_dir(settings)
     if path is None:
         return
     pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "gauge_live*_*.db"))
             if (m := re.search(r"_(\d+)\.db$", f))}
     for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            mark_process_dead(pid)
-        except PermissionError:
-            pass  # alive, someone else's
+        if not pid_alive(pid):
+            mark_process_dead(settings, pid)
 
 
-def registry():
+def registry(settings: Settings):
     """What a scrape reads: every process's files in multiprocess mode, else this process."""
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    path = multiproc_dir()
+    path = multiproc_dir(settings)
     if path is None:
         return REGISTRY
     reg = CollectorRegistry()
@@ -202,159 +209,3 @@ def sandbox_call(kind: str) -> Iterator[SimpleNamespace]:
             m.overhead.labels(sandbox=kind).observe(max(0.0, time.monotonic() - started - call.run_ms / 1000))
 
 
-# --- API ----------------------------------------------------------------------------------------
-
-def register_api(app) -> None:
-    """Count every request by its URL rule (not its path: ids would explode the label set) and
-    serve /metrics as a plain app route, outside the API blueprint and whatever guards it."""
-    from flask import Response, g, request
-
-    m = api_metrics()
-
-    @app.before_request
-    def _start_timer():
-        g.nanogrid_request_started = time.perf_counter()
-
-    @app.after_request
-    def _count(response):
-        started = g.pop("nanogrid_request_started", None)
-        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-        m.requests.labels(method=request.method, route=route, status=str(response.status_code)).inc()
-        if started is not None:
-            m.latency.labels(method=request.method, route=route).observe(time.perf_counter() - started)
-        return response
-
-    def metrics_view():
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return Response(encoder(registry()), headers={"Content-Type": content_type})
-
-    app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics_view, methods=["GET"])
-
-
-# --- Worker exporter ----------------------------------------------------------------------------
-
-class QueueDepthCollector:
-    """The task queue's depth, read from the broker at scrape time (see nanogrid.status.queue_depth)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def describe(self):
-        return []  # collected live; no registration-time call to the broker
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        from nanogrid import status
-
-        ok = GaugeMetricFamily("nanogrid_queue_depth_ok", "1 when this scrape could read the queue depth from the broker")
-        try:
-            depth = status.queue_depth(self.settings)
-        except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
-            log.warning("cannot read the queue depth: %s", exc)
-            ok.add_metric([], 0)
-            yield ok
-            return
-        gauge = GaugeMetricFamily("nanogrid_queue_messages", "Task queue messages: visible (waiting) and "
-                                  "in_flight (delivered to a worker, not yet acknowledged)", labels=["queue", "state"])
-        gauge.add_metric([depth["queue"], "visible"], depth["visible"])
-        gauge.add_metric([depth["queue"], "in_flight"], depth["in_flight"])
-        yield gauge
-        ok.add_metric([], 1)
-        yield ok
-
-
-class _LiveFiles:
-    """The multiprocess files, after sweeping the gauges of pool children that died unannounced."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        sweep_dead_processes()
-        yield from MultiProcessCollector(None, self.path).collect()
-
-
-def worker_port(environ=None) -> int:
-    env = os.environ if environ is None else environ
-    raw = env.get(PORT_ENV, "")
-    try:
-        port = int(raw) if raw.strip() else DEFAULT_WORKER_PORT
-    except ValueError:
-        raise ValueError(f"{PORT_ENV}={raw!r} is not a port number (0 turns the exporter off)") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV}={raw!r} is not a port number (0 turns the exporter off)")
-    return port
-
-
-class WorkerExporter:
-    """The worker's /metrics over HTTP, served by its main process for the whole worker."""
-
-    def __init__(self, settings, port: int, host: str):
-        self.settings, self.port, self.host = settings, port, host
-        self.server = None
-
-    def start(self) -> None:
-        from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-
-        path = multiproc_dir()
-        if path is None:
-            reg = REGISTRY
-            log.warning("%s was not set when the worker started: its exporter shows the main process only, "
-                        "not the pool's runs (start workers with `nanogrid worker`)", MULTIPROC_ENV)
-        else:
-            reg = CollectorRegistry()
-            reg.register(_LiveFiles(path))
-        reg.register(QueueDepthCollector(self.settings))
-        try:
-            self.server, _thread = start_http_server(self.port, addr=self.host, registry=reg)
-        except OSError as exc:
-            # Another worker on this host holds the port: run without an exporter rather than not at all.
-            log.error("worker metrics exporter not started on %s:%s: %s", self.host, self.port, exc)
-            return
-        log.info("worker metrics on http://%s:%s/metrics", self.host, self.port)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-
-class MetricsStep(bootsteps.StartStopStep):
-    """Runs the exporter beside the worker's pool, in the main process (nanogrid/celery.py adds it)."""
-
-    requires = {"celery.worker.components:Pool"}
-
-    def __init__(self, worker, **kwargs):
-        super().__init__(worker, **kwargs)
-        self.exporter: WorkerExporter | None = None
-
-    def start(self, worker) -> None:
-        from nanogrid.worker.tasks import services
-
-        port = worker_port()
-        if port == 0:
-            return
-        self.exporter = WorkerExporter(services().settings, port, os.environ.get(HOST_ENV) or DEFAULT_WORKER_HOST)
-        self.exporter.start()
-
-    def stop(self, worker) -> None:
-        if self.exporter is not None:
-            self.exporter.stop()
-            self.exporter = None
-
-
-def connect_celery() -> None:
-    """From nanogrid/celery.py: the worker's main process removes the private directory
-    `nanogrid worker` made for it when it shuts down."""
-    from celery import signals
-
-    signals.worker_shutdown.connect(lambda **_: remove_private_dir(), weak=False)

@@ -2,7 +2,8 @@
 
 The API and the worker each hold one Services; tests build their own from the Settings they
 want. Backends are chosen by the factories in nanogrid.storage, so nothing here names a
-provider.
+provider. `current()` is the process's own, built from its environment on first use (the
+worker's tasks, bootsteps and control commands share it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from nanogrid import storage
 from nanogrid.config import Settings
 from nanogrid.functions import FunctionRegistry
 from nanogrid.jobs import JobStore
+from nanogrid.sandbox import Sandbox
+from nanogrid.transport.broker import Broker
 
 
 class Services:
@@ -36,20 +39,19 @@ class Services:
 
     @functools.cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.settings, storage.job_table(self.settings), self.redis, storage.output_store(self.settings))
+        return JobStore(self.settings, storage.job_table(self.settings), self.redis,
+                        storage.output_store(self.settings), self.broker)
 
     @functools.cached_property
     def archive(self) -> storage.Archive | None:
         return storage.archive(self.settings)
 
     @functools.cached_property
-    def celery(self):
-        from nanogrid.worker.celery_app import make_celery
-
-        return make_celery(self.settings)
+    def broker(self) -> Broker:
+        return Broker(self.settings)
 
     @functools.cached_property
-    def sandbox(self):
+    def sandbox(self) -> Sandbox:
         if self.settings.sandbox == "docker":
             from nanogrid.sandbox.docker import DockerSandbox
 
@@ -57,6 +59,12 @@ class Services:
         from nanogrid.sandbox.process import ProcessSandbox
 
         return ProcessSandbox(self.settings, worker_id())
+
+
+@functools.cache
+def current() -> Services:
+    """This process's Services, from its environment."""
+    return Services(Settings.from_env())
 
 
 def worker_id() -> str:

@@ -122,7 +122,7 @@ def job_containers(job_id: str, *, running_only: bool = False) -> list[dict]:
     import docker
 
     from nanogrid.sandbox import LABEL_JOB
-    from nanogrid.sandbox.docker import STATE_DIR_PREFIX
+    from nanogrid.sandbox.janitor import STATE_DIR_PREFIX
 
     client = docker.from_env().api
     found = client.containers(all=not running_only, filters={"label": f"{LABEL_JOB}={job_id}"})

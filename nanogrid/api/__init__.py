@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Flask
 
-from nanogrid import metrics
 from nanogrid.config import Settings
 from nanogrid.services import Services
 
@@ -18,14 +17,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["nanogrid"] = services or Services(settings)
 
-    from nanogrid.api import errors, routes
+    from nanogrid.api import auth, errors, metrics, routes
 
     errors.register(app)
     app.register_blueprint(routes.bp)
     # Request metrics, and GET /metrics as a plain app route: outside the blueprint and its guards.
-    metrics.register_api(app)
+    metrics.register(app, settings)
     # Keys and tenants, rate limit, security headers (after the metrics timer, which also times 401/429).
-    from nanogrid.api import auth
-
     auth.register(app, settings, app.extensions["nanogrid"].redis)
     return app

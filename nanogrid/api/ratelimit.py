@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from nanogrid.config import RateLimit, Settings
+from nanogrid.transport.depth import queue_depth
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "nanogrid:ratelimit:"
@@ -110,7 +111,6 @@ class QueueDepth:
         self._lock = threading.Lock()
         self._value: int | None = None
         self._until = 0.0
-        self._broker: redis.Redis | None = None
 
     def overloaded(self) -> bool:
         maximum = self.settings.max_queue_depth
@@ -134,18 +134,4 @@ class QueueDepth:
         return value
 
     def _measure(self) -> int:
-        settings = self.settings
-        if settings.uses_sqs:
-            from nanogrid.storage import aws
-
-            attributes = aws.client(settings, "sqs").get_queue_attributes(
-                QueueUrl=settings.sqs_queue_url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-            return int(attributes.get("ApproximateNumberOfMessages", 0))
-        if self._broker is None:
-            self._broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
-        # kombu's Redis transport: the queue is a list under its name, plus one per priority step.
-        queue = settings.queue_name
-        pipe = self._broker.pipeline(transaction=False)
-        for step in (0, 3, 6, 9):
-            pipe.llen(queue if step == 0 else f"{queue}\x06\x16{step}")
-        return sum(pipe.execute())
+        return queue_depth(self.settings, in_flight=False).visible

@@ -16,11 +16,11 @@ from nanogrid import bundles, functions
 from nanogrid.ai import client as ai_client
 from nanogrid.api import auth, ratelimit, schema
 from nanogrid.api.errors import ApiError
-from nanogrid.errors import NotFound, Unavailable
-from nanogrid.jobs import FAILED, TERMINAL
-from nanogrid.sandbox import LimitError, Limits
+from nanogrid.errors import NotFound
+from nanogrid.jobs import TERMINAL, ErrorType, Status
+from nanogrid.jobs.records import error
+from nanogrid.limits import LimitError, Limits
 from nanogrid.services import Services
-from nanogrid.worker.celery_app import RUN_TASK
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -222,8 +222,7 @@ def _probe_table(table) -> None:
 
 
 def _probe_broker(svc: Services) -> None:
-    with svc.celery.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
+    svc.broker.ping_connection()
 
 
 @bp.get("/limits")
@@ -298,14 +297,9 @@ def run_function(function_id: str):
     except LimitError as exc:
         raise ApiError(str(exc)) from None
     check_schema("RunRequest", body)
-    job = svc.jobs.create(function, run_input, run_limits)  # QuotaExceeded (429) before anything is written
-    try:
-        svc.celery.send_task(RUN_TASK, args=[job["job_id"]], ignore_result=True)  # the job record is the result
-    except Exception as exc:  # noqa: BLE001 - any publish failure: record it, tell the client, keep nothing PENDING
-        log.error("could not queue job %s: %s", job["job_id"], exc)
-        svc.jobs.finish(job["job_id"], None, FAILED, error={
-            "type": "enqueue_failed", "message": "the job could not be queued; the broker is unavailable"})
-        raise Unavailable("broker") from exc
+    # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
+    # message, after the job was recorded FAILED/enqueue_failed.
+    job = svc.jobs.submit(function, run_input, run_limits)
     if wait_s > 0:
         job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
     response = jsonify(svc.jobs.public(job))
@@ -328,12 +322,12 @@ def cancel_job(job_id: str):
     job = svc.jobs.get(job_id, auth.tenant())
     if job["status"] in TERMINAL:
         raise ApiError(f"job {job_id} already ended with {job['status']}", status=409, code="conflict")
-    cancelled = svc.jobs.finish(job_id, None, FAILED, error={"type": "cancelled", "message": "cancelled by request"})
+    cancelled = svc.jobs.finish(job_id, None, Status.FAILED, error=error(ErrorType.CANCELLED, "cancelled by request"))
     if cancelled is None:
         raise ApiError(f"job {job_id} ended before it could be cancelled", status=409, code="conflict")
     if cancelled.get("worker_id"):
         try:
-            svc.celery.control.broadcast("cancel_job", arguments={"job_id": job_id})
+            svc.broker.broadcast("cancel_job", {"job_id": job_id})
         except Exception as exc:  # noqa: BLE001 - the refused lease renewal stops the run anyway
             log.warning("cancel broadcast for %s failed: %s", job_id, exc)
     return jsonify(svc.jobs.public(cancelled))

@@ -19,11 +19,13 @@ import jsonschema
 from nanogrid import __version__
 from nanogrid.config import Settings
 from nanogrid.functions import ID_PATTERN, NAME_PATTERN
-from nanogrid.sandbox import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
+from nanogrid.jobs import ErrorType, Status
+from nanogrid.limits import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
 
 JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-JOB_STATUSES = ["PENDING", "PROCESSING", "SUCCESS", "FAILED"]
+JOB_STATUSES = [status.value for status in Status]
+ERROR_TYPES = [error_type.value for error_type in ErrorType]
 TIMESTAMP = {"type": "string", "description": "UTC, ISO 8601"}
 MAX_MESSAGE_CHARS = 300
 
@@ -136,7 +138,10 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "stdout": {"type": "string"}, "stderr": {"type": "string"},
             "exit_code": {"type": ["integer", "null"]},
             "error": {"type": ["object", "null"], "required": ["type", "message"],
-                      "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
+                      "properties": {"type": {"type": "string", "enum": ERROR_TYPES,
+                                              "description": "why the run failed (README: error types)"},
+                                     "message": {"type": "string"},
+                                     "signal": {"type": "integer", "description": "the signal that ended it"}}},
             "truncated": {"type": "boolean"},
             "duration_ms": {"type": ["integer", "null"]},
             "created_at": TIMESTAMP, "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),

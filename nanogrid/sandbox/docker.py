@@ -46,7 +46,9 @@ from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
-                              FrameReader, RawRun, RunSpec, instance_id, pid_alive)
+                              RawRun, RunSpec, instance_id)
+from nanogrid.sandbox.janitor import DOCKER_ERRORS, STATE_DIR_PREFIX, ContainerJanitor
+from nanogrid.sandbox.protocol import FrameReader
 from nanogrid.sandbox.warm import Key, Slot, WarmPool
 
 log = logging.getLogger(__name__)
@@ -72,13 +74,7 @@ READ_CHUNK = 64 * 1024
 # Docker's multiplexed attach stream (no TTY): stream type, 3 zero bytes, payload length.
 MUX_HEADER = struct.Struct(">BxxxI")
 MUX_STDOUT, MUX_STDERR = 1, 2
-# A container created but not started for this long is a leftover, not one being started.
-CREATED_GRACE_S = 120
-# Per installation, under the temporary directory: jobs/<job id> names the warm container running
-# it (and its owner pid), ai/ holds the warm containers' AI folders.
-STATE_DIR_PREFIX = "nanogrid-sandbox-"
 SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-DOCKER_ERRORS = (docker.errors.DockerException, RequestException)
 
 
 def connect(timeout: float = API_TIMEOUT_S) -> docker.DockerClient:
@@ -396,7 +392,7 @@ class DockerSandbox:
             self._unregister(spec.job_id)
         raw.duration_ms = int((time.monotonic() - started) * 1000)
         slot.runs += 1
-        frames.fill(raw)
+        raw.add_frames(frames)
         raw.timed_out = supervisor.reason == "timeout"
         if frames.exit is not None and supervisor.reason is None and not frames.over_cap and not frames.garbled:
             # The runner reported the run and has cleaned up: the container lives on.
@@ -532,68 +528,8 @@ class DockerSandbox:
     # -- clean-up ----------------------------------------------------------------------------------
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
-        """Force-remove containers labelled with a job in job_ids and not in keep.
-
-        None means no restriction, so keep={...} alone (the reaper's sweep) removes every job
-        container of this installation on this dockerd except those, whichever worker started
-        them; another installation's containers (another Redis) are never swept. The sweep also
-        removes this installation's warm containers that no live worker process keeps: those
-        that have exited, and those whose owner was a process of this host that is gone.
-        """
-        labels = [LABEL_JOB] if job_ids is not None else [LABEL_JOB, f"{LABEL_INSTANCE}={self.instance}"]
-        try:
-            containers = self.client.api.containers(all=True, filters={"label": labels})
-        except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot list containers: {exc}") from exc
-        doomed = []
-        for summary in containers:
-            job_id = (summary.get("Labels") or {}).get(LABEL_JOB)
-            if (job_ids is not None and job_id not in job_ids) or (keep is not None and job_id in keep):
-                continue
-            doomed.append(summary["Id"])
-        if job_ids is None:
-            doomed += self._ownerless_warm()
-        removed = 0
-        for container_id in doomed:
-            try:
-                self.client.api.remove_container(container_id, force=True)
-                removed += 1
-            except docker.errors.NotFound:
-                pass
-            except DOCKER_ERRORS as exc:
-                raise Unavailable(f"cannot remove container {container_id[:12]}: {exc}") from exc
-        return removed
-
-    def _ownerless_warm(self) -> list[str]:
-        """Warm containers of this installation nobody keeps (and stale records of who runs what)."""
-        try:
-            containers = self.client.api.containers(
-                all=True, filters={"label": [LABEL_WARM, f"{LABEL_INSTANCE}={self.instance}"]})
-        except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot list containers: {exc}") from exc
-        host, found = socket.gethostname(), []
-        for summary in containers:
-            owner_host, _, pid = (summary.get("Labels") or {}).get(LABEL_WARM, "").rpartition(":")
-            state = summary.get("State")
-            gone = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
-            if (gone or state in ("exited", "dead")
-                    or (state == "created" and time.time() - summary.get("Created", 0) > CREATED_GRACE_S)):
-                found.append(summary["Id"])
-        try:
-            for record in (self.state_dir / "jobs").iterdir():
-                fields = record.read_text().split()
-                if len(fields) == 2 and fields[1].isdigit() and not pid_alive(int(fields[1])):
-                    record.unlink(missing_ok=True)
-        except OSError:
-            pass
-        try:
-            for folder in (self.state_dir / "ai").iterdir():  # AI folders are named <owner pid>-...
-                pid = folder.name.split("-", 1)[0]
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
-        return found
+        """Remove leftover containers of this installation (nanogrid.sandbox.janitor)."""
+        return ContainerJanitor(self.client, self.instance, self.state_dir).remove(job_ids, keep)
 
     def _discard(self, slot: Slot) -> None:
         """Remove a container for good: its stream, the container, its AI folder."""

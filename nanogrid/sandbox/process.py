@@ -25,7 +25,9 @@ from pathlib import Path
 from nanogrid.ai import SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
-from nanogrid.sandbox import RUNTIME_DIR, FrameReader, Limits, RawRun, RunSpec
+from nanogrid.limits import Limits
+from nanogrid.sandbox import RUNTIME_DIR, RawRun, RunSpec
+from nanogrid.sandbox.protocol import FrameReader
 
 MiB = 1024 * 1024
 READ_CHUNK = 64 * 1024
@@ -59,7 +61,10 @@ def _apply_rlimits(rlimits: list[tuple[int, int]]) -> None:
 
 
 def _descendants(root: int) -> list[int]:
-    """Every live process below root, from one pass over /proc."""
+    """Every live process below root, from one pass over /proc.
+
+    runtime/runner.py reads /proc the same way (its `children`) in a copy of its own: it runs on
+    the runtime image's bare Python and imports nothing of NanoGrid."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -210,7 +215,7 @@ class ProcessSandbox:
             _kill_group(process)
             process.wait()
         raw.duration_ms = int((time.monotonic() - started) * 1000)
-        frames.fill(raw)
+        raw.add_frames(frames)
         # Reported like a container's exit code: 128 + signal number when killed by a signal.
         raw.runner_exit_code = process.returncode if process.returncode >= 0 else 128 - process.returncode
         raw.runner_stderr = bytes(runner_stderr)

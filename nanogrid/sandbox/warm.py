@@ -21,6 +21,7 @@ NANOGRID_WARM_POOL_SIZE=0 disables reuse: every run gets a container of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import select
 import socket
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nanogrid.config import Settings
+from nanogrid.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +49,19 @@ class Key:
     version: int
     code_sha: str
     code_dir: str  # the directory mounted at /code (one per version and sha in a worker process)
-    memory_mb: int
-    cpus: float
-    pids: int
-    open_files: int
-    file_size_mb: int
-    tmpfs_mb: int
+    limits: Limits  # the container's own (memory, CPUs, processes, files, tmpfs); per-run ones zeroed
     ai: bool
 
     @classmethod
     def of(cls, spec) -> "Key":
-        limits = spec.limits
-        return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir),
-                   limits.memory_mb, limits.cpus,
-                   limits.pids, limits.open_files, limits.file_size_mb, limits.tmpfs_mb,
+        # The deadline and the output cap are the worker's, per run: they do not make another container.
+        container_limits = dataclasses.replace(spec.limits, timeout_s=0, output_bytes=0)
+        return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir), container_limits,
                    spec.ai_channel is not None or spec.ai_socket_dir is not None)
+
+    @property
+    def memory_mb(self) -> int:
+        return self.limits.memory_mb
 
 
 @dataclass(eq=False)

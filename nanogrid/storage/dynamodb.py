@@ -13,7 +13,7 @@ from typing import Any
 
 from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound
-from nanogrid.storage import aws
+from nanogrid import aws
 
 
 class DynamoDBTable:
@@ -35,18 +35,21 @@ class DynamoDBTable:
     def _where(self, operation: str, doc_id: str) -> str:
         return f"DynamoDB {operation} {self.table_name}[{doc_id}]"
 
-    def insert(self, doc_id: str, doc: dict) -> None:
+    def _put_if(self, operation: str, doc_id: str, doc: dict, condition: str, **expression) -> bool:
+        """Write the document if the condition holds; whether it did."""
         dynamodb = self._dynamodb()
-        with aws.unavailable_on_outage(self._where("insert", doc_id)):
+        with aws.unavailable_on_outage(self._where(operation, doc_id)):
             try:
-                dynamodb.put_item(
-                    TableName=self.table_name,
-                    Item=self._item(doc_id, doc),
-                    ConditionExpression="attribute_not_exists(#key)",
-                    ExpressionAttributeNames={"#key": self.key_name},
-                )
+                dynamodb.put_item(TableName=self.table_name, Item=self._item(doc_id, doc),
+                                  ConditionExpression=condition, **expression)
             except dynamodb.exceptions.ConditionalCheckFailedException:
-                raise Conflict(doc_id) from None
+                return False
+        return True
+
+    def insert(self, doc_id: str, doc: dict) -> None:
+        if not self._put_if("insert", doc_id, doc, "attribute_not_exists(#key)",
+                            ExpressionAttributeNames={"#key": self.key_name}):
+            raise Conflict(doc_id)
 
     def get(self, doc_id: str) -> dict:
         with aws.unavailable_on_outage(self._where("get", doc_id)):
@@ -58,21 +61,10 @@ class DynamoDBTable:
         return json.loads(response["Item"]["doc"]["S"])
 
     def replace(self, doc_id: str, doc: dict, expected_rev: int) -> bool:
-        dynamodb = self._dynamodb()
-        with aws.unavailable_on_outage(self._where("replace", doc_id)):
-            try:
-                # A missing item has no rev, so the condition fails and nothing is created:
-                # replace never inserts, as in SQLite.
-                dynamodb.put_item(
-                    TableName=self.table_name,
-                    Item=self._item(doc_id, doc),
-                    ConditionExpression="#rev = :expected",
-                    ExpressionAttributeNames={"#rev": "rev"},
-                    ExpressionAttributeValues={":expected": {"N": str(int(expected_rev))}},
-                )
-            except dynamodb.exceptions.ConditionalCheckFailedException:
-                return False
-        return True
+        # A missing item has no rev, so the condition fails and nothing is created: replace never
+        # inserts, as in SQLite.
+        return self._put_if("replace", doc_id, doc, "#rev = :expected", ExpressionAttributeNames={"#rev": "rev"},
+                            ExpressionAttributeValues={":expected": {"N": str(int(expected_rev))}})
 
     def delete(self, doc_id: str) -> None:
         with aws.unavailable_on_outage(self._where("delete", doc_id)):

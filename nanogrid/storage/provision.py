@@ -25,7 +25,7 @@ def ensure_resources(settings: Settings) -> None:
 
 
 def _ensure_buckets(settings: Settings) -> None:
-    from nanogrid.storage import aws
+    from nanogrid import aws
 
     s3 = aws.client(settings, "s3")
     # us-east-1 is the one region that rejects an explicit LocationConstraint.
@@ -47,7 +47,7 @@ def _ensure_buckets(settings: Settings) -> None:
 
 
 def _ensure_tables(settings: Settings) -> None:
-    from nanogrid.storage import aws
+    from nanogrid import aws
 
     dynamodb = aws.client(settings, "dynamodb")
     for table, key in ((settings.functions_table, "functionId"), (settings.jobs_table, "jobId"),

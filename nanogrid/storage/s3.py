@@ -6,7 +6,7 @@ from typing import Any
 
 from nanogrid.config import Settings
 from nanogrid.errors import NotFound
-from nanogrid.storage import aws
+from nanogrid import aws
 
 
 class S3BlobStore:

@@ -3,7 +3,7 @@
 `nanogrid.transport.sqs` is kombu's SQS transport plus what Celery's remote control (pidbox)
 and monitoring events need from a broker: broadcast over SNS, replies routed to the caller's
 queue, and cleanup of the per-worker and per-caller queues. It is selected with the Celery
-setting ``broker_transport = SQS_TRANSPORT`` (see nanogrid.worker.celery_app); the broker URL
+setting ``broker_transport = SQS_TRANSPORT`` (see nanogrid.transport.app); the broker URL
 stays ``sqs://``. This module imports nothing heavy, so configuration code can name the transport
 without loading boto3.
 """

@@ -53,6 +53,7 @@ The SNS topics themselves (one per broadcast exchange: ``<prefix>celery-pidbox``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -163,15 +164,12 @@ def sweep(sqs, sns, prefix: str, topic_arns: Iterable[str] = (), keep: Iterable[
     for url in list(_queue_urls(sqs, prefix)):
         if url in keep:
             continue
-        try:
+        with _unless_gone(_missing_queue, f"check or delete {url}"):
             tags = sqs.list_queue_tags(QueueUrl=url).get("Tags") or {}
             if not expired(tags, now):
                 continue
             sqs.delete_queue(QueueUrl=url)
             deleted.append(url)
-        except ClientError as exc:
-            if not _missing_queue(exc):
-                log.warning("sweep: could not check or delete %s: %s", url, exc)
     removed: list[str] = []
     for topic_arn in topic_arns:
         try:
@@ -185,16 +183,23 @@ def sweep(sqs, sns, prefix: str, topic_arns: Iterable[str] = (), keep: Iterable[
             queue_name = endpoint.rsplit(":", 1)[-1]
             if sub.get("Protocol") != "sqs" or not arn.startswith("arn:") or not queue_name.startswith(prefix):
                 continue
-            try:
+            with _unless_gone(_missing_subscription, f"remove subscription {arn}"):
                 # Asked one by one: ListQueues is eventually consistent and may miss a new queue.
                 if _queue_exists(sqs, queue_name):
                     continue
                 sns.unsubscribe(SubscriptionArn=arn)
                 removed.append(arn)
-            except ClientError as exc:
-                if not _missing_subscription(exc):
-                    log.warning("sweep: could not remove subscription %s: %s", arn, exc)
     return deleted, removed
+
+
+@contextlib.contextmanager
+def _unless_gone(gone, what: str) -> Iterator[None]:
+    """A sweep step: an error that says the thing is already gone is none; others are logged."""
+    try:
+        yield
+    except ClientError as exc:
+        if not gone(exc):
+            log.warning("sweep: could not %s: %s", what, exc)
 
 
 # --- The process-wide registry of the dynamic queues this process holds --------------------------

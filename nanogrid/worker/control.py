@@ -12,9 +12,9 @@ def cancel_job(state, job_id: str) -> dict:
     A fast path only: the job record is already FAILED/cancelled when this is sent, so a worker
     that never hears it still stops the run when its next lease renewal is refused.
     """
-    from nanogrid.worker.tasks import services
+    from nanogrid import services
 
-    killed = services().sandbox.kill(job_id)
+    killed = services.current().sandbox.kill(job_id)
     return {"ok": "killed" if killed else "not running here"}
 
 

@@ -30,8 +30,12 @@ from nanogrid.ai.channel import Channel
 from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import code_key, tenant_of
-from nanogrid.jobs import FAILED
-from nanogrid.sandbox import Limits, RunSpec, classify, pid_alive
+from nanogrid.jobs import ErrorType, Status
+from nanogrid.jobs.records import error
+from nanogrid.limits import Limits
+from nanogrid.outcomes import Outcome, classify
+from nanogrid.host import pid_alive
+from nanogrid.sandbox import RunSpec
 from nanogrid.services import Services, worker_id
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,7 @@ def _run(services: Services, job_id: str) -> str:
     with LeaseKeeper(services, job_id, holder):
         fields = execute(services, job)
     done = services.jobs.finish(job_id, holder, **fields)
-    status = done["status"] if done else "lost"
+    status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
     error_type = ((done or fields).get("error") or {}).get("type")
     elapsed = time.monotonic() - started
     metrics.record_run(status, error_type, elapsed)
@@ -112,9 +116,9 @@ def execute(services: Services, job: dict) -> dict:
     try:
         bundle = fetch_code(services, job["function_id"], job["function_version"], tenant_of(job))
     except NotFound:
-        return failure("code_unavailable", "the function's code is gone (the function was deleted)")
+        return failure(ErrorType.CODE_UNAVAILABLE, "the function's code is gone (the function was deleted)")
     except Unavailable as exc:
-        return failure("code_unavailable", f"the code store did not answer: {exc}")
+        return failure(ErrorType.CODE_UNAVAILABLE, f"the code store did not answer: {exc}")
     sandbox = services.sandbox
     if getattr(sandbox, "current_version", False) is None:  # lets warm pools drop deleted or superseded code
         sandbox.watch_functions(functools.partial(latest_version, services))
@@ -134,7 +138,7 @@ def execute(services: Services, job: dict) -> dict:
                 raw = sandbox.run(run_spec)
                 call.run_ms = raw.duration_ms
     except Unavailable as exc:
-        return failure("sandbox_error", str(exc))
+        return failure(ErrorType.SANDBOX_ERROR, str(exc))
     finally:
         ai_usage = channel.close() if channel is not None else None
     outcome = classify(raw, limits)
@@ -245,17 +249,16 @@ def latest_version(services: Services, function_id: str) -> int | None:
         return None
 
 
-def ai_unavailable(outcome, raw) -> None:
+def ai_unavailable(outcome: Outcome, raw) -> None:
     """A function that let nanogrid_ai.AIUnavailable escape failed because the AI node is down: say so."""
-    if outcome.error is None or outcome.error["type"] != "runtime_error":
+    if outcome.error is None or outcome.error["type"] != ErrorType.RUNTIME_ERROR:
         return
     lines = raw.stderr.decode("utf-8", "replace").splitlines()
     last_line = next((line for line in reversed(lines) if line.strip()), "")
     match = AI_UNAVAILABLE.match(last_line.strip())
     if match:
-        outcome.error = {"type": "ai_unavailable",
-                         "message": f"the AI node is unavailable and the function did not handle it: "
-                                    f"{match.group(1)[:300]}"}
+        outcome.error = error(ErrorType.AI_UNAVAILABLE, "the AI node is unavailable and the function did not "
+                                                        f"handle it: {match.group(1)[:300]}")
 
 
 def fetch_code(services: Services, function_id: str, version: int, tenant: str) -> bytes:
@@ -269,5 +272,5 @@ def fetch_code(services: Services, function_id: str, version: int, tenant: str) 
     raise AssertionError("unreachable")
 
 
-def failure(error_type: str, message: str) -> dict:
-    return {"status": FAILED, "error": {"type": error_type, "message": message}}
+def failure(error_type: ErrorType, message: str) -> dict:
+    return {"status": Status.FAILED, "error": error(error_type, message)}

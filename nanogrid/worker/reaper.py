@@ -20,38 +20,37 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
 
 from celery import bootsteps
 
 from nanogrid.errors import NotFound
-from nanogrid.jobs import FAILED, LEASES, PENDING, TERMINAL
-from nanogrid.services import Services
+from nanogrid.jobs import TERMINAL, ErrorType, Status
+from nanogrid.jobs.records import error
+from nanogrid.services import Services, current as current_services
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, services: Services, dispatch: Callable[[str], None]):
+    def __init__(self, services: Services):
         self.services = services
-        self.dispatch = dispatch
 
     def run_once(self) -> None:
         now = time.time()
         jobs = self.services.jobs
-        for job_id in jobs.expired_leases(now):
+        for job_id in jobs.index.expired_leases(now):
             done = jobs.finish(
-                job_id, None, FAILED, only_if_lease_expired=True,
-                error={"type": "worker_lost",
-                       "message": "the worker running this job stopped before the job finished (crash or kill)"},
+                job_id, None, Status.FAILED, only_if_lease_expired=True,
+                error=error(ErrorType.WORKER_LOST,
+                            "the worker running this job stopped before the job finished (crash or kill)"),
             )
             if done is not None:
                 log.warning("job failed: worker lost", extra={"job_id": job_id})
             else:
                 self._forget_if_settled(job_id)
-        for job_id in jobs.unclaimed_due(now):
+        for job_id in jobs.index.unclaimed_due(now):
             self._redispatch(job_id)
-        running = {m.decode() for m in self.services.redis.zrange(LEASES, 0, -1)}
+        running = {job_id for job_id, _ in jobs.running()}
         removed = self.services.sandbox.remove_containers(keep=running)
         if removed:
             log.info("removed %d leftover sandboxes", removed)
@@ -63,19 +62,17 @@ class Reaper:
         except NotFound:
             jobs.forget(job_id)
             return
-        if job["status"] != PENDING:
+        if job["status"] != Status.PENDING:
             jobs.forget(job_id)
             return
         timeout_s = self.services.settings.pending_timeout_s
         if time.time() - job["created_at"] >= timeout_s:
-            jobs.finish(job_id, None, FAILED, error={
-                "type": "not_started",
-                "message": f"no worker started the job within {timeout_s:g} s ({job['dispatch_attempts']} dispatches)",
-            })
+            jobs.finish(job_id, None, Status.FAILED, error=error(
+                ErrorType.NOT_STARTED,
+                f"no worker started the job within {timeout_s:g} s ({job['dispatch_attempts']} dispatches)"))
             return
         log.warning("job not claimed in time, dispatching it again", extra={"job_id": job_id})
-        self.dispatch(job_id)
-        jobs.mark_dispatched(job_id)
+        jobs.redispatch(job_id)
 
     def _forget_if_settled(self, job_id: str) -> None:
         try:
@@ -96,11 +93,8 @@ class ReaperStep(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
 
     def start(self, worker) -> None:
-        from nanogrid.worker.celery_app import RUN_TASK
-        from nanogrid.worker.tasks import services
-
-        svc = services()
-        reaper = Reaper(svc, lambda job_id: worker.app.send_task(RUN_TASK, args=[job_id], ignore_result=True))
+        svc = current_services()
+        reaper = Reaper(svc)
 
         def loop() -> None:
             while True:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 
 from celery import shared_task
 
-from nanogrid.config import Settings
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import archive_key, code_key, tenant_of
-from nanogrid.jobs import SUCCESS
+from nanogrid.jobs import Status
 from nanogrid.keys import DEFAULT_TENANT
-from nanogrid.services import Services
+from nanogrid.services import current as services
+from nanogrid.task_names import ARCHIVE_TASK, RUN_TASK
 from nanogrid.worker import execute
-from nanogrid.worker.celery_app import ARCHIVE_TASK, RUN_TASK
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def services() -> Services:
-    return Services(Settings.from_env())
 
 
 # When this process last queued each version's archive task: once is enough (store_once is
@@ -36,7 +29,7 @@ ARCHIVE_RESEND_S = 600
 @shared_task(name=RUN_TASK, bind=True, ignore_result=True)
 def run_job(self, job_id: str) -> str:
     status = execute.run(services(), job_id)
-    if status == SUCCESS and services().archive is not None:
+    if status == Status.SUCCESS and services().archive is not None:
         job = services().jobs.get(job_id)
         version = (tenant_of(job), job["function_id"], job["function_version"])
         if time.monotonic() - _archive_queued.get(version, -ARCHIVE_RESEND_S) >= ARCHIVE_RESEND_S:

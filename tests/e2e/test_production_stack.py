@@ -22,6 +22,8 @@ from google.cloud import storage as gcs
 
 from nanogrid.config import Settings
 from nanogrid.storage.provision import ensure_resources
+from nanogrid.task_names import RUN_TASK
+from nanogrid.transport.broker import Broker
 from services import free_port, job_containers, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
@@ -157,14 +159,21 @@ def test_a_run_three_times_longer_than_the_visibility_timeout_executes_once(stac
     assert run_starts(stack, job["job_id"]) == 1
 
 
-def test_a_duplicate_message_does_not_run_the_job_again(stack):
-    from nanogrid.worker.celery_app import RUN_TASK, make_celery
+def worker_lines(stack, job_id: str, text: str) -> int:
+    lines = (stack["workdir"] / "worker.log").read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if text in line and job_id in line)
 
+
+def test_a_duplicate_message_does_not_run_the_job_again(stack):
     function_id = deploy(stack, "prod-dup", "def handler(event, context):\n    return 1\n")
     job = run(stack, function_id)
     assert job["status"] == "SUCCESS"
-    make_celery(stack["settings"]).send_task(RUN_TASK, args=[job["job_id"]])
-    time.sleep(5)
+    Broker(stack["settings"]).send(RUN_TASK, [job["job_id"]])
+    # Delivered and refused: the worker says so, which proves the duplicate reached it.
+    deadline = time.monotonic() + 60
+    while not worker_lines(stack, job["job_id"], "message dropped"):
+        assert time.monotonic() < deadline, "the duplicate message never reached a worker\n" + stack["log_tail"]()
+        time.sleep(0.2)
     assert run_starts(stack, job["job_id"]) == 1
     assert wait_terminal(stack, job["job_id"], 1)["finished_at"] == job["finished_at"]
 

@@ -18,12 +18,11 @@ Everything is read from the source at test time, so the checks follow the code a
   service. Only there: elsewhere `self.s3` may well be a blob store, not a client.
   transport_misses() lists the calls there whose method is an SQS or SNS operation but which
   no rule attributed to a client, so a new way of reaching a client cannot go unseen;
-- environment reads: os.environ / os.getenv / env.get("X"), the config reader's
-  read.str/int/float/choice("X") and read.limit("X") (two names), and name tuples tested against
-  the environment in a comprehension. The name may be a literal or a module-level string
-  constant (PORT_ENV = "NANOGRID_WORKER_METRICS_PORT"; env.get(PORT_ENV)), of the module itself or
-  imported from another (from nanogrid.metrics import PORT_ENV, metrics.PORT_ENV). A read whose
-  name is neither is reported as dynamic, for every environment-like receiver.
+- environment reads: Settings (nanogrid.config) declares every variable it reads and is asked for
+  them; anywhere else, os.environ / os.getenv / env.get("X") and name tuples tested against the
+  environment in a comprehension are found in the source, so a read outside Settings shows up. The
+  name may be a literal or a module-level string constant, of the module itself or imported from
+  another. A read whose name is neither is reported as dynamic, for every environment-like receiver.
 """
 
 from __future__ import annotations
@@ -61,10 +60,10 @@ TRANSPORT_SERVICES = ("sqs", "sns")
 # self.fanout.subscriptions.subscribe_queue(...)) are kombu's, not clients', and the AWS calls they
 # make are on the test's list of kombu's actions, each checked against kombu's source.
 KOMBU_HELPERS = {"fanout", "subscriptions"}
-ENV_RECEIVERS = {"os.environ", "environ", "env", "self.env", "read", "os"}
-ENV_METHODS = {"get", "str", "int", "float", "choice", "pop", "setdefault", "getenv", "bool"}
+ENV_RECEIVERS = {"os.environ", "environ", "env", "self.env", "os"}
+ENV_METHODS = {"get", "pop", "setdefault", "getenv"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
-READER_ENV = "self.env"  # the environment inside nanogrid.config's reader (read.str("X") and friends)
+CONFIG_MODULE = "nanogrid.config"  # Settings: the one reader of the environment
 
 
 # --- botocore ------------------------------------------------------------------------------------
@@ -380,19 +379,6 @@ def script_calls(path: Path):
 # --- Environment reads ------------------------------------------------------------------------------
 
 
-def _limit_templates(modules: dict[str, SourceModule]) -> list[tuple[str, str]]:
-    """(prefix, suffix) pairs of the f-strings in a `def limit(self, suffix, ...)` reader method."""
-    templates = []
-    for module in modules.values():
-        for node in ast.walk(module.tree):
-            if isinstance(node, ast.FunctionDef) and node.name == "limit":
-                for js in (n for n in ast.walk(node) if isinstance(n, ast.JoinedStr)):
-                    parts = js.values
-                    if len(parts) == 2 and isinstance(parts[0], ast.Constant) and isinstance(parts[1], ast.FormattedValue):
-                        templates.append((parts[0].value, ""))
-    return templates
-
-
 def _module_constants(tree: ast.Module) -> dict[str, str]:
     """Module-level NAME = "string" bindings."""
     found: dict[str, str] = {}
@@ -441,24 +427,20 @@ def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[s
     string constant the scan can resolve."""
     reads: dict[str, list[str]] = {}
     dynamic: list[str] = []
-    limit_prefixes = [p for p, _ in _limit_templates(modules)]
 
     def note(name: str, where: str) -> None:
         reads.setdefault(name, []).append(where)
 
     for module_name in sorted(names):
+        if module_name == CONFIG_MODULE:
+            # Settings declares every variable it reads in one table: ask it.
+            from nanogrid.config import Settings
+
+            for name in Settings.environment_names():
+                note(name, CONFIG_MODULE)
+            continue
         tree = modules[module_name].tree
         constants, aliases = _constant_scope(modules[module_name], modules)
-        # The config reader's own self.env.get(name) passes on the name its callers give, and
-        # those calls (read.str("X"), ...) are scanned: a parameter there is not a dynamic read.
-        passed_on: set[int] = set()
-        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
-            params = {a.arg for a in function.args.args + function.args.kwonlyargs}
-            for inner in ast.walk(function):
-                if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
-                        and _dotted(inner.func.value) == READER_ENV and inner.args
-                        and isinstance(inner.args[0], ast.Name) and inner.args[0].id in params):
-                    passed_on.add(id(inner))
 
         def resolve(expr: ast.AST | None) -> str | None:
             if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
@@ -476,15 +458,12 @@ def env_reads(modules: dict[str, SourceModule], names: set[str]) -> tuple[dict[s
                 method = node.func.attr
                 first = node.args[0] if node.args else None
                 literal = resolve(first)
-                if method == "limit" and receiver == "read" and literal:
-                    for prefix in limit_prefixes:
-                        note(prefix + literal, where)
-                elif method in ENV_METHODS and receiver in ENV_RECEIVERS:
+                if method in ENV_METHODS and receiver in ENV_RECEIVERS:
                     if receiver == "os" and method != "getenv":
                         continue
                     if literal and ENV_NAME.match(literal):
                         note(literal, where)
-                    elif first is not None and literal is None and id(node) not in passed_on:
+                    elif first is not None and literal is None:
                         dynamic.append(where)
             elif isinstance(node, ast.Subscript) and _dotted(node.value) in ("os.environ", "env", "environ"):
                 if isinstance(node.ctx, ast.Load):

@@ -40,7 +40,7 @@ PROCESSES = {
         "iam": "controller",
     },
     "publisher": {
-        "entries": ["nanogrid.scaling"],
+        "entries": ["nanogrid.scaling.__main__"],
         "role": "controller", "env": "controller.env.j2",
         "unit": "controller/templates/nanogrid-scaling-publisher.service.j2", "exec": "-m nanogrid.scaling publish",
         "iam": "controller",
@@ -145,6 +145,13 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_REDISPATCH_AFTER_S": "re-dispatch of unclaimed jobs; default 300 s",
     "NANOGRID_PENDING_TIMEOUT_S": "how long a job may wait unstarted before it fails; default 6 h",
     "NANOGRID_BIND": "gunicorn bind; derived from NANOGRID_HOST:NANOGRID_PORT",
+    "NANOGRID_API_WORKERS": "gunicorn worker processes of the API, default 2 (one per core of the controller type)",
+    "NANOGRID_API_THREADS": "threads per API worker, default 16: each synchronous run request holds one while it waits",
+    "NANOGRID_URL": "the CLI's way to a running API (nanogrid deploy|invoke|job); no service reads it",
+    "NANOGRID_API_KEY": "the CLI's API key; no service reads it",
+    "FLOWER_BASIC_AUTH": "Flower's own authentication, checked by `nanogrid flower`; on the fleet Flower listens on "
+                         "localhost only (test_flower_listens_on_localhost) and is reached through an SSH tunnel",
+    "FLOWER_AUTH": "Flower's OAuth alternative to FLOWER_BASIC_AUTH (see there)",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
     "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
     "NANOGRID_LOG_FORMAT": "json (the default) writes one object per line for the journal; text is for a terminal",
@@ -179,7 +186,7 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_WARM_MAX_CONTAINERS": WARM_POOL_REASON,
     "NANOGRID_WARM_MEMORY_BUDGET_MB": WARM_POOL_REASON,
     "NANOGRID_TASK_EVENTS": "Celery task events from the start, off by default because they cost CPU on every run "
-                            "(nanogrid/worker/celery_app.py); Flower on the controllers turns worker events on in "
+                            "(nanogrid/transport/app.py); Flower on the controllers turns worker events on in "
                             "the workers it watches (its --enable_events default), which is when anything reads them",
 }
 RUN_LIMITS_REASON = "per-run sandbox limits (NANOGRID_DEFAULT_x / NANOGRID_MAX_x); the defaults in nanogrid/config.py are the documented ones"
@@ -195,6 +202,9 @@ OPTIONAL_BY_PROCESS = {
         "NANOGRID_WORKER_CONCURRENCY": "only workers consume the queue",
     },
     "worker": {
+        "NANOGRID_WORKER_ASG": "only the scaling publisher on the controllers reads the worker group",
+        "NANOGRID_METRIC_NAMESPACE": "only the scaling publisher on the controllers publishes the backlog metric",
+        "NANOGRID_BACKLOG_METRIC": "only the scaling publisher on the controllers publishes the backlog metric",
         "NANOGRID_HOST": "only the API listens",
         "NANOGRID_PORT": "only the API listens",
         "NANOGRID_KEYS_TABLE": "only the API and `nanogrid keys` (run on a controller, with controller.env) use the "
@@ -515,11 +525,25 @@ def dynamodb_table_actions(modules) -> dict[str, set[str]]:
     wrappers = codescan.client_wrappers(modules)
     table = next(n for n in module.tree.body if isinstance(n, ast.ClassDef) and n.name == "DynamoDBTable")
     actions: dict[str, set[str]] = {}
-    for method in (n for n in table.body if isinstance(n, ast.FunctionDef)):
+    helpers: dict[str, set[str]] = {}  # method -> the methods of the class it calls (self.x(...))
+    methods = [n for n in table.body if isinstance(n, ast.FunctionDef)]
+    for method in methods:
         # One method at a time; the wrappers map knows self._dynamodb() returns a DynamoDB client.
         calls, problems = codescan.api_calls(module.name, method, wrappers)
         assert not problems, problems
         actions[method.name] = set(codescan.actions_of(calls))
+        helpers[method.name] = {node.func.attr for node in ast.walk(method)
+                                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                                and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"}
+    # What a method's own helpers call counts as its own (insert and replace write through _put_if).
+    changed = True
+    while changed:
+        changed = False
+        for name, called in helpers.items():
+            for helper in called & set(actions):
+                if not actions[helper] <= actions[name]:
+                    actions[name] |= actions[helper]
+                    changed = True
     return actions
 
 
@@ -549,10 +573,10 @@ def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules):
 def test_the_api_reads_the_queue_depth_it_is_granted(modules):
     """Backpressure (NANOGRID_MAX_QUEUE_DEPTH) reads the task queue's depth from the API process:
     sqs:GetQueueAttributes on the task queue is granted to the controller role."""
-    calls, problems = codescan.calls_in(modules, {"nanogrid.api.ratelimit"})
+    calls, problems = codescan.calls_in(modules, {"nanogrid.transport.depth"})
     assert not problems, problems
     assert "sqs:GetQueueAttributes" in codescan.actions_of(calls)
-    assert "nanogrid.api.ratelimit" in process_modules(modules, "api")
+    assert {"nanogrid.api.ratelimit", "nanogrid.transport.depth"} <= process_modules(modules, "api")
     assert "sqs:GetQueueAttributes" in granted_on("controller", root_default("celery_sns_fanout"), "${var.task_queue.arn}")
 
 
@@ -730,8 +754,9 @@ def test_the_worker_metrics_exporter_stays_on_the_instance(modules):
     """Nothing in the architecture scrapes the workers' exporter (no Prometheus), so it keeps its
     loopback default, no template moves it, and no security group opens its port
     (test_terraform checks the worker group has no ingress at all)."""
-    constants = codescan._module_constants(modules["nanogrid.metrics"].tree)
-    assert constants["DEFAULT_WORKER_HOST"] == "127.0.0.1"
+    from nanogrid.config import Settings
+
+    assert Settings.worker_metrics_host == "127.0.0.1"
     for process in PROCESSES:
         rendered = render_env(process)
         assert "NANOGRID_WORKER_METRICS_HOST" not in rendered, process

@@ -8,12 +8,13 @@ import pytest
 
 from fleetlib import TRACES, root_default
 from nanogrid import scaling
+from nanogrid.scaling import publisher, simulator
 
 TRACE_FILES = [TRACES / "steady.csv", TRACES / "burst.csv", TRACES / "daily.csv"]
 
 
 def test_fleet_figures_equal_the_terraform_defaults():
-    fleet = scaling.FLEET
+    fleet = simulator.FLEET
     expected = {
         "min_size": "worker_min_size",
         "desired_capacity": "worker_desired_capacity",
@@ -26,9 +27,6 @@ def test_fleet_figures_equal_the_terraform_defaults():
         "cooldown_s": "scaling_cooldown_seconds",
         "backlog_target_per_instance": "backlog_target_per_instance",
         "instance_warmup_s": "instance_warmup_seconds",
-        "metric_namespace": "metric_namespace",
-        "backlog_metric_name": "backlog_metric_name",
-        "queue_name": "task_queue_name",
     }
     assert set(expected) == {f.name for f in dataclasses.fields(fleet)}
     for attribute, variable in expected.items():
@@ -39,15 +37,22 @@ def test_fleet_figures_equal_the_terraform_defaults():
     assert fleet.scale_in_evaluation_periods * fleet.alarm_period_s == 180
 
 
+def test_the_publishers_metric_is_the_one_terraform_scales_on():
+    from nanogrid.config import Settings
+
+    assert Settings.metric_namespace == root_default("metric_namespace")
+    assert Settings.backlog_metric == root_default("backlog_metric_name")
+
+
 def test_model_defaults_match_the_platform():
     from nanogrid.config import Settings
 
-    assert scaling.Model().concurrency == Settings().worker_concurrency
-    assert scaling.Model().boot_s == scaling.FLEET.instance_warmup_s
+    assert simulator.Model().concurrency == Settings().worker_concurrency
+    assert simulator.Model().boot_s == simulator.FLEET.instance_warmup_s
 
 
 def test_traces_load():
-    steady, burst, daily = (scaling.load_trace(p) for p in TRACE_FILES)
+    steady, burst, daily = (simulator.load_trace(p) for p in TRACE_FILES)
     assert steady.jobs == 720 and steady.duration_s == 7200
     assert burst.jobs == 1000 and burst.rows == ((60, 1000, 0),)
     assert daily.duration_s == 86400 and 5000 < daily.jobs < 10000
@@ -61,44 +66,44 @@ def test_bad_trace_rows_are_rejected(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("t_s,jobs\n0,x\n")
     with pytest.raises(ValueError, match="bad.csv:2"):
-        scaling.load_trace(bad)
+        simulator.load_trace(bad)
     assert scaling.main(["simulate", "--trace", str(bad)]) == 2
     empty = tmp_path / "empty.csv"
     empty.write_text("# nothing\n")
     with pytest.raises(ValueError, match="no arrivals"):
-        scaling.load_trace(empty)
+        simulator.load_trace(empty)
 
 
 @pytest.fixture(scope="module")
 def results():
     out = {}
     for path in TRACE_FILES:
-        trace = scaling.load_trace(path)
-        for policy in scaling.POLICIES:
-            out[trace.name, policy] = scaling.simulate(trace, policy)
+        trace = simulator.load_trace(path)
+        for policy in simulator.POLICIES:
+            out[trace.name, policy] = simulator.simulate(trace, policy)
     return out
 
 
 def test_every_job_runs_and_the_group_stays_within_its_bounds(results):
     for (trace, policy), result in results.items():
         assert result.jobs > 0
-        assert scaling.FLEET.min_size <= result.max_workers <= scaling.FLEET.max_size, (trace, policy)
-        minimum = scaling.FLEET.min_size * result.window_s / 60
+        assert simulator.FLEET.min_size <= result.max_workers <= simulator.FLEET.max_size, (trace, policy)
+        minimum = simulator.FLEET.min_size * result.window_s / 60
         assert result.instance_minutes >= minimum - 1, (trace, policy)
 
 
 def test_steady_load_below_capacity_does_not_scale(results):
-    for policy in scaling.POLICIES:
+    for policy in simulator.POLICIES:
         result = results["steady", policy]
-        assert result.max_workers == scaling.FLEET.min_size
-        assert result.peak_backlog < scaling.FLEET.scale_out_threshold
-        assert result.instance_minutes == pytest.approx(scaling.FLEET.min_size * result.window_s / 60)
+        assert result.max_workers == simulator.FLEET.min_size
+        assert result.peak_backlog < simulator.FLEET.scale_out_threshold
+        assert result.instance_minutes == pytest.approx(simulator.FLEET.min_size * result.window_s / 60)
 
 
 def test_a_burst_scales_out_to_the_maximum_and_drains(results):
-    for policy in scaling.POLICIES:
+    for policy in simulator.POLICIES:
         result = results["burst", policy]
-        assert result.max_workers == scaling.FLEET.max_size
+        assert result.max_workers == simulator.FLEET.max_size
         assert result.peak_backlog >= 990
         # 1,000 runs of 30 s on 10 slots take 50 min at the very least; on the 4 slots of the
         # minimum group they would take 125 min.
@@ -107,18 +112,18 @@ def test_a_burst_scales_out_to_the_maximum_and_drains(results):
 
 def test_step_policy_adds_one_worker_per_cooldown():
     """A burst under the step policy: +1 at a time, each after the previous one's cooldown."""
-    trace = scaling.Trace("one-burst", 3600, ((0, 400, 0),))
-    fast = scaling.simulate(trace, scaling.STEP, scaling.Model(boot_s=60, launch_s=60))
-    slow = scaling.simulate(trace, scaling.STEP, scaling.Model(boot_s=60, launch_s=60),
-                            dataclasses.replace(scaling.FLEET, cooldown_s=1800))
-    assert fast.max_workers == scaling.FLEET.max_size
+    trace = simulator.Trace("one-burst", 3600, ((0, 400, 0),))
+    fast = simulator.simulate(trace, simulator.STEP, simulator.Model(boot_s=60, launch_s=60))
+    slow = simulator.simulate(trace, simulator.STEP, simulator.Model(boot_s=60, launch_s=60),
+                            dataclasses.replace(simulator.FLEET, cooldown_s=1800))
+    assert fast.max_workers == simulator.FLEET.max_size
     assert slow.max_workers < fast.max_workers
     assert slow.drain_s > fast.drain_s
 
 
 def test_simulation_is_deterministic():
-    trace = scaling.load_trace(TRACES / "burst.csv")
-    assert scaling.simulate(trace, scaling.TARGET) == scaling.simulate(trace, scaling.TARGET)
+    trace = simulator.load_trace(TRACES / "burst.csv")
+    assert simulator.simulate(trace, simulator.TARGET) == simulator.simulate(trace, simulator.TARGET)
 
 
 def test_simulate_command_prints_the_table(capsys):
@@ -146,7 +151,7 @@ def fake_aws(monkeypatch):
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "ap-northeast-2"}.items():
         monkeypatch.setenv(key, value)
-    from nanogrid.storage import aws
+    from nanogrid import aws
 
     aws._clients.clear()
     with moto.mock_aws():
@@ -174,20 +179,25 @@ def test_publisher_sends_backlog_per_in_service_worker(fake_aws):
         AutoScalingGroupName="nanogrid-workers", MinSize=2, MaxSize=5, DesiredCapacity=3,
         LaunchTemplate={"LaunchTemplateId": template}, AvailabilityZones=[f"{region}a"],
     )
-    settings = Settings(sqs_queue_url=url, aws_region=region, broker_url="sqs://")
-    config = scaling.PublisherConfig.from_env({"NANOGRID_WORKER_ASG": "nanogrid-workers"})
-    sample = scaling.publish_once(settings, config)
+    settings = Settings(sqs_queue_url=url, aws_region=region, broker_url="sqs://", worker_asg="nanogrid-workers")
+    sample = publisher.publish_once(settings)
     assert sample == {"visible": 9, "in_service": 3, "backlog_per_instance": 3.0}
     cloudwatch = boto3.client("cloudwatch", region_name=region)
-    metrics = cloudwatch.list_metrics(Namespace=scaling.FLEET.metric_namespace)["Metrics"]
+    metrics = cloudwatch.list_metrics(Namespace=settings.metric_namespace)["Metrics"]
     names = {m["MetricName"] for m in metrics}
-    assert names == {scaling.FLEET.backlog_metric_name, "QueueBacklog", "InServiceWorkers"}
+    assert names == {settings.backlog_metric, "QueueBacklog", "InServiceWorkers"}
     for metric in metrics:
         assert metric["Dimensions"] == [{"Name": "QueueName", "Value": "nanogrid-task-queue"}]
 
 
-def test_publisher_needs_the_group_name():
-    with pytest.raises(SystemExit, match="NANOGRID_WORKER_ASG"):
-        scaling.PublisherConfig.from_env({})
-    config = scaling.PublisherConfig.from_env({"NANOGRID_WORKER_ASG": "g", "NANOGRID_SCALING_INTERVAL_S": "15"})
-    assert config.interval_s == 15 and config.namespace == "NanoGrid"
+def test_publisher_needs_the_queue_and_the_group_name(capsys):
+    from nanogrid.config import Settings
+
+    assert publisher.run(Settings(worker_asg="g"), once=True) == 2
+    assert "SQS_QUEUE_URL" in capsys.readouterr().err
+    queue = {"SQS_QUEUE_URL": "http://sqs.local/123/nanogrid-task-queue"}
+    assert publisher.run(Settings.from_env(queue), once=True) == 2
+    assert capsys.readouterr().err.strip() == ("error: scaling publish needs NANOGRID_WORKER_ASG "
+                                               "(the worker Auto Scaling group's name)")
+    settings = Settings.from_env({**queue, "NANOGRID_WORKER_ASG": "g", "NANOGRID_SCALING_INTERVAL_S": "15"})
+    assert (settings.scaling_interval_s, settings.metric_namespace) == (15, "NanoGrid")

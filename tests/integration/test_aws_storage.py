@@ -17,7 +17,8 @@ from services import DUMMY_AWS_ENV, free_port
 from nanogrid import storage
 from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound, Unavailable
-from nanogrid.storage import aws, gcs
+from nanogrid import aws
+from nanogrid.storage import gcs
 from nanogrid.storage.dynamodb import DynamoDBTable
 from nanogrid.storage.gcs import GCSArchive
 from nanogrid.storage.provision import ensure_resources

@@ -21,7 +21,9 @@ import uuid
 import pytest
 
 from nanogrid import bundles
-from nanogrid.sandbox import LABEL_INSTANCE, LABEL_JOB, LABEL_WARM, Limits, RunSpec, classify
+from nanogrid.limits import Limits
+from nanogrid.outcomes import classify
+from nanogrid.sandbox import LABEL_INSTANCE, LABEL_JOB, LABEL_WARM, RunSpec
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.services import Services
 from nanogrid.worker import execute

@@ -10,6 +10,9 @@ import time
 import pytest
 
 from nanogrid import logs
+from nanogrid.config import ConfigError, Settings
+from nanogrid.task_names import RUN_TASK
+from nanogrid.worker import logs as worker_logs
 from test_metrics import FAILS, OK, Stack
 
 pytestmark = pytest.mark.integration
@@ -48,23 +51,23 @@ def test_scope_and_extra_carry_the_run_ids_and_nothing_else():
 
 
 def test_job_scope_joins_the_task_scope_so_celerys_result_line_has_the_function():
-    logs.task_started(task_id="t-1", task=type("T", (), {"name": logs.RUN_TASK}), args=["j-9"])
+    worker_logs.task_started(task_id="t-1", task=type("T", (), {"name": RUN_TASK}), args=["j-9"])
     try:
         with logs.job_scope("j-9"):
             logs.bind(function_id="fn-9")
         # Celery writes "Task ... succeeded" after the task function returned, before task_postrun.
-        doc = as_json(record("Task %(name)s[%(id)s] succeeded", ({"name": logs.RUN_TASK, "id": "t-1"},)))
+        doc = as_json(record("Task %(name)s[%(id)s] succeeded", ({"name": RUN_TASK, "id": "t-1"},)))
         assert (doc["job_id"], doc["function_id"], doc["task_id"]) == ("j-9", "fn-9", "t-1")
     finally:
-        logs.task_ended(task_id="t-1")
+        worker_logs.task_ended(task_id="t-1")
     assert logs.current() == {}
 
 
 def test_celery_receipt_line_names_the_job():
-    data = {"id": "t-2", "name": logs.RUN_TASK, "args": "('0b5f4d5e-6a55-4bb0-9a3e-2c1a9d2a9f10',)", "kwargs": "{}"}
+    data = {"id": "t-2", "name": RUN_TASK, "args": "('0b5f4d5e-6a55-4bb0-9a3e-2c1a9d2a9f10',)", "kwargs": "{}"}
     doc = as_json(record("Task %(name)s[%(id)s] received", (data,), name="celery.worker.strategy", data=data))
     assert doc["job_id"] == "0b5f4d5e-6a55-4bb0-9a3e-2c1a9d2a9f10" and doc["task_id"] == "t-2"
-    assert doc["message"] == f"Task {logs.RUN_TASK}[t-2] received"
+    assert doc["message"] == f"Task {RUN_TASK}[t-2] received"
 
 
 def test_gunicorn_access_line_is_structured_without_query_string():
@@ -88,9 +91,11 @@ def test_exceptions_stay_on_one_line():
 def test_text_format_and_setting():
     with logs.scope(job_id="j-3", function_id="fn-3"):
         assert logs.TextFormatter().format(record()).endswith("hello world [job_id=j-3 function_id=fn-3]")
-    assert logs.log_format({}) == "json" and logs.log_format({logs.FORMAT_ENV: "TEXT"}) == "text"
-    with pytest.raises(ValueError, match=logs.FORMAT_ENV):
-        logs.log_format({logs.FORMAT_ENV: "xml"})
+    assert Settings.from_env({}).log_format == "json"
+    assert Settings.from_env({"NANOGRID_LOG_FORMAT": "TEXT"}).log_format == "text"
+    assert isinstance(logs.formatter("text"), logs.TextFormatter) and isinstance(logs.formatter("json"), logs.JsonFormatter)
+    with pytest.raises(ConfigError, match="NANOGRID_LOG_FORMAT='xml': expected one of json, text"):
+        Settings.from_env({"NANOGRID_LOG_FORMAT": "xml"})
 
 
 # --- Real processes ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nanogrid import metrics
 from nanogrid.api import create_app
-from nanogrid.config import Settings
+from nanogrid.config import ConfigError, Settings
 from nanogrid.services import Services
 from services import free_port, wait_for_http
 
@@ -206,23 +207,41 @@ def test_error_type_labels_stay_bounded():
 
 
 def test_worker_port_setting():
-    assert metrics.worker_port({}) == metrics.DEFAULT_WORKER_PORT == 9808
-    assert metrics.worker_port({metrics.PORT_ENV: "0"}) == 0
+    assert Settings.from_env({}).worker_metrics_port == 9808
+    assert Settings.from_env({"NANOGRID_WORKER_METRICS_PORT": "0"}).worker_metrics_port == 0
     for bad in ("http", "70000", "-1"):
-        with pytest.raises(ValueError, match=metrics.PORT_ENV):
-            metrics.worker_port({metrics.PORT_ENV: bad})
+        with pytest.raises(ConfigError, match="NANOGRID_WORKER_METRICS_PORT"):
+            Settings.from_env({"NANOGRID_WORKER_METRICS_PORT": bad})
 
 
 def test_private_dir_only_when_the_operator_set_none(tmp_path):
     env: dict[str, str] = {}
-    made = metrics.prepare_multiproc_dir(env)
+    made = metrics.prepare_multiproc_dir(Settings.from_env(env), env)
     try:
         assert made and Path(made).is_dir() and env[metrics.MULTIPROC_ENV] == env[metrics.PRIVATE_ENV] == made
         assert oct(Path(made).stat().st_mode & 0o777) == "0o700"
+        assert Path(made).name.startswith(f"{metrics.PRIVATE_DIR_PREFIX}{os.getpid()}-")  # its owner
     finally:
         os.rmdir(made)
     operator = {metrics.MULTIPROC_ENV: str(tmp_path)}
-    assert metrics.prepare_multiproc_dir(operator) == str(tmp_path) and metrics.PRIVATE_ENV not in operator
+    assert metrics.prepare_multiproc_dir(Settings.from_env(operator), operator) == str(tmp_path)
+    assert metrics.PRIVATE_ENV not in operator
+
+
+def test_a_dead_owners_private_dir_is_removed_by_the_next_one(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"{metrics.PRIVATE_DIR_PREFIX}{dead.pid}-"))
+    (left / "counter_1.db").write_bytes(b"x")
+    mine = Path(tempfile.mkdtemp(prefix=f"{metrics.PRIVATE_DIR_PREFIX}{os.getpid()}-"))
+    env: dict[str, str] = {}
+    made = metrics.prepare_multiproc_dir(Settings.from_env(env), env)
+    try:
+        assert not left.exists(), "a killed service's directory stays behind"
+        assert mine.is_dir(), "a live process's directory was removed"
+    finally:
+        os.rmdir(made)
+        os.rmdir(mine)
 
 
 # --- Real processes --------------------------------------------------------------------------------

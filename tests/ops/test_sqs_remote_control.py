@@ -27,11 +27,11 @@ import requests
 
 from nanogrid import bundles
 from nanogrid.config import Settings
-from nanogrid.jobs import SUCCESS
+from nanogrid.jobs import Status
 from nanogrid.services import Services
 from nanogrid.transport import DYNAMIC_PREFIX
 from nanogrid.transport.sqs import TAG_DYNAMIC, TAG_HEARTBEAT, TAG_TTL, registry, sweep
-from nanogrid.worker.celery_app import make_celery
+from nanogrid.transport.app import make_celery
 from services import free_port, wait_for_http
 
 pytestmark = pytest.mark.integration
@@ -280,7 +280,7 @@ def test_inspect_active_shows_a_running_task(workers, sqs_env):
 
     [(node, task)] = eventually(running, 30, "the task shows in inspect active", interval_s=0)
     assert task["name"] == "nanogrid.run_job" and task["args"] == [job["job_id"]]
-    eventually(lambda: services.jobs.get(job["job_id"])["status"] == SUCCESS, 60, "the job succeeds")
+    eventually(lambda: services.jobs.get(job["job_id"])["status"] == Status.SUCCESS, 60, "the job succeeds")
 
 
 def test_control_pool_grow_and_shrink(workers, sqs_env):

@@ -13,8 +13,10 @@ import pytest
 
 from nanogrid import cli, status
 from nanogrid.config import Settings
-from nanogrid.jobs import FAILED, FAILURES, FAILURES_KEPT
+from nanogrid.jobs import Status
+from nanogrid.jobs.index import FAILURES, FAILURES_KEPT
 from nanogrid.services import Services
+from nanogrid.transport.depth import queue_depth
 from test_metrics import FAILS, REPO, SLEEPS, Stack
 
 pytestmark = pytest.mark.integration
@@ -75,9 +77,9 @@ def test_recent_failures_are_capped_and_newest_first(local_settings):
     ids = []
     for i in range(FAILURES_KEPT + 5):
         job = svc.jobs.create(function, {"i": i})
-        svc.jobs.finish(job["job_id"], None, FAILED, error={"type": "cancelled", "message": "x" * 1000})
+        svc.jobs.finish(job["job_id"], None, Status.FAILED, error={"type": "cancelled", "message": "x" * 1000})
         ids.append(job["job_id"])
-    svc.jobs.finish(ids[0], None, FAILED, error={"type": "cancelled", "message": "again"})  # refused: already FAILED
+    svc.jobs.finish(ids[0], None, Status.FAILED, error={"type": "cancelled", "message": "again"})  # refused: already FAILED
     kept = [json.loads(raw) for raw in svc.redis.lrange(FAILURES, 0, -1)]
     assert len(kept) == FAILURES_KEPT
     assert [k["job_id"] for k in kept] == ids[::-1][:FAILURES_KEPT]
@@ -93,8 +95,8 @@ def test_queue_depth_on_sqs(moto_server, redis_url):
     sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)  # one in flight
     settings = Settings.from_env({"SQS_QUEUE_URL": url, "AWS_ENDPOINT_URL": moto_server, "AWS_REGION": "us-east-1",
                                   "NANOGRID_REDIS_URL": redis_url})
-    assert status.queue_depth(settings) == {"broker": "sqs", "queue": url.rsplit("/", 1)[-1], "visible": 2,
-                                            "in_flight": 1}
+    assert queue_depth(settings).document() == {"broker": "sqs", "queue": url.rsplit("/", 1)[-1], "visible": 2,
+                                                "in_flight": 1}
 
 
 # --- nanogrid flower -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from services import free_port
 
 from nanogrid.api import ratelimit
 from nanogrid.config import Settings
-from nanogrid.jobs import queued_key, running_key
+from nanogrid.jobs.index import queued_key, running_key
 
 
 def deploy(app, headers, name="quota-fn"):

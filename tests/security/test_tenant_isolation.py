@@ -15,7 +15,7 @@ import pytest
 from openapi_check import conforms
 
 from nanogrid.functions import code_key
-from nanogrid.jobs import queued_key, status_key
+from nanogrid.jobs.index import queued_key, status_key
 from nanogrid.worker import execute
 
 HANDLER = "def handler(event, context):\n    return {'doubled': event * 2}\n"

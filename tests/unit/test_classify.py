@@ -9,8 +9,10 @@ import time
 import pytest
 
 from nanogrid.config import Limit, Settings
-from nanogrid.sandbox import (EXIT, FRAME_HEADER, REQUEST, RESULT, STDERR, STDOUT, FrameReader, LimitError, Limits,
-                              RawRun, RunSpec, classify, instance_id, request_frame)
+from nanogrid.limits import LimitError, Limits
+from nanogrid.outcomes import classify
+from nanogrid.sandbox import RawRun, RunSpec, instance_id
+from nanogrid.sandbox.protocol import EXIT, FRAME_HEADER, REQUEST, RESULT, STDERR, STDOUT, FrameReader, request_frame
 
 LIMITS = Limits(timeout_s=5, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=1000)
@@ -91,7 +93,7 @@ def test_a_hostile_result_is_an_invalid_result(payload, message):
     reader.feed(frame(RESULT, payload) + json_frame(EXIT, {"exit_code": 0, "signal": None}))
     assert not reader.garbled
     raw = RawRun()
-    reader.fill(raw)
+    raw.add_frames(reader)
     outcome = classify(raw, LIMITS)
     assert outcome.error["type"] == "invalid_result" and message in outcome.error["message"]
 
@@ -109,7 +111,7 @@ def test_fill_takes_the_runners_accounting():
     reader = FrameReader(1000)
     reader.feed(json_frame(EXIT, {"exit_code": 0, "signal": None, "max_rss_kb": 2048, "cpu_ms": 17}))
     raw = RawRun()
-    reader.fill(raw)
+    raw.add_frames(reader)
     assert (raw.peak_memory_bytes, raw.cpu_time_ms) == (2048 * 1024, 17)
 
 
@@ -117,7 +119,7 @@ def test_fill():
     reader = FrameReader(1000)
     reader.feed(frame(STDOUT, b"out") + json_frame(EXIT, {"exit_code": None, "signal": 9, "memory_error": True}))
     raw = RawRun()
-    reader.fill(raw)
+    raw.add_frames(reader)
     assert (raw.stdout, raw.exit_code, raw.exit_signal, raw.memory_error) == (b"out", None, 9, True)
     assert not raw.output_truncated
 
@@ -131,7 +133,7 @@ def test_a_sigkill_is_a_memory_limit_only_when_the_cgroup_counted_an_oom_kill(oo
     reader.feed(json_frame(EXIT, {"exit_code": None, "signal": 9, "memory_error": False, "oom_kill": oom_kill,
                                   "clean": True}))
     raw = RawRun()
-    reader.fill(raw)
+    raw.add_frames(reader)
     assert raw.oom_killed is (oom_kill is True)
     assert classify(raw, LIMITS).error["type"] == expected
 
@@ -194,7 +196,7 @@ def test_messages_name_the_limit_and_the_detail():
     assert "SIGSEGV" in classify(finished(exit_code=None, exit_signal=signal.SIGSEGV), LIMITS).error["message"]
     assert "python3: not found" in classify(RawRun(runner_stderr=b"python3: not found"), LIMITS).error["message"]
     truncated = classify(finished(output_truncated=True), LIMITS)
-    assert "1000 bytes" in truncated.error["message"] and truncated.extra == {"truncated": True}
+    assert "1000 bytes" in truncated.error["message"] and truncated.error["type"] == "output_limit"
 
 
 def test_failed_outcome_keeps_the_exit_code():

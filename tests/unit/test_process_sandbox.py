@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from nanogrid.config import Settings
-from nanogrid.sandbox import FRAME_HEADER, RUNTIME_DIR, FrameReader, Limits, RunSpec, classify, request_frame
+from nanogrid.limits import Limits
+from nanogrid.outcomes import classify
+from nanogrid.sandbox import RUNTIME_DIR, RunSpec
+from nanogrid.sandbox.protocol import FRAME_HEADER, FrameReader, request_frame
 from nanogrid.sandbox.process import ProcessSandbox
 
 LIMITS = Limits(timeout_s=10, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,

@@ -7,9 +7,19 @@ import time
 import pytest
 
 from nanogrid import bundles
-from nanogrid.jobs import FAILED, PENDING, PROCESSING
+from nanogrid.jobs import Status
 from nanogrid.services import Services
 from nanogrid.worker.reaper import Reaper
+
+
+class RecordingBroker:
+    """Records the run messages the reaper publishes instead of sending them."""
+
+    def __init__(self):
+        self.dispatched: list[str] = []
+
+    def send(self, task: str, args: list) -> None:
+        self.dispatched.append(args[0])
 
 
 class NoContainers:
@@ -25,6 +35,7 @@ class NoContainers:
 def services(local_settings):
     svc = Services(local_settings.replace(lease_s=1, redispatch_after_s=0.1, pending_timeout_s=0.5))
     svc.__dict__["sandbox"] = NoContainers()
+    svc.__dict__["broker"] = RecordingBroker()
     return svc
 
 
@@ -36,14 +47,14 @@ def function(services):
 def test_expired_lease_fails_the_job_as_worker_lost(services, function):
     job = services.jobs.create(function, None)
     services.jobs.claim(job["job_id"], "host:1")
-    reaper = Reaper(services, dispatch=lambda job_id: None)
+    reaper = Reaper(services)
     reaper.run_once()
-    assert services.jobs.get(job["job_id"])["status"] == PROCESSING
+    assert services.jobs.get(job["job_id"])["status"] == Status.PROCESSING
     assert services.sandbox.kept[-1] == {job["job_id"]}
     time.sleep(1.1)
     reaper.run_once()
     reaped = services.jobs.get(job["job_id"])
-    assert reaped["status"] == FAILED and reaped["error"]["type"] == "worker_lost"
+    assert reaped["status"] == Status.FAILED and reaped["error"]["type"] == "worker_lost"
     assert services.jobs.finish(job["job_id"], "host:1", "SUCCESS", result=1) is None, "the lost holder cannot finish"
 
 
@@ -53,19 +64,19 @@ def test_a_renewed_lease_is_not_reaped(services, function):
     time.sleep(0.6)
     assert services.jobs.renew(job["job_id"], "host:1")
     time.sleep(0.6)
-    Reaper(services, dispatch=lambda job_id: None).run_once()
-    assert services.jobs.get(job["job_id"])["status"] == PROCESSING
+    Reaper(services).run_once()
+    assert services.jobs.get(job["job_id"])["status"] == Status.PROCESSING
 
 
 def test_unclaimed_job_is_dispatched_again_with_backoff_then_failed(services, function):
-    dispatched: list[str] = []
-    reaper = Reaper(services, dispatch=dispatched.append)
+    dispatched = services.broker.dispatched
+    reaper = Reaper(services)
     job = services.jobs.create(function, None)
     time.sleep(0.15)
     reaper.run_once()
     assert dispatched == [job["job_id"]]
     record = services.jobs.get(job["job_id"])
-    assert record["status"] == PENDING and record["dispatch_attempts"] == 2
+    assert record["status"] == Status.PENDING and record["dispatch_attempts"] == 2
     time.sleep(0.15)  # the second check waits twice as long (0.2 s): not due yet
     reaper.run_once()
     assert dispatched == [job["job_id"]]
@@ -73,16 +84,15 @@ def test_unclaimed_job_is_dispatched_again_with_backoff_then_failed(services, fu
     reaper.run_once()
     failed = services.jobs.get(job["job_id"])
     assert dispatched == [job["job_id"]]
-    assert failed["status"] == FAILED and failed["error"]["type"] == "not_started"
+    assert failed["status"] == Status.FAILED and failed["error"]["type"] == "not_started"
 
 
 def test_claimed_jobs_leave_the_unclaimed_index(services, function):
-    dispatched: list[str] = []
     job = services.jobs.create(function, None)
     services.jobs.claim(job["job_id"], "host:1")
     time.sleep(0.2)
-    Reaper(services, dispatch=dispatched.append).run_once()
-    assert dispatched == []
+    Reaper(services).run_once()
+    assert services.broker.dispatched == []
 
 
 def test_a_claim_wins_once(services, function):

@@ -217,14 +217,20 @@ def _error(status, kind, raw):
     return AIError(f"{message} (HTTP {status})", status)
 
 
+def _read(what, read):
+    """read(), with a stall or a broken connection reported as AIUnavailable naming `what`."""
+    try:
+        return read()
+    except TimeoutError:
+        raise AIUnavailable(f"the AI node is unavailable: the {what} stopped arriving") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise AIUnavailable(f"the AI node is unavailable: the {what} broke off ({exc})") from None
+
+
 def _call(path, body, method="POST"):
     connection, response = _open(path, body, method)
     try:
-        raw = response.read()
-    except TimeoutError:
-        raise AIUnavailable("the AI node is unavailable: the answer stopped arriving") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise AIUnavailable(f"the AI node is unavailable: the answer broke off ({exc})") from None
+        raw = _read("answer", response.read)
     finally:
         connection.close()
     try:
@@ -245,12 +251,7 @@ def _stream(path, body):
 def _lines(connection, response):
     try:
         while True:
-            try:
-                line = response.readline()
-            except TimeoutError:
-                raise AIUnavailable("the AI node is unavailable: the stream stopped arriving") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise AIUnavailable(f"the AI node is unavailable: the stream broke off ({exc})") from None
+            line = _read("stream", response.readline)
             if not line:
                 raise AIUnavailable("the AI node is unavailable: the stream ended before its final object")
             if not line.strip():

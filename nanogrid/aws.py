@@ -1,4 +1,4 @@
-"""boto3 clients and error translation shared by the S3 and DynamoDB adapters."""
+"""boto3 clients and error translation shared by every AWS adapter (S3, DynamoDB, SQS, CloudWatch, Auto Scaling)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Queue-depth autoscaling of the workers: the metric publisher and a policy simulator.
-
-`nanogrid scaling publish [--once]` sends the backlog-per-instance metric that the target
-tracking policy follows (AWS's recommended pattern for queue workers): the task queue's visible
-messages divided by the workers in service, every minute, to CloudWatch.
+"""A simulator of the worker Auto Scaling group under the two scaling policies.
 
 `nanogrid scaling simulate --trace FILE --policy step|target|both` replays a job-arrival trace
 against a model of the worker Auto Scaling group under each policy and prints drain time, peak
@@ -30,15 +26,9 @@ The model, in one-second steps:
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
-import json
 import math
-import os
 import random
-import sys
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +54,6 @@ class FleetFigures:
     cooldown_s: int = 300
     backlog_target_per_instance: float = 8.0  # 120 s acceptable wait / 30 s run x 2 slots
     instance_warmup_s: int = 300
-    metric_namespace: str = "NanoGrid"
-    backlog_metric_name: str = "BacklogPerInstance"
-    queue_name: str = "nanogrid-task-queue"
 
 
 FLEET = FleetFigures()
@@ -348,142 +335,3 @@ def table(results: Iterable[Result]) -> str:
     for r in results:
         lines.append("| " + " | ".join(r.row()) + " |")
     return "\n".join(lines)
-
-
-# --- Publisher ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PublisherConfig:
-    worker_asg: str
-    namespace: str = FLEET.metric_namespace
-    metric_name: str = FLEET.backlog_metric_name
-    interval_s: float = 60.0
-
-    @classmethod
-    def from_env(cls, environ=None) -> "PublisherConfig":
-        env = os.environ if environ is None else environ
-        asg = env.get("NANOGRID_WORKER_ASG", "")
-        if not asg:
-            raise SystemExit("scaling publish needs NANOGRID_WORKER_ASG (the worker Auto Scaling group's name)")
-        return cls(
-            worker_asg=asg,
-            namespace=env.get("NANOGRID_METRIC_NAMESPACE") or FLEET.metric_namespace,
-            metric_name=env.get("NANOGRID_BACKLOG_METRIC") or FLEET.backlog_metric_name,
-            interval_s=float(env.get("NANOGRID_SCALING_INTERVAL_S") or 60),
-        )
-
-
-def measure(settings, config: PublisherConfig) -> dict:
-    """Visible messages, in-service workers and their ratio, read from SQS and Auto Scaling."""
-    from nanogrid.storage import aws
-
-    sqs = aws.client(settings, "sqs")
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=settings.sqs_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    visible = int(attributes.get("ApproximateNumberOfMessages", 0))
-    autoscaling = aws.client(settings, "autoscaling")
-    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[config.worker_asg])["AutoScalingGroups"]
-    if not groups:
-        raise RuntimeError(f"Auto Scaling group {config.worker_asg!r} not found")
-    in_service = sum(1 for i in groups[0].get("Instances", []) if i.get("LifecycleState") == "InService")
-    # No worker in service and jobs waiting: report the whole queue so the group scales out.
-    return {"visible": visible, "in_service": in_service, "backlog_per_instance": visible / max(in_service, 1)}
-
-
-def publish_once(settings, config: PublisherConfig) -> dict:
-    sample = measure(settings, config)
-    from nanogrid.storage import aws
-
-    dimensions = [{"Name": "QueueName", "Value": settings.queue_name}]
-    aws.client(settings, "cloudwatch").put_metric_data(
-        Namespace=config.namespace,
-        MetricData=[
-            {"MetricName": config.metric_name, "Dimensions": dimensions,
-             "Value": float(sample["backlog_per_instance"]), "Unit": "Count"},
-            {"MetricName": "QueueBacklog", "Dimensions": dimensions,
-             "Value": float(sample["visible"]), "Unit": "Count"},
-            {"MetricName": "InServiceWorkers", "Dimensions": dimensions,
-             "Value": float(sample["in_service"]), "Unit": "Count"},
-        ],
-    )
-    return sample
-
-
-def run_publisher(once: bool) -> int:
-    from nanogrid.config import Settings
-
-    settings = Settings.from_env()
-    if not settings.sqs_queue_url:
-        print("scaling publish needs SQS_QUEUE_URL", file=sys.stderr)
-        return 2
-    config = PublisherConfig.from_env()
-    while True:
-        started = time.monotonic()
-        try:
-            sample = publish_once(settings, config)
-            print(json.dumps(sample), flush=True)
-        except Exception as exc:  # keep publishing: one failed minute must not stop scaling
-            if once:
-                raise
-            print(f"scaling publish: {exc}", file=sys.stderr, flush=True)
-        if once:
-            return 0
-        time.sleep(max(0.0, config.interval_s - (time.monotonic() - started)))
-
-
-# --- Command line ------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nanogrid scaling", description="Worker autoscaling: metric publisher and policy simulator.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    pub = sub.add_parser("publish", help="publish backlog per instance to CloudWatch every interval")
-    pub.add_argument("--once", action="store_true", help="publish one sample and exit")
-    sim = sub.add_parser("simulate", help="replay an arrival trace against the scaling policies")
-    sim.add_argument("--trace", action="append", required=True, type=Path,
-                     help="trace CSV (t_s,jobs[,over_s]); repeat for several traces")
-    sim.add_argument("--policy", choices=(*POLICIES, "both"), default="both")
-    sim.add_argument("--concurrency", type=int, default=Model.concurrency, help="runs per worker at once")
-    sim.add_argument("--mean-run-s", type=float, default=Model.mean_run_s, help="mean run duration")
-    sim.add_argument("--boot-s", type=int, default=Model.boot_s, help="launch until a worker takes jobs")
-    sim.add_argument("--seed", type=int, default=Model.seed)
-    sim.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "publish":
-        return run_publisher(args.once)
-    if args.concurrency < 1 or args.mean_run_s <= 0 or args.boot_s < 0:
-        print("need --concurrency >= 1, --mean-run-s > 0 and --boot-s >= 0", file=sys.stderr)
-        return 2
-    model = Model(concurrency=args.concurrency, mean_run_s=args.mean_run_s, boot_s=args.boot_s,
-                  launch_s=min(Model.launch_s, args.boot_s), seed=args.seed)
-    policies = POLICIES if args.policy == "both" else (args.policy,)
-    results = []
-    for path in args.trace:
-        try:
-            trace = load_trace(path)
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        results.extend(simulate(trace, p, model) for p in policies)
-    if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
-    else:
-        print(table(results))
-        print()
-        print(f"model: {model.concurrency} runs per worker, mean run {model.mean_run_s:.0f} s (exponential), "
-              f"worker takes jobs {model.boot_s} s after launch; group {FLEET.min_size}-{FLEET.max_size}; "
-              f"step: >= {FLEET.scale_out_threshold} visible -> +1, "
-              f"0 for {FLEET.scale_in_evaluation_periods * FLEET.alarm_period_s} s -> -1, cooldown {FLEET.cooldown_s} s; "
-              f"target: {FLEET.backlog_target_per_instance:g} jobs per worker. "
-              f"Instance-minutes counted until {model.tail_s // 60} min after the trace ends.")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

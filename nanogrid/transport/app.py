@@ -1,4 +1,5 @@
-"""Celery configuration derived from Settings, shared by the worker, the API and celeryconfig.py.
+"""The Celery configuration of the broker, derived from Settings: the worker's (celeryconfig.py)
+and every sender's (the API, the reaper, the operator tools, through nanogrid.transport.broker).
 
 Why these settings (see the README's "Exactly once" section):
 - task_acks_late=False: SQS would redeliver a run that outlives the visibility timeout and it
@@ -20,9 +21,6 @@ from celery import Celery
 
 from nanogrid.config import Settings
 from nanogrid.transport import DYNAMIC_PREFIX, SQS_TRANSPORT
-
-RUN_TASK = "nanogrid.run_job"
-ARCHIVE_TASK = "nanogrid.archive_code"
 
 
 def celery_settings(settings: Settings) -> dict:

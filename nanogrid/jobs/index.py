@@ -1,0 +1,222 @@
+"""The Redis side of the jobs: what must be fast or shared between processes.
+
+Per job, a status key (24 h) and a channel that only hints "this job changed" (readers always
+re-read the durable record); the reaper's two indexes (leases of PROCESSING jobs, PENDING jobs
+due for a dispatch check); each tenant's queued and running jobs, counted against its quotas;
+and the capped list of recent failures for `nanogrid status`. A job's keys carry its tenant.
+Nothing outside nanogrid.jobs touches these keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from typing import Iterator
+
+import redis
+
+from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
+from nanogrid.jobs.records import TERMINAL, JobRecord, Status
+
+STATUS_TTL_S = 24 * 3600
+MAX_REDISPATCH_INTERVAL_S = 3600
+LEASES = "nanogrid:leases"  # zset: PROCESSING job -> lease expiry
+UNCLAIMED = "nanogrid:unclaimed"  # zset: PENDING job -> when to check it was claimed
+FAILURES = "nanogrid:failures"  # list, newest first: the last FAILURES_KEPT failed jobs (`nanogrid status`)
+FAILURES_KEPT = 50
+QUOTA_RETRY_AFTER_S = 10
+
+
+class QuotaExceeded(Exception):
+    """The tenant has as many queued or running jobs as its quota allows."""
+
+    def __init__(self, message: str, retry_after_s: int = QUOTA_RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def status_key(tenant: str, job_id: str) -> str:
+    return f"nanogrid:{tenant}:job:{job_id}:status"
+
+
+def channel(tenant: str, job_id: str) -> str:
+    return f"nanogrid:{tenant}:job:{job_id}"
+
+
+def queued_key(tenant: str) -> str:
+    """zset: the tenant's PENDING jobs -> when the entry goes stale (the longest a job can wait)."""
+    return f"nanogrid:{tenant}:queued"
+
+
+def running_key(tenant: str) -> str:
+    """zset: the tenant's PROCESSING jobs -> lease expiry (an expired lease no longer counts)."""
+    return f"nanogrid:{tenant}:running"
+
+
+class JobIndex:
+    def __init__(self, settings: Settings, client: redis.Redis):
+        self.settings = settings
+        self.redis = client
+        self._waiters = threading.local()  # each thread's pub/sub connection for watch(), kept between waits
+
+    def write(self, job: JobRecord, tenant: str) -> None:
+        """Bring every key of the job in line with its record (Unavailable when Redis is down)."""
+        job_id, status = job["job_id"], job["status"]
+        settings = self.settings
+        try:
+            pipe = self.redis.pipeline()
+            pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
+            if status == Status.PENDING:
+                # A long queue is no fault: each check that finds the job unclaimed dispatches it
+                # again (duplicates lose the claim) and waits twice as long before the next.
+                backoff = settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
+                pipe.zadd(UNCLAIMED, {job_id: time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S)})
+                # Counted as queued until the reaper gives up on it.
+                pipe.zadd(queued_key(tenant), {job_id: job["created_at"] + settings.pending_timeout_s})
+            else:
+                pipe.zrem(UNCLAIMED, job_id)
+                pipe.zrem(queued_key(tenant), job_id)
+            if status == Status.PROCESSING:
+                pipe.zadd(LEASES, {job_id: job["lease_until"]})
+                pipe.zadd(running_key(tenant), {job_id: job["lease_until"]})
+            else:
+                pipe.zrem(LEASES, job_id)
+                pipe.zrem(running_key(tenant), job_id)
+            if status == Status.FAILED:  # a job enters FAILED once: every later transition is refused
+                pipe.lpush(FAILURES, json.dumps(_failure_summary(job)))
+                pipe.ltrim(FAILURES, 0, FAILURES_KEPT - 1)
+            pipe.publish(channel(tenant, job_id), status)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+
+    # -- the reaper's indexes and the operator's views ------------------------------------------
+
+    def expired_leases(self, now: float) -> list[str]:
+        return [m.decode() for m in self.redis.zrangebyscore(LEASES, 0, now)]
+
+    def unclaimed_due(self, now: float) -> list[str]:
+        return [m.decode() for m in self.redis.zrangebyscore(UNCLAIMED, 0, now)]
+
+    def leases(self) -> list[tuple[str, float]]:
+        """Every PROCESSING job's (id, lease expiry), the oldest lease first."""
+        return [(m.decode(), score) for m, score in self.redis.zrange(LEASES, 0, -1, withscores=True)]
+
+    def forget(self, job_id: str) -> None:
+        self.redis.zrem(LEASES, job_id)
+        self.redis.zrem(UNCLAIMED, job_id)
+
+    def recent_failures(self, limit: int) -> list[dict]:
+        """The newest failed jobs: job_id, function_id, error_type, message, finished_at (epoch)."""
+        found = []
+        for raw in self.redis.lrange(FAILURES, 0, max(0, limit - 1)):
+            try:
+                found.append(json.loads(raw))
+            except ValueError:
+                continue
+        return found
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def check_quota(self, tenant: str) -> None:
+        """QuotaExceeded when the tenant already has its most queued or running jobs."""
+        max_running, max_queued = self.settings.tenant_max_running, self.settings.tenant_max_queued
+        if not (max_running or max_queued):
+            return
+        now = time.time()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in (running_key(tenant), queued_key(tenant)):
+                pipe.zremrangebyscore(key, "-inf", now)  # stale entries (a lost index update) expire
+                pipe.zcard(key)
+            _, running, _, queued = pipe.execute()
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        if max_running and running >= max_running:
+            raise QuotaExceeded(f"this tenant already has {running} running jobs, its quota "
+                                "(NANOGRID_TENANT_MAX_RUNNING); try again when some have finished")
+        if max_queued and queued >= max_queued:
+            raise QuotaExceeded(f"this tenant already has {queued} queued jobs, its quota "
+                                "(NANOGRID_TENANT_MAX_QUEUED); try again when some have started")
+
+    # -- waiting for a job ----------------------------------------------------------------------
+
+    def fast_status(self, job_id: str, tenant: str) -> str | None:
+        try:
+            value = self.redis.get(status_key(tenant, job_id))
+        except redis.RedisError:
+            return None
+        return value.decode() if value else None
+
+    @contextlib.contextmanager
+    def watch(self, tenant: str, job_id: str) -> Iterator["Watch"]:
+        """Hints that the job reached a terminal state, for as long as the block lasts."""
+        name = channel(tenant, job_id)
+        pubsub = None
+        try:
+            pubsub = self._pubsub()
+            pubsub.subscribe(name)
+        except redis.RedisError:
+            pubsub = self._drop_pubsub()
+        watch = Watch(self, pubsub, name)
+        try:
+            yield watch
+        finally:
+            if watch.pubsub is not None:
+                try:
+                    watch.pubsub.unsubscribe(name)
+                except redis.RedisError:
+                    self._drop_pubsub()
+
+    def _pubsub(self) -> redis.client.PubSub:
+        """This thread's pub/sub connection: reused by its next wait (a new one costs a connect)."""
+        pubsub = getattr(self._waiters, "pubsub", None)
+        if pubsub is None or self._waiters.pid != os.getpid():  # never a connection from before a fork
+            pubsub = self._waiters.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self._waiters.pid = os.getpid()
+        return pubsub
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._waiters.pubsub = getattr(self._waiters, "pubsub", None), None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass
+
+
+class Watch:
+    """One subscription to a job's channel (or none, while Redis is unreachable: then it just sleeps)."""
+
+    def __init__(self, index: JobIndex, pubsub: redis.client.PubSub | None, name: str):
+        self.index, self.pubsub, self.name = index, pubsub, name
+
+    def wait(self, timeout_s: float) -> None:
+        """Return when a terminal status is published, or after timeout_s; subscription
+        confirmations, non-terminal statuses and other jobs' late messages do not end the wait."""
+        if self.pubsub is None:
+            time.sleep(min(timeout_s, 0.2))
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                message = self.pubsub.get_message(timeout=left)
+                if (message is not None and message.get("type") == "message"
+                        and _text(message.get("channel")) == self.name and _text(message.get("data")) in TERMINAL):
+                    return
+        except redis.RedisError:
+            self.pubsub = self.index._drop_pubsub()
+
+
+def _text(value) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _failure_summary(job: JobRecord) -> dict:
+    error = job.get("error") or {}
+    return {"job_id": job["job_id"], "function_id": job["function_id"], "error_type": error.get("type"),
+            "message": str(error.get("message") or "")[:300], "finished_at": job.get("finished_at")}

@@ -1,0 +1,240 @@
+"""Job records: the durable document of every run, and the only way its state changes.
+
+The document lives in a DocumentTable (DynamoDB or SQLite) and is the source of truth. Every
+change is a compare-and-set on its `rev`, so two workers, a worker and the reaper, or a
+redelivered message can never both move a job: the loser of a claim simply drops the message.
+After each change the job's Redis keys (nanogrid.jobs.index) are brought in line with it. A job
+belongs to its function's tenant, and a lookup that names a tenant treats another tenant's job
+exactly like an unknown id.
+
+A run is submitted here too: the record is written, then the run's message is published; if the
+broker refuses it the job ends FAILED/enqueue_failed at once. The reaper dispatches unclaimed
+jobs again through the same publish.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+import redis
+
+from nanogrid.config import Settings
+from nanogrid.errors import NotFound, Unavailable
+from nanogrid.functions import tenant_of
+from nanogrid.jobs.index import JobIndex
+from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
+                                   is_job_id, iso)
+from nanogrid.storage import BlobStore, DocumentTable
+from nanogrid.task_names import RUN_TASK
+from nanogrid.transport.broker import Broker
+
+
+class JobStore:
+    def __init__(self, settings: Settings, table: DocumentTable, redis_client: redis.Redis, outputs: BlobStore,
+                 broker: Broker):
+        self.settings = settings
+        self.table = table
+        self.index = JobIndex(settings, redis_client)
+        self.outputs = outputs
+        self.broker = broker
+
+    # -- creation and dispatch -----------------------------------------------------------------
+
+    def create(self, function: dict, run_input: Any, limits: dict | None = None) -> JobRecord:
+        """A PENDING job; limits: what this run asks for on top of the function's (already validated)."""
+        tenant = tenant_of(function)
+        self.index.check_quota(tenant)
+        now = time.time()
+        job: JobRecord = {
+            "job_id": str(uuid.uuid4()),
+            "rev": 1,
+            "tenant": tenant,
+            "function_id": function["function_id"],
+            "function_version": function["version"],
+            "status": Status.PENDING,
+            "input": run_input,
+            # What the run needs from the function at this version, so an update cannot change it.
+            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env")},
+                     # The requested limits: the function's (top-level shortcuts of older documents
+                     # included), then this run's; the worker resolves them against the settings.
+                     "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},
+                                **(function.get("limits") or {}), **(limits or {})}},
+            "result": None, "stdout": "", "stderr": "", "exit_code": None, "error": None,
+            "truncated": False, "duration_ms": None,
+            "created_at": now, "started_at": None, "finished_at": None,
+            # The caller publishes right after this insert; if it dies first, the reaper redispatches.
+            "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
+        }
+        self.table.insert(job["job_id"], job)
+        try:
+            self.index.write(job, tenant)
+        except Unavailable:
+            # Without its index entry the reaper could never redispatch it: take it back, the
+            # client gets a 503 and nothing was published.
+            self.table.delete(job["job_id"])
+            raise
+        return job
+
+    def submit(self, function: dict, run_input: Any, limits: dict | None = None) -> JobRecord:
+        """Create the job and publish its run; a broker that refuses it ends the job FAILED
+        (enqueue_failed) and raises Unavailable, so nothing is left PENDING unpublished."""
+        job = self.create(function, run_input, limits)
+        try:
+            self.publish(job["job_id"])
+        except Exception as exc:  # noqa: BLE001 - any publish failure: record it, keep nothing PENDING
+            self.finish(job["job_id"], None, Status.FAILED, error=error(
+                ErrorType.ENQUEUE_FAILED, "the job could not be queued; the broker is unavailable"))
+            raise Unavailable(f"broker: {exc}") from exc
+        return job
+
+    def publish(self, job_id: str) -> None:
+        self.broker.send(RUN_TASK, [job_id])
+
+    def redispatch(self, job_id: str) -> None:
+        """Publish an unclaimed job's run again (a duplicate loses the claim) and count it."""
+        self.publish(job_id)
+        self.mark_dispatched(job_id)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job; with a tenant, another tenant's job is NotFound like an unknown id."""
+        if not is_job_id(job_id):
+            raise NotFound(job_id)
+        job = self.table.get(job_id)
+        if tenant is not None and tenant_of(job) != tenant:
+            raise NotFound(job_id)
+        return job
+
+    def public(self, job: JobRecord) -> dict:
+        """The API's view of a job: outputs inlined from the output store when they were spilled there."""
+        view = {name: job.get(name) for name in PUBLIC_FIELDS}
+        if job.get("output_ref"):
+            try:
+                view.update(json.loads(self.outputs.get(job["output_ref"])))
+            except NotFound:
+                view["error"] = view["error"] or error(ErrorType.OUTPUT_LOST, "the stored output is gone")
+        for name in ("created_at", "started_at", "finished_at"):
+            if view[name] is not None:
+                view[name] = iso(view[name])
+        return view
+
+    def running(self) -> list[tuple[str, float]]:
+        """The jobs holding a lease now, with its expiry (the reaper's index)."""
+        return self.index.leases()
+
+    def recent_failures(self, limit: int) -> list[dict]:
+        return self.index.recent_failures(limit)
+
+    def wait(self, job_id: str, timeout_s: float, tenant: str | None = None) -> JobRecord:
+        """Block until the job is terminal or timeout_s passes; return the fresh record either way.
+
+        The pub/sub message only wakes us: the record is re-read after subscribing and after every
+        wake, so a message lost during a Redis reconnect costs at most one poll interval.
+        """
+        deadline = time.monotonic() + timeout_s
+        tenant = tenant if tenant is not None else tenant_of(self.get(job_id))
+        with self.index.watch(tenant, job_id) as watch:
+            while True:
+                status = self.index.fast_status(job_id, tenant)
+                if status in TERMINAL or status is None:
+                    job = self.get(job_id, tenant)
+                    if job["status"] in TERMINAL:
+                        return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self.get(job_id, tenant)
+                watch.wait(min(remaining, 1.0))
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def transition(self, job_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Apply change() to a fresh copy until the compare-and-set wins.
+
+        change() edits the document in place and returns False to abandon (the job is not in a
+        state this transition applies to). Returns the stored document, or None if abandoned.
+        """
+        for _ in range(20):
+            current = self.table.get(job_id)
+            job = copy.deepcopy(current)
+            if not change(job):
+                return None
+            job["rev"] = current["rev"] + 1
+            if self.table.replace(job_id, job, current["rev"]):
+                self.index.write(job, tenant_of(job))
+                return job
+        raise Unavailable(f"job {job_id}: too much contention on its record")
+
+    def mark_dispatched(self, job_id: str) -> None:
+        def change(job: JobRecord) -> bool:
+            if job["status"] != Status.PENDING:
+                return False
+            job["dispatch_attempts"] += 1
+            return True
+
+        self.transition(job_id, change)
+
+    def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
+        def change(job: JobRecord) -> bool:
+            if job["status"] != Status.PENDING:
+                return False
+            now = time.time()
+            job.update(status=Status.PROCESSING, worker_id=worker_id, started_at=now,
+                       lease_until=now + self.settings.lease_s)
+            return True
+
+        return self.transition(job_id, change)
+
+    def renew(self, job_id: str, worker_id: str) -> bool:
+        def change(job: JobRecord) -> bool:
+            if job["status"] != Status.PROCESSING or job["worker_id"] != worker_id:
+                return False
+            job["lease_until"] = time.time() + self.settings.lease_s
+            return True
+
+        return self.transition(job_id, change) is not None
+
+    def finish(self, job_id: str, worker_id: str | None, status: Status, *, only_if_lease_expired: bool = False,
+               **fields) -> JobRecord | None:
+        """Move a job to its terminal state; None when it is not this caller's to finish.
+
+        worker_id names the lease holder finishing its own run. Without one, any non-terminal
+        job is finished (cancel), or with only_if_lease_expired just a PROCESSING job whose
+        holder stopped renewing (the reaper's worker_lost).
+        """
+        spilled = self._spill_outputs(job_id, fields)
+
+        def change(job: JobRecord) -> bool:
+            if job["status"] in TERMINAL:
+                return False
+            if worker_id is not None and (job["status"] != Status.PROCESSING or job["worker_id"] != worker_id):
+                return False
+            if only_if_lease_expired and not (job["status"] == Status.PROCESSING
+                                              and job["lease_until"] <= time.time()):
+                return False
+            now = time.time()
+            job.update(spilled)
+            job.update(status=status, finished_at=now, lease_until=None)
+            if job["started_at"] is not None and job.get("duration_ms") is None:
+                job["duration_ms"] = int((now - job["started_at"]) * 1000)
+            return True
+
+        return self.transition(job_id, change)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a settled job from the reaper's indexes."""
+        self.index.forget(job_id)
+
+    def _spill_outputs(self, job_id: str, fields: dict) -> dict:
+        outputs = {k: fields[k] for k in OUTPUT_FIELDS if k in fields}
+        encoded = json.dumps(outputs).encode()
+        if len(encoded) <= self.settings.inline_output_bytes:
+            return fields
+        key = f"jobs/{job_id}/output.json"
+        self.outputs.put(key, encoded)
+        rest = {k: v for k, v in fields.items() if k not in OUTPUT_FIELDS}
+        return {**rest, "output_ref": key, "result": None, "stdout": "", "stderr": ""}

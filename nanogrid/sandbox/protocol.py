@@ -1,0 +1,93 @@
+"""The frame protocol between the worker and the in-sandbox runner (runtime/runner.py).
+
+Frames the runner writes on its stdout: one type byte, a 4-byte big-endian length, the payload.
+Requests to the runner (on its stdin) have the same header with the type REQUEST. The runner
+keeps its own copy of these constants: it runs on the runtime image's bare Python, with the
+standard library only, and imports nothing of NanoGrid.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+FRAME_HEADER = struct.Struct(">cI")
+STDOUT, STDERR, RESULT, EXIT = b"o", b"e", b"r", b"x"
+REQUEST = b"q"
+
+
+def request_frame(spec: dict, input_json: str) -> bytes:
+    payload = json.dumps({"spec": spec, "input": input_json}).encode()
+    return FRAME_HEADER.pack(REQUEST, len(payload)) + payload
+
+
+class FrameReader:
+    """Parses the runner's frame stream incrementally, enforcing the output cap.
+
+    User output beyond the cap is dropped (the head is kept) and `over_cap` is set so the
+    caller kills the sandbox; nothing here buffers more than the cap plus one frame. A stream that
+    stops being frames sets `garbled`: everything after it is ignored and the caller kills the run.
+    """
+
+    def __init__(self, output_cap: int, result_cap: int = 8 * 1024 * 1024):
+        self.output_cap = output_cap
+        self.result_cap = result_cap
+        self.buffer = bytearray()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.result: dict | None = None
+        self.exit: dict | None = None
+        self.output_seen = 0
+        self.over_cap = False
+        self.garbled = False
+
+    def feed(self, data: bytes) -> None:
+        if self.garbled:
+            return
+        self.buffer += data
+        while len(self.buffer) >= FRAME_HEADER.size:
+            kind, length = FRAME_HEADER.unpack_from(self.buffer)
+            if kind not in (STDOUT, STDERR, RESULT, EXIT) or (kind in (RESULT, EXIT) and length > self.result_cap):
+                self.garbled = True
+                self.buffer.clear()
+                return
+            if kind in (STDOUT, STDERR) and length > 1024 * 1024:
+                self.garbled = True
+                self.buffer.clear()
+                return
+            end = FRAME_HEADER.size + length
+            if len(self.buffer) < end:
+                return
+            payload = bytes(self.buffer[FRAME_HEADER.size:end])
+            del self.buffer[:end]
+            self._frame(kind, payload)
+
+    def _frame(self, kind: bytes, payload: bytes) -> None:
+        if kind in (STDOUT, STDERR):
+            room = self.output_cap - self.output_seen
+            self.output_seen += len(payload)
+            target = self.stdout if kind == STDOUT else self.stderr
+            target += payload[: max(room, 0)]
+            if self.output_seen > self.output_cap:
+                self.over_cap = True
+        elif kind == RESULT:
+            # Whatever the user code wrote into its result channel: it may be anything.
+            try:
+                value = json.loads(payload)
+                if b"\\ud" in payload.lower():
+                    value = _without_lone_surrogates(value)
+            except (ValueError, RecursionError):
+                value = {"ok": False, "error": "invalid_result", "message": "the result is not valid JSON"}
+            self.result = value if isinstance(value, dict) else {"ok": False, "error": "invalid_result",
+                                                                  "message": "the result is not a JSON object"}
+        else:
+            try:
+                self.exit = json.loads(payload)
+            except (ValueError, RecursionError):
+                self.garbled = True
+
+
+def _without_lone_surrogates(value):
+    """JSON may escape half a surrogate pair, which no UTF-8 store accepts: make those U+FFFD."""
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))

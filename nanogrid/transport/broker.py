@@ -1,0 +1,52 @@
+"""The broker as the rest of NanoGrid sees it: send a task, broadcast a control command, ask the
+workers, read the queue's depth, check the connection.
+
+Behind it is a Celery app configured for the broker (nanogrid.transport.app), made on first use;
+nothing above this module touches Celery's sending or control API.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+
+from nanogrid.config import Settings
+from nanogrid.transport.depth import Depth, queue_depth
+from nanogrid.transport.app import make_celery
+
+
+class Broker:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @functools.cached_property
+    def app(self) -> Celery:
+        return make_celery(self.settings)
+
+    def send(self, task: str, args: list) -> None:
+        """Publish one task message (ignore_result: the job record is the result)."""
+        self.app.send_task(task, args=args, ignore_result=True)
+
+    def broadcast(self, command: str, arguments: dict) -> None:
+        """A remote control command to every worker, without waiting for replies."""
+        self.app.control.broadcast(command, arguments=arguments)
+
+    def ask(self, command: str, destination: list[str] | None = None, timeout_s: float = 1.0) -> dict:
+        """A remote control command answered by the workers: {worker name: reply}; with a
+        destination, it returns as soon as those have all replied."""
+        replies = self.app.control.broadcast(command, reply=True, destination=destination, timeout=timeout_s,
+                                             limit=len(destination) if destination else None)
+        return {name: reply for item in replies or [] for name, reply in item.items()}
+
+    def ping_connection(self) -> None:
+        """Raises when the broker cannot be reached (within about two seconds)."""
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
+    def depth(self, *, in_flight: bool = True) -> Depth:
+        return queue_depth(self.settings, in_flight=in_flight)
+
+    def close(self) -> None:
+        if "app" in self.__dict__:
+            self.app.close()
