@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import requests
 
+# A job in one of these states changes no more (nanogrid.jobs.records.TERMINAL, as the API shows it).
+TERMINAL = ("SUCCESS", "FAILED")
+
 
 class ClientError(Exception):
-    pass
+    """A call that failed: the API unreachable (status None), or its error answer (status, code)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class Client:
@@ -31,13 +40,19 @@ class Client:
         try:
             body = response.json()
         except ValueError:
-            raise ClientError(f"{method} {path}: HTTP {response.status_code} with a non-JSON body") from None
+            raise ClientError(f"{method} {path}: HTTP {response.status_code} with a non-JSON body",
+                              response.status_code) from None
         if response.status_code >= 400:
-            error = body.get("error", {})
-            raise ClientError(f"{error.get('code', response.status_code)}: {error.get('message', body)}")
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            code = error.get("code")
+            raise ClientError(f"{code or response.status_code}: {error.get('message', body)}", response.status_code,
+                              code)
         return body
 
+    # -- functions -----------------------------------------------------------------------------
+
     def deploy(self, path: Path, name: str, options: dict) -> dict:
+        """Upload a file (main.py or a zip) as the function name: created, or a new version of it."""
         form = {"name": name, **{k: str(v) for k, v in options.items()}}
         existing = self.find(name)
         with open(path, "rb") as f:
@@ -46,6 +61,18 @@ class Client:
             return self._call("POST", "/functions", data=form, files=files)
         form.pop("name")
         return self._call("PUT", f"/functions/{existing['function_id']}", data=form, files=files)
+
+    def create(self, name: str, code: str, **fields) -> dict:
+        """A new function from its source text (the API's JSON upload); fields: handler, timeout_s,
+        memory_mb, limits, env."""
+        return self._call("POST", "/functions", json={"name": name, "code": code, **fields})
+
+    def update(self, function_id: str, **fields) -> dict:
+        """Change a function (code, handler, limits, ...): a new version when anything differs."""
+        return self._call("PUT", f"/functions/{function_id}", json=fields)
+
+    def function(self, function_id: str) -> dict:
+        return self._call("GET", f"/functions/{function_id}")
 
     def find(self, name: str) -> dict | None:
         for doc in self._call("GET", "/functions")["functions"]:
@@ -61,12 +88,38 @@ class Client:
             raise ClientError(f"no function named {name_or_id!r}")
         return doc["function_id"]
 
-    def invoke(self, function_id: str, event, wait_s: float | None) -> dict:
+    # -- runs ----------------------------------------------------------------------------------
+
+    def invoke(self, function_id: str, event, wait_s: float | None, limits: dict | None = None) -> dict:
+        """Run the function: the finished job, or (wait_s 0, or a run longer than wait_s) the job so far.
+        limits: what this run asks for on top of the function's own."""
         body: dict = {"input": event}
         if wait_s is not None:
             body["wait_s"] = wait_s
+        if limits:
+            body["limits"] = limits
         return self._call("POST", f"/functions/{function_id}/run", data=json.dumps(body),
                           headers={"Content-Type": "application/json"})
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/jobs/{job_id}")
+
+    def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.2) -> dict:
+        """Poll the job until it is SUCCESS or FAILED or timeout_s has passed; its latest record either way."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if job["status"] in TERMINAL or time.monotonic() > deadline:
+                return job
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    # -- the service ---------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def limits(self) -> dict:
+        return self._call("GET", "/limits")
