@@ -14,7 +14,7 @@ import pytest
 
 from nanogrid.ai.channel import Channel, model_key
 from nanogrid.config import ConfigError, Settings
-from services import free_port
+from support.servers import free_port
 
 
 class UnixHTTP(http.client.HTTPConnection):

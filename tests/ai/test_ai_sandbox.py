@@ -25,7 +25,7 @@ from nanogrid.sandbox import Limits, RunSpec
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.services import Services
 from nanogrid.worker import execute
-from services import free_port
+from support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

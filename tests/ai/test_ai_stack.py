@@ -16,7 +16,7 @@ import requests
 from fake_ollama import FakeOllama
 from nanogrid.api import create_app
 from nanogrid.services import Services
-from services import free_port
+from support.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -1,4 +1,4 @@
-"""The API contract through Flask's test client, on embedded storage and a real Redis.
+"""The API contract through Flask's test client (support.app), on embedded storage and a real Redis.
 
 Runs are executed in-process (execute.run, the worker's own code path) with the process sandbox,
 so these tests cover the API, job records and the run pipeline without a broker round trip; the
@@ -19,26 +19,10 @@ HANDLER = "def handler(event, context):\n    print('hi', event)\n    return {'su
 SCRIPT = "import json, sys\ndata = json.load(sys.stdin)\nprint('hello', data['name'])\n"
 
 
-def deploy(api, name="adder", code=HANDLER, **extra):
-    response = api.post("/functions", json={"name": name, "code": code, **extra})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
-def run_inline(api, services, function_id, event, **body):
-    response = api.post(f"/functions/{function_id}/run", json={"input": event, "wait_s": 0, **body})
-    assert response.status_code == 202, response.get_json()
-    assert response.headers["Location"] == f"/jobs/{response.get_json()['job_id']}"
-    job_id = response.get_json()["job_id"]
-    assert response.get_json()["status"] == "PENDING"
-    execute.run(services, job_id)
-    return api.get(f"/jobs/{job_id}").get_json()
-
-
-def test_handler_function_runs_and_returns_its_result(api, services):
-    fn = deploy(api)
+def test_handler_function_runs_and_returns_its_result(app):
+    fn = app.deploy("adder", HANDLER)
     assert fn["handler"] == "handler" and fn["version"] == 1 and len(fn["code_sha256"]) == 64
-    job = run_inline(api, services, fn["function_id"], {"a": 2, "b": 3})
+    job = app.run(fn["function_id"], {"a": 2, "b": 3})
     assert job["status"] == "SUCCESS", job
     assert job["result"] == {"sum": 5}
     assert job["stdout"] == "hi {'a': 2, 'b': 3}\n"
@@ -47,10 +31,10 @@ def test_handler_function_runs_and_returns_its_result(api, services):
                         "finished_at"}
 
 
-def test_script_function_reads_input_on_stdin(api, services):
-    fn = deploy(api, "script", SCRIPT)
+def test_script_function_reads_input_on_stdin(app):
+    fn = app.deploy("script", SCRIPT)
     assert fn["handler"] is None
-    job = run_inline(api, services, fn["function_id"], {"name": "you"})
+    job = app.run(fn["function_id"], {"name": "you"})
     assert (job["status"], job["stdout"], job["result"]) == ("SUCCESS", "hello you\n", None)
 
 
@@ -60,9 +44,9 @@ def test_script_function_reads_input_on_stdin(api, services):
     ("def handler(e, c):\n    return {1, 2}\n", "invalid_result", None),
     ("import nosuchmodule\n", "runtime_error", "ModuleNotFoundError"),
 ])
-def test_failures_carry_their_error_type(api, services, code, error_type, needle):
-    fn = deploy(api, "bad", code)
-    job = run_inline(api, services, fn["function_id"], None)
+def test_failures_carry_their_error_type(app, code, error_type, needle):
+    fn = app.deploy("bad", code)
+    job = app.run(fn["function_id"], None)
     assert job["status"] == "FAILED"
     assert job["error"]["type"] == error_type, job
     if needle:
@@ -70,32 +54,34 @@ def test_failures_carry_their_error_type(api, services, code, error_type, needle
         assert "runner.py" not in job["stderr"]
 
 
-def test_timeout(api, services):
-    fn = deploy(api, "slow", "import time\ntime.sleep(30)\n", timeout_s=1)
-    job = run_inline(api, services, fn["function_id"], None)
+def test_timeout(app):
+    fn = app.deploy("slow", "import time\ntime.sleep(30)\n", timeout_s=1)
+    job = app.run(fn["function_id"], None)
     assert job["error"]["type"] == "timeout"
 
 
-def test_large_output_spills_to_the_output_store(api, services):
-    fn = deploy(api, "big", "print('x' * 200000)\n")
-    job = run_inline(api, services, fn["function_id"], None)
+def test_large_output_spills_to_the_output_store(app):
+    fn = app.deploy("big", "print('x' * 200000)\n")
+    job = app.run(fn["function_id"], None)
     assert job["status"] == "SUCCESS" and len(job["stdout"]) == 200001
-    assert services.jobs.get(job["job_id"])["output_ref"]
+    assert app.services.jobs.get(job["job_id"])["output_ref"]
 
 
-def test_new_version_does_not_change_a_queued_job(api, services):
-    fn = deploy(api, "versions", "def handler(e, c):\n    return 1\n")
+def test_new_version_does_not_change_a_queued_job(app):
+    api = app.client
+    fn = app.deploy("versions", "def handler(e, c):\n    return 1\n")
     response = api.post(f"/functions/{fn['function_id']}/run", json={"wait_s": 0})
     job_id = response.get_json()["job_id"]
     updated = api.put(f"/functions/{fn['function_id']}", json={"code": "def handler(e, c):\n    return 2\n"})
     assert updated.get_json()["version"] == 2
-    execute.run(services, job_id)
+    execute.run(app.services, job_id)
     assert api.get(f"/jobs/{job_id}").get_json()["result"] == 1
-    assert run_inline(api, services, fn["function_id"], None)["result"] == 2
+    assert app.run(fn["function_id"], None)["result"] == 2
 
 
-def test_function_crud(api):
-    fn = deploy(api, "crud")
+def test_function_crud(app):
+    api = app.client
+    fn = app.deploy("crud", HANDLER)
     assert api.get("/functions").get_json()["functions"][0]["name"] == "crud"
     assert api.get(f"/functions/{fn['function_id']}").get_json() == fn
     same = api.put(f"/functions/{fn['function_id']}", json={"code": HANDLER}).get_json()
@@ -108,7 +94,8 @@ def test_function_crud(api):
     assert api.post("/functions", json={"name": "crud", "code": HANDLER}).status_code == 201
 
 
-def test_multipart_py_and_zip_uploads(api, services):
+def test_multipart_py_and_zip_uploads(app):
+    api = app.client
     response = api.post("/functions", data={"name": "mp", "file": (io.BytesIO(HANDLER.encode()), "main.py")},
                         content_type="multipart/form-data")
     assert response.status_code == 201, response.get_json()
@@ -120,7 +107,7 @@ def test_multipart_py_and_zip_uploads(api, services):
     response = api.post("/functions", data={"name": "zipped", "file": (io.BytesIO(buffer.getvalue()), "f.zip")},
                         content_type="multipart/form-data")
     assert response.status_code == 201, response.get_json()
-    job = run_inline(api, services, response.get_json()["function_id"], 21)
+    job = app.run(response.get_json()["function_id"], 21)
     assert job["result"] == 42, job
 
 
@@ -130,8 +117,9 @@ def error_of(response):
     return response.status_code, body["error"]["code"]
 
 
-def test_bad_input_gets_clear_json_errors(api, services):
-    fn = deploy(api)
+def test_bad_input_gets_clear_json_errors(app):
+    api = app.client
+    fn = app.deploy("adder", HANDLER)
     run = f"/functions/{fn['function_id']}/run"
     assert error_of(api.post("/functions", data="{not json", content_type="application/json")) == (400, "invalid_json")
     deep = "[" * 100_000 + "]" * 100_000
@@ -168,7 +156,8 @@ def zip_upload(api, name, members, symlink=None):
                     content_type="multipart/form-data")
 
 
-def test_hostile_zips_are_refused(api):
+def test_hostile_zips_are_refused(app):
+    api = app.client
     assert error_of(zip_upload(api, "slip", {"main.py": "x=1", "../evil.py": "x=1"}))[0] == 400
     assert error_of(zip_upload(api, "abs", {"main.py": "x=1", "/etc/evil.py": "x=1"}))[0] == 400
     assert error_of(zip_upload(api, "link", {"main.py": "x=1"}, symlink="data"))[0] == 400
@@ -180,21 +169,22 @@ def test_hostile_zips_are_refused(api):
     assert api.get("/functions").get_json()["functions"] == []
 
 
-def test_health_and_limits(api):
-    health = api.get("/health")
+def test_health_and_limits(app):
+    health = app.client.get("/health")
     assert health.status_code == 200, health.get_json()
     assert health.get_json()["components"]["sandbox"]["isolated"] is False
-    limits = api.get("/limits").get_json()
+    limits = app.client.get("/limits").get_json()
     assert limits["timeout_s"] == {"default": 30, "ceiling": 86400}
 
 
-def test_cancel_a_queued_job(api, services):
-    fn = deploy(api, "cancel-me")
+def test_cancel_a_queued_job(app):
+    api = app.client
+    fn = app.deploy("cancel-me", HANDLER)
     job_id = api.post(f"/functions/{fn['function_id']}/run", json={"wait_s": 0}).get_json()["job_id"]
     cancelled = api.post(f"/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.get_json()["error"] == {"type": "cancelled", "message": "cancelled by request"}
-    assert execute.run(services, job_id) == "duplicate"
+    assert execute.run(app.services, job_id) == "duplicate"
     assert api.get(f"/jobs/{job_id}").get_json()["status"] == "FAILED"
     assert error_of(api.post(f"/jobs/{job_id}/cancel")) == (409, "conflict")
     assert error_of(api.post("/jobs/00000000-0000-4000-8000-000000000000/cancel"))[0] == 404

@@ -11,7 +11,8 @@ import time
 import pytest
 import requests
 
-from services import free_port, job_containers
+from support.docker import job_containers
+from support.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -24,7 +24,8 @@ from nanogrid.config import Settings
 from nanogrid.storage.provision import ensure_resources
 from nanogrid.task_names import RUN_TASK
 from nanogrid.transport.broker import Broker
-from services import free_port, job_containers, wait_for_http
+from support.docker import job_containers
+from support.servers import free_port, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
 

@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pytest
-from services import DUMMY_AWS_ENV, free_port
 
 from nanogrid import storage
 from nanogrid.config import Settings
@@ -23,6 +22,7 @@ from nanogrid.storage.dynamodb import DynamoDBTable
 from nanogrid.storage.gcs import GCSArchive
 from nanogrid.storage.provision import ensure_resources
 from nanogrid.storage.s3 import S3BlobStore
+from support.servers import DUMMY_AWS_ENV, free_port
 
 pytestmark = pytest.mark.integration
 

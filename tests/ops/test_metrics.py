@@ -27,7 +27,7 @@ from nanogrid import metrics
 from nanogrid.api import create_app
 from nanogrid.config import ConfigError, Settings
 from nanogrid.services import Services
-from services import free_port, wait_for_http
+from support.servers import free_port, wait_for_http
 
 pytestmark = pytest.mark.integration
 

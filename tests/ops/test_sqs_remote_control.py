@@ -32,7 +32,7 @@ from nanogrid.services import Services
 from nanogrid.transport import DYNAMIC_PREFIX
 from nanogrid.transport.sqs import TAG_DYNAMIC, TAG_HEARTBEAT, TAG_TTL, registry, sweep
 from nanogrid.transport.app import make_celery
-from services import free_port, wait_for_http
+from support.servers import free_port, wait_for_http
 
 pytestmark = pytest.mark.integration
 

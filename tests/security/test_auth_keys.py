@@ -16,9 +16,8 @@ import pytest
 from openapi_check import conforms
 
 from nanogrid import keys
-from nanogrid.api import create_app
 from nanogrid.config import Settings
-from nanogrid.services import Services
+from support.app import App
 
 GUARDED = [("GET", "/functions"), ("GET", "/limits"), ("GET", "/openapi.json"), ("POST", "/functions"),
            ("GET", "/functions/fn-0123456789abcdef"), ("PUT", "/functions/fn-0123456789abcdef"),
@@ -79,7 +78,7 @@ def test_keys_are_stored_hashed_and_revocation_keeps_the_api_closed(make_app):
     unauthorized(app.client.get("/limits", headers={"Authorization": f"Bearer {key}"}))
     # The only key is revoked, and still the API does not fall open.
     unauthorized(app.client.get("/limits"))
-    fresh = create_app(app.settings, Services(app.settings)).test_client()  # another process's view
+    fresh = App(app.settings).client  # another process's view
     unauthorized(fresh.get("/limits"))
     assert fresh.get("/health").status_code == 200
 
@@ -148,14 +147,14 @@ def test_keys_cli_create_list_revoke(cli_env):
 
     # The key works against an API on the same store, and stops working once revoked.
     settings = Settings.from_env(cli_env)
-    api = create_app(settings, Services(settings)).test_client()
+    api = App(settings).client
     assert api.get("/functions", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     unauthorized(api.get("/functions"))
 
     revoked = cli(cli_env, "revoke", key)  # the whole key works too: only its id is used
     assert revoked.returncode == 0 and key_id in revoked.stdout, revoked.stderr
     assert "revoked" in cli(cli_env, "list").stdout
-    fresh = create_app(settings, Services(settings)).test_client()
+    fresh = App(settings).client
     unauthorized(fresh.get("/functions", headers={"Authorization": f"Bearer {key}"}))
 
     assert cli(cli_env, "revoke", "0000000000000000").returncode == 1

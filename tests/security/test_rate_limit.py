@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from services import free_port, wait_for_http
+from support.servers import free_port, wait_for_http
 
 from nanogrid import keys, storage
 from nanogrid.config import RateLimit, Settings

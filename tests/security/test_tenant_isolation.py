@@ -16,7 +16,6 @@ from openapi_check import conforms
 
 from nanogrid.functions import code_key
 from nanogrid.jobs.index import queued_key, status_key
-from nanogrid.worker import execute
 
 HANDLER = "def handler(event, context):\n    return {'doubled': event * 2}\n"
 UNKNOWN_FUNCTION = "fn-0123456789abcdef"
@@ -27,13 +26,11 @@ UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
 def world(make_app):
     app = make_app()
     a, b = app.new_key("tenant-a"), app.new_key("tenant-b")
-    client = app.client
-    created = client.post("/functions", json={"name": "shared-name", "code": HANDLER}, headers=a)
-    assert created.status_code == 201, created.get_json()
-    fn = created.get_json()
-    done = client.post(f"/functions/{fn['function_id']}/run", json={"input": 21, "wait_s": 0}, headers=a).get_json()
-    assert execute.run(app.services, done["job_id"]) == "SUCCESS"
-    queued = client.post(f"/functions/{fn['function_id']}/run", json={"input": 1, "wait_s": 0}, headers=a).get_json()
+    fn = app.deploy("shared-name", HANDLER, a)
+    done = app.run(fn["function_id"], 21, a)
+    assert done["status"] == "SUCCESS", done
+    queued = app.client.post(f"/functions/{fn['function_id']}/run", json={"input": 1, "wait_s": 0},
+                             headers=a).get_json()
     return {"app": app, "a": a, "b": b, "fn": fn, "done": done["job_id"], "queued": queued["job_id"]}
 
 

@@ -1,0 +1,12 @@
+"""What every test layer shares: the servers the suite runs on, processes, stacks, apps, waiting.
+
+- servers: free ports, HTTP readiness, redis-server, moto server and gcp-storage-emulator;
+- processes: a command in its own session with its output in a file, and the group that starts them;
+- stack: NanoGrid's own processes (`nanogrid dev`, or `nanogrid api` + `nanogrid worker`), driven
+  over HTTP through nanogrid.client.Client;
+- app: the API under Flask's test client on embedded storage and a real Redis;
+- docker: the containers of a job;
+- functions: sources the tests deploy, and gated ones that run until the test lets them finish;
+- waiting: `eventually`, for waiting on evidence instead of sleeping;
+- fixtures: the pytest fixtures tests/conftest.py offers to every test.
+"""

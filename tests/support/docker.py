@@ -1,0 +1,49 @@
+"""The containers of a job, seen from dockerd."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import docker
+
+from nanogrid.client import TERMINAL, Client
+from nanogrid.sandbox import LABEL_JOB
+from nanogrid.sandbox.janitor import STATE_DIR_PREFIX
+from support.waiting import eventually
+
+CONTAINER_START_TIMEOUT_S = 60
+
+
+def job_containers(job_id: str, *, running_only: bool = False) -> list[dict]:
+    """Summaries of the containers running a job: labelled with it (a single-use container), or the
+    warm container a worker on this host recorded as running it (the low-level call: no
+    per-container inspect, so a container removed while listing cannot make the call fail)."""
+    client = docker.from_env().api
+    found = client.containers(all=not running_only, filters={"label": f"{LABEL_JOB}={job_id}"})
+    for record in Path(tempfile.gettempdir()).glob(f"{STATE_DIR_PREFIX}*/jobs/{job_id}"):
+        try:
+            container_id = record.read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        found += client.containers(all=not running_only, filters={"id": container_id})
+    return found
+
+
+def await_job_container(api: Client, job_id: str) -> None:
+    """Return once a container runs the job; fail at once if the job ends without one."""
+
+    def running() -> bool:
+        if job_containers(job_id, running_only=True):
+            return True
+        job = api.job(job_id)
+        assert job["status"] not in TERMINAL, f"the job ended before a container ran it: {job}"
+        return False
+
+    eventually(running, CONTAINER_START_TIMEOUT_S, f"a container runs job {job_id}", interval_s=0.2)
+
+
+def await_no_job_container(job_id: str, timeout_s: float, why: str) -> None:
+    """Return once no container of the job is left, running or not."""
+    eventually(lambda: not job_containers(job_id), timeout_s, f"no container of job {job_id} is left ({why})",
+               interval_s=0.2)

@@ -1,0 +1,99 @@
+"""The fixtures tests/conftest.py offers to every test.
+
+The servers fail, never skip, when they cannot start: a missing redis-server, dockerd or moto
+must not pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+
+from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
+from nanogrid.sandbox.docker import connect
+from nanogrid.sandbox.image import build_image, image_status
+from support import servers
+from support.app import App
+from support.processes import Processes
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server (Debian's) on a free port, database 0."""
+    with servers.redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """Endpoint URL of a moto server, with dummy AWS credentials in the environment."""
+    with pytest.MonkeyPatch.context() as env, servers.moto_server() as endpoint:
+        for name, value in servers.DUMMY_AWS_ENV.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """host:port of an in-memory gcp-storage-emulator, also exported as STORAGE_EMULATOR_HOST."""
+    with pytest.MonkeyPatch.context() as env, servers.gcs_emulator() as host:
+        # google-cloud-storage treats the variable as a URL, so it needs the scheme.
+        env.setenv("STORAGE_EMULATOR_HOST", f"http://{host}")
+        yield host
+
+
+@pytest.fixture(scope="session")
+def runtime_image() -> Settings:
+    """Settings whose runtime image exists and is current, built offline (rootfs) if it is not;
+    dockerd must answer."""
+    settings = Settings().replace(runtime_image=os.environ.get("NANOGRID_RUNTIME_IMAGE", Settings.runtime_image))
+    try:
+        connect()
+    except Unavailable as exc:
+        pytest.fail(f"the Docker sandbox tests need a running dockerd: {exc}")
+    ready, message = image_status(settings)
+    if not ready:
+        print(message)
+        build_image(settings, method="rootfs", log=print)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def processes() -> Iterator[Processes]:
+    """Starts the processes of a test (support.stack, support.processes); whatever a failed test
+    left running is killed when the session ends."""
+    started = Processes()
+    yield started
+    started.kill_leftovers()
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Embedded storage in a fresh folder, a flushed Redis (database 0), the process sandbox."""
+    redis.Redis.from_url(redis_url).flushdb()
+    return Settings.from_env({
+        "NANOGRID_DATA_DIR": str(tmp_path / "data"),
+        "NANOGRID_REDIS_URL": redis_url,
+        "NANOGRID_SANDBOX": "process",
+    })
+
+
+@pytest.fixture
+def make_app(local_settings) -> Callable[..., App]:
+    """make_app(**settings changes) -> App on local_settings (a fresh data dir and a flushed Redis)."""
+
+    def make(**changes) -> App:
+        return App(local_settings.replace(**changes))
+
+    return make
+
+
+@pytest.fixture
+def app(make_app) -> App:
+    """The API on local_settings, under Flask's test client."""
+    return make_app()
