@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-import requests
 
 from fake_ollama import FakeOllama
-from nanogrid.api import create_app
-from nanogrid.services import Services
 from support.servers import free_port
-
-pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+from support.stack import Stack
 
 SUMMARISE = '''
 import nanogrid_ai
@@ -38,29 +32,15 @@ def ollama():
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory, runtime_image, ollama):
-    data_dir = tmp_path_factory.mktemp("dev-ai")
-    port = free_port()
-    log = open(data_dir / "dev.log", "wb")
-    process = subprocess.Popen(
-        [*CLI, "dev", "--sandbox", "docker", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "AI_ENDPOINT": ollama.url, "NANOGRID_AI_MAX_CALLS": "3", "NANOGRID_DEFAULT_TIMEOUT_S": "20"},
-    )
-    deadline = time.monotonic() + 90
-    while not (data_dir / "operator.env").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("nanogrid dev did not come up:\n" + (data_dir / "dev.log").read_text()[-3000:])
-        time.sleep(0.2)
-    yield {"url": f"http://127.0.0.1:{port}", "process": process}
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
-    log.close()
+def dev(processes, tmp_path_factory, runtime_image, ollama):
+    stack = Stack.dev(processes, tmp_path_factory.mktemp("dev-ai"), runtime_image, env={
+        "AI_ENDPOINT": ollama.url, "NANOGRID_AI_MAX_CALLS": "3", "NANOGRID_DEFAULT_TIMEOUT_S": "20"})
+    yield stack
+    stack.stop()
 
 
 def test_health_lists_the_ai_node(dev):
-    health = requests.get(dev["url"] + "/health", timeout=10).json()
+    health = dev.client.health()
     assert health["status"] == "ok", health
     assert health["components"]["ai"] == {"status": "ok", "optional": True}
 
@@ -68,7 +48,7 @@ def test_health_lists_the_ai_node(dev):
 def test_deployed_function_summarises_through_the_ai_node(dev, ollama, tmp_path):
     source = tmp_path / "summarise.py"
     source.write_text(SUMMARISE)
-    env = {**os.environ, "NANOGRID_URL": dev["url"]}
+    env = {**os.environ, "NANOGRID_URL": dev.url}
     deployed = subprocess.run([*CLI, "deploy", str(source), "--name", "summarise"], env=env, capture_output=True,
                               text=True, timeout=60)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -83,7 +63,7 @@ def test_deployed_function_summarises_through_the_ai_node(dev, ollama, tmp_path)
                                         "Functions run in sandboxes without a network.")
     assert job["ai_usage"]["calls"] == 1
     assert job["ai_usage"]["prompt_tokens"] == 16 and job["ai_usage"]["eval_tokens"] == job["result"]["tokens"] == 17
-    assert requests.get(f"{dev['url']}/jobs/{job['job_id']}", timeout=10).json()["ai_usage"] == job["ai_usage"]
+    assert dev.client.job(job["job_id"])["ai_usage"] == job["ai_usage"]
     assert ollama.paths() == ["/api/generate"]
 
 
@@ -92,10 +72,7 @@ def test_budget_from_the_environment_applies(dev, ollama):
             "def handler(event, context):\n"
             "    for n in range(5):\n"
             "        nanogrid_ai.embed('nomic-embed-text', f'text {n}')\n")
-    created = requests.post(dev["url"] + "/functions", json={"name": "greedy", "code": code}, timeout=30)
-    assert created.status_code == 201, created.text
-    job = requests.post(f"{dev['url']}/functions/{created.json()['function_id']}/run", json={"wait_s": 60},
-                        timeout=90).json()
+    job = dev.client.invoke(dev.client.create("greedy", code)["function_id"], None, wait_s=60)
     assert job["status"] == "FAILED", job
     assert job["error"]["message"].endswith("nanogrid_ai.AIQuotaExceeded: this run has used its budget of 3 AI calls")
     assert job["ai_usage"]["calls"] == 3
@@ -124,11 +101,9 @@ def test_ai_check_command(ollama):
 
 
 @pytest.mark.parametrize("endpoint, status", [("", "disabled"), ("fake", "ok"), ("down", "down")])
-def test_health_ai_component_is_optional(local_settings, ollama, endpoint, status):
+def test_health_ai_component_is_optional(make_app, ollama, endpoint, status):
     url = {"": "", "fake": ollama.url, "down": f"http://127.0.0.1:{free_port()}"}[endpoint]
-    settings = local_settings.replace(ai_endpoint=url)
-    api = create_app(settings, Services(settings)).test_client()
-    response = api.get("/health")
+    response = make_app(ai_endpoint=url).client.get("/health")
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert body["status"] == "ok" and "failing" not in body

@@ -7,246 +7,181 @@ archive on gcp-storage-emulator, and dockerd. Only endpoints differ from a real 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import boto3
 import pytest
-import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from nanogrid.config import Settings
-from nanogrid.storage.provision import ensure_resources
-from nanogrid.task_names import RUN_TASK
+from nanogrid.services import Services
+from nanogrid.task_names import ARCHIVE_TASK, RUN_TASK
 from nanogrid.transport.broker import Broker
-from support.docker import job_containers
-from support.servers import free_port, wait_for_http
+from nanogrid.transport.depth import queue_depth
+from support.docker import await_job_container, await_no_job_container
+from support.stack import Stack
+from support.waiting import eventually
 
-pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
-
-LEASE_S = 3
+# Long enough that a healthy run's renewals are never late, however busy the machine.
+LEASE_S = 10
 REAPER_INTERVAL_S = 1
 VISIBILITY_TIMEOUT_S = 3
+SLEEPS = "import time\ntime.sleep(120)\n"
+ALIVE = "def handler(e, c):\n    return 'alive'\n"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image):
-    workdir = tmp_path_factory.mktemp("prod")
-    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="ap-northeast-2")
-    queue_url = sqs.create_queue(QueueName="nanogrid-task-queue",
-                                 Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_S)})["QueueUrl"]
-    redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
-    api_port = free_port()
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": moto_server, "AWS_REGION": "ap-northeast-2",
-        "SQS_QUEUE_URL": queue_url,
-        "REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis_port,
-        "S3_CODE_BUCKET": "nanogrid-code-bucket", "S3_USER_DATA_BUCKET": "nanogrid-user-data-123456789012",
-        "GCP_BUCKET_NAME": "nanogrid-archive",
-        "NANOGRID_STORAGE": "aws", "NANOGRID_SANDBOX": "docker",
-        "NANOGRID_LEASE_S": str(LEASE_S), "NANOGRID_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
-        "NANOGRID_SQS_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-        "NANOGRID_WORKER_CONCURRENCY": "2",
-        "NANOGRID_BIND": f"127.0.0.1:{api_port}",
-        "NANOGRID_RUNTIME_IMAGE": runtime_image.runtime_image,
-    }
-    env.pop("NANOGRID_BROKER_URL", None)
-    env.pop("NANOGRID_REDIS_URL", None)
-    settings = Settings.from_env(env)
-    ensure_resources(settings)
-    cli = [sys.executable, "-m", "nanogrid.cli"]
-    logs = {name: open(workdir / f"{name}.log", "wb") for name in ("api", "worker")}
-
-    def start_worker() -> subprocess.Popen:
-        return subprocess.Popen([*cli, "worker", "-n", f"prod-{os.getpid()}@%h"], env=env,
-                                stdout=logs["worker"], stderr=subprocess.STDOUT)
-
-    processes = {
-        "api": subprocess.Popen([*cli, "api"], env=env, stdout=logs["api"], stderr=subprocess.STDOUT),
-        "worker": start_worker(),
-    }
-    url = f"http://127.0.0.1:{api_port}"
-
-    def log_tail() -> str:
-        return "\n".join(f"--- {n}\n{(workdir / f'{n}.log').read_text()[-3000:]}" for n in logs)
-
-    if not wait_for_http(url + "/health", 60, lambda: all(p.poll() is None for p in processes.values())):
-        pytest.fail("the production stack did not come up\n" + log_tail())
-    yield {"url": url, "env": env, "settings": settings, "processes": processes, "log_tail": log_tail,
-           "start_worker": start_worker, "workdir": workdir}
-    for process in processes.values():
-        process.send_signal(signal.SIGTERM)
-    for process in processes.values():
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def deploy(stack, name, code, **extra) -> str:
-    response = requests.post(stack["url"] + "/functions", json={"name": name, "code": code, **extra}, timeout=30)
-    assert response.status_code == 201, response.text
-    return response.json()["function_id"]
-
-
-def run(stack, function_id, event=None, wait_s=60) -> dict:
-    response = requests.post(f"{stack['url']}/functions/{function_id}/run", json={"input": event, "wait_s": wait_s},
-                             timeout=wait_s + 30)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
-
-
-def wait_terminal(stack, job_id, timeout_s) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = requests.get(f"{stack['url']}/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("SUCCESS", "FAILED") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.2)
+def stack(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image):
+    running = Stack.production(processes, tmp_path_factory.mktemp("prod"), moto_server=moto_server,
+                               gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image, env={
+                                   "NANOGRID_LEASE_S": str(LEASE_S),
+                                   "NANOGRID_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
+                                   "NANOGRID_SQS_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+                               })
+    yield running
+    running.stop()
 
 
 def archived(stack) -> list[str]:
     client = gcs.Client(project="test", credentials=AnonymousCredentials())
-    return sorted(blob.name for blob in client.list_blobs("nanogrid-archive"))
+    return sorted(blob.name for blob in client.list_blobs(stack.settings.gcp_bucket_name))
 
 
 def run_starts(stack, job_id: str) -> int:
     """How many times a worker started running the job (claimed it): its "run started" log lines.
     A warm container serves many jobs, so Docker's container starts no longer count runs."""
-    lines = (stack["workdir"] / "worker.log").read_text(errors="replace").splitlines()
-    return sum(1 for line in lines if "run started" in line and job_id in line)
+    return len(stack.lines("worker", "run started", job_id))
+
+
+def worker_messages(stack) -> list[dict]:
+    """The worker's JSON log lines."""
+    docs = []
+    for line in stack.log("worker").splitlines():
+        try:
+            docs.append(json.loads(line))
+        except ValueError:
+            continue
+    return docs
+
+
+def queue_is_empty(stack) -> bool:
+    """No message waiting and none delivered but unacknowledged: nothing queued can run again."""
+    depth = queue_depth(stack.settings)
+    return depth.visible == 0 and depth.in_flight == 0
+
+
+def archive_tasks_settled(stack) -> bool:
+    """Every archive task the worker received has ended (succeeded, or raised)."""
+    received, ended = set(), set()
+    for doc in worker_messages(stack):
+        message = doc.get("message", "")
+        if message.startswith(f"Task {ARCHIVE_TASK}["):
+            task_id = message.split("[", 1)[1].split("]", 1)[0]
+            if message.endswith("] received"):
+                received.add(task_id)
+            elif " succeeded in " in message or " raised " in message:
+                ended.add(task_id)
+    return received <= ended
 
 
 def test_health_names_every_component(stack):
-    health = requests.get(stack["url"] + "/health", timeout=10).json()
+    health = stack.client.health()
     assert health["status"] == "ok", health
     assert set(health["components"]) >= {"redis", "functions", "jobs", "broker", "sandbox"}
 
 
 def test_run_on_sqs_and_archive_only_successful_versions(stack):
-    function_id = deploy(stack, "prod-adder", "def handler(event, context):\n    return sum(event)\n")
-    job = run(stack, function_id, [1, 2, 3])
-    assert job["status"] == "SUCCESS", (job, stack["log_tail"]())
+    api = stack.client
+    function_id = api.create("prod-adder", "def handler(event, context):\n    return sum(event)\n")["function_id"]
+    job = api.invoke(function_id, [1, 2, 3], wait_s=60)
+    assert job["status"] == "SUCCESS", (job, stack.log_tail())
     assert job["result"] == 6
-    assert run(stack, function_id, [4])["result"] == 4
-    broken = requests.put(f"{stack['url']}/functions/{function_id}",
-                          json={"code": "def handler(event, context):\n    raise ValueError(event)\n"}, timeout=30)
-    assert broken.json()["version"] == 2
-    assert run(stack, function_id, [1])["error"]["type"] == "runtime_error"
-    deadline = time.monotonic() + 30
+    assert api.invoke(function_id, [4], wait_s=60)["result"] == 4
+    broken = api.update(function_id, code="def handler(event, context):\n    raise ValueError(event)\n")
+    assert broken["version"] == 2
+    failed = api.invoke(function_id, [1], wait_s=60)
+    assert failed["error"]["type"] == "runtime_error", failed
+    # Whatever the v2 run queued, it queued before Celery logged its end; once the queue is empty
+    # and every archive task received has ended, a wrongly queued archive of v2 would be stored.
+    eventually(lambda: [d for d in worker_messages(stack) if d.get("job_id") == failed["job_id"]
+                        and d.get("message", "").startswith(f"Task {RUN_TASK}[") and " succeeded " in d["message"]],
+               60, "Celery logs the end of the v2 run's task")
+    eventually(lambda: queue_is_empty(stack) and archive_tasks_settled(stack), 60,
+               "the task queue is empty and every archive task has ended")
     # Archive and code store keys carry the tenant: an open API acts for the tenant "default".
-    while f"default/{function_id}/v1.zip" not in archived(stack) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(2)  # room for a wrongly queued second archive of v1 or v2 to show up
     mine = [name for name in archived(stack) if name.startswith(f"default/{function_id}")]
     assert mine == [f"default/{function_id}/v1.zip"], mine
-    s3 = boto3.client("s3", endpoint_url=stack["env"]["AWS_ENDPOINT_URL"], region_name="ap-northeast-2")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="nanogrid-code-bucket")["Contents"]]
+    s3 = boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL"], region_name=stack.env["AWS_REGION"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.settings.s3_code_bucket)["Contents"]]
     assert f"default/functions/{function_id}/v1.zip" in keys and f"default/functions/{function_id}/v2.zip" in keys
 
 
 def test_a_run_three_times_longer_than_the_visibility_timeout_executes_once(stack):
-    function_id = deploy(stack, "prod-long", "import time\ndef handler(event, context):\n"
-                                             f"    time.sleep({3 * VISIBILITY_TIMEOUT_S})\n    return 'done'\n")
-    job = run(stack, function_id, None, wait_s=60)
+    function_id = stack.client.create("prod-long", "import time\ndef handler(event, context):\n"
+                                                   f"    time.sleep({3 * VISIBILITY_TIMEOUT_S})\n"
+                                                   "    return 'done'\n")["function_id"]
+    job = stack.client.invoke(function_id, None, wait_s=60)
     assert job["status"] == "SUCCESS" and job["result"] == "done", job
-    time.sleep(VISIBILITY_TIMEOUT_S + 2)  # a redelivery, if any, would start a second run now
+    # A message that was never deleted stays counted (visible or in flight) until it is delivered
+    # again; an empty queue after the run proves the run's message is gone, so no redelivery can come.
+    eventually(lambda: queue_is_empty(stack), 60, "the task queue holds no message")
     assert run_starts(stack, job["job_id"]) == 1
-
-
-def worker_lines(stack, job_id: str, text: str) -> int:
-    lines = (stack["workdir"] / "worker.log").read_text(errors="replace").splitlines()
-    return sum(1 for line in lines if text in line and job_id in line)
 
 
 def test_a_duplicate_message_does_not_run_the_job_again(stack):
-    function_id = deploy(stack, "prod-dup", "def handler(event, context):\n    return 1\n")
-    job = run(stack, function_id)
+    function_id = stack.client.create("prod-dup", "def handler(event, context):\n    return 1\n")["function_id"]
+    job = stack.client.invoke(function_id, None, wait_s=60)
     assert job["status"] == "SUCCESS"
-    Broker(stack["settings"]).send(RUN_TASK, [job["job_id"]])
+    Broker(stack.settings).send(RUN_TASK, [job["job_id"]])
     # Delivered and refused: the worker says so, which proves the duplicate reached it.
-    deadline = time.monotonic() + 60
-    while not worker_lines(stack, job["job_id"], "message dropped"):
-        assert time.monotonic() < deadline, "the duplicate message never reached a worker\n" + stack["log_tail"]()
-        time.sleep(0.2)
+    eventually(lambda: stack.lines("worker", "message dropped", job["job_id"]), 60,
+               "the duplicate message reaches a worker")
     assert run_starts(stack, job["job_id"]) == 1
-    assert wait_terminal(stack, job["job_id"], 1)["finished_at"] == job["finished_at"]
+    assert stack.client.job(job["job_id"])["finished_at"] == job["finished_at"]
 
 
 def test_kill_9_of_the_pool_process_fails_the_job_as_worker_lost(stack):
-    function_id = deploy(stack, "prod-victim", "import time\ntime.sleep(120)\n", timeout_s=300)
-    job = run(stack, function_id, wait_s=0)
-    deadline = time.monotonic() + 30
-    while not job_containers(job["job_id"], running_only=True):
-        assert time.monotonic() < deadline, "the run never started a container"
-        time.sleep(0.2)
-    holder = stack_job_holder(stack, job["job_id"])
-    os.kill(holder, signal.SIGKILL)
-    killed_at = time.monotonic()
-    final = wait_terminal(stack, job["job_id"], 30)
+    function_id = stack.client.create("prod-victim", SLEEPS, timeout_s=300)["function_id"]
+    job_id = stack.client.invoke(function_id, None, wait_s=0)["job_id"]
+    await_job_container(stack.client, job_id)
+    jobs = Services(stack.settings).jobs
+    holder = jobs.get(job_id)["worker_id"]  # "host:pid" of the pool process: it claims before it runs
+    os.kill(int(holder.rsplit(":", 1)[1]), signal.SIGKILL)
+    lease_until = jobs.get(job_id)["lease_until"]  # the holder's last renewal
+    final = stack.client.wait(job_id, 120)
     assert final["status"] == "FAILED" and final["error"]["type"] == "worker_lost", final
-    bound = LEASE_S + 2 * REAPER_INTERVAL_S + 2
-    assert time.monotonic() - killed_at < bound + 3
-    while job_containers(job["job_id"]):
-        assert time.monotonic() - killed_at < 30, "the killed run's container was not removed"
-        time.sleep(0.5)
-    assert stack["processes"]["worker"].poll() is None
-    assert run(stack, deploy(stack, "prod-after", "def handler(e, c):\n    return 'alive'\n"))["result"] == "alive"
-
-
-def stack_job_holder(stack, job_id: str) -> int:
-    from nanogrid.services import Services
-
-    record = Services(stack["settings"]).jobs.get(job_id)
-    deadline = time.monotonic() + 10
-    while record["worker_id"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        record = Services(stack["settings"]).jobs.get(job_id)
-    return int(record["worker_id"].rsplit(":", 1)[1])
+    # The reaper failed it, and only once the dead holder's lease had run out.
+    assert jobs.get(job_id)["finished_at"] >= lease_until
+    assert stack.lines("worker", "job failed: worker lost", job_id), stack.log_tail()
+    await_no_job_container(job_id, 60, "the killed run's container is removed")
+    assert stack.procs["worker"].alive()
+    assert stack.client.invoke(stack.client.create("prod-after", ALIVE)["function_id"], None, wait_s=60)["result"] \
+        == "alive"
 
 
 def test_kill_9_of_the_whole_worker_fails_the_job_and_a_restarted_worker_removes_its_container(stack):
-    function_id = deploy(stack, "prod-victim-2", "import time\ntime.sleep(120)\n", timeout_s=300)
-    job = run(stack, function_id, wait_s=0)
-    deadline = time.monotonic() + 30
-    while not job_containers(job["job_id"], running_only=True):
-        assert time.monotonic() < deadline, "the run never started a container"
-        time.sleep(0.2)
-    worker = stack["processes"]["worker"]
-    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
-    for pid in [worker.pid, *map(int, children)]:
-        os.kill(pid, signal.SIGKILL)
-    worker.wait()
-    killed_at = time.monotonic()
+    function_id = stack.client.create("prod-victim-2", SLEEPS, timeout_s=300)["function_id"]
+    job_id = stack.client.invoke(function_id, None, wait_s=0)["job_id"]
+    await_job_container(stack.client, job_id)
+    stack.procs["worker"].kill()  # the main process and its pool processes at once
     # systemd restarts a dead worker in production; the new one's reaper cleans up after the old.
-    stack["processes"]["worker"] = stack["start_worker"]()
-    final = wait_terminal(stack, job["job_id"], 60)
+    stack.start_worker()
+    final = stack.client.wait(job_id, 120)
     assert final["status"] == "FAILED" and final["error"]["type"] == "worker_lost", final
-    while job_containers(job["job_id"]):
-        assert time.monotonic() - killed_at < 60, "the dead worker's container was not removed"
-        time.sleep(0.5)
-    assert run(stack, deploy(stack, "prod-after-2", "def handler(e, c):\n    return 'alive'\n"))["result"] == "alive"
+    await_no_job_container(job_id, 60, "the dead worker's container is removed")
+    assert stack.client.invoke(stack.client.create("prod-after-2", ALIVE)["function_id"], None, wait_s=60)["result"] \
+        == "alive"
 
 
 def test_cancel_a_running_job(stack):
-    function_id = deploy(stack, "cancel-running", "import time\ntime.sleep(120)\n", timeout_s=300)
-    job = run(stack, function_id, wait_s=0)
-    deadline = time.monotonic() + 30
-    while not job_containers(job["job_id"], running_only=True):
-        assert time.monotonic() < deadline, "the run never started a container"
-        time.sleep(0.2)
-    response = requests.post(f"{stack['url']}/jobs/{job['job_id']}/cancel", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "FAILED" and response.json()["error"]["type"] == "cancelled"
-    cancelled_at = time.monotonic()
-    while job_containers(job["job_id"]):
-        assert time.monotonic() - cancelled_at < 15, "the cancelled run's container is still there"
-        time.sleep(0.2)
-    time.sleep(1)
-    assert requests.get(f"{stack['url']}/jobs/{job['job_id']}", timeout=10).json()["error"]["type"] == "cancelled"
+    function_id = stack.client.create("cancel-running", SLEEPS, timeout_s=300)["function_id"]
+    job_id = stack.client.invoke(function_id, None, wait_s=0)["job_id"]
+    await_job_container(stack.client, job_id)
+    cancelled = stack.client.cancel(job_id)
+    assert cancelled["status"] == "FAILED" and cancelled["error"]["type"] == "cancelled", cancelled
+    await_no_job_container(job_id, 60, "the cancelled run's container is removed")
+    # The worker's own word that its run is over: nothing it does can change the job any more.
+    eventually(lambda: stack.lines("worker", "run finished", job_id), 60, "the worker ends the cancelled run")
+    assert stack.client.job(job_id)["error"]["type"] == "cancelled"
