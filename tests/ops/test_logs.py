@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 
 import pytest
 
@@ -13,9 +12,9 @@ from nanogrid import logs
 from nanogrid.config import ConfigError, Settings
 from nanogrid.task_names import RUN_TASK
 from nanogrid.worker import logs as worker_logs
-from test_metrics import FAILS, OK, Stack
-
-pytestmark = pytest.mark.integration
+from support.functions import FAILS, OK
+from support.stack import Stack
+from support.waiting import eventually
 SECRET = "s3cr3t-value-that-must-not-appear"
 
 
@@ -101,15 +100,17 @@ def test_text_format_and_setting():
 # --- Real processes ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url):
-    running = Stack(tmp_path_factory.mktemp("logs"), redis_url, redis_db=4, AWS_SECRET_ACCESS_KEY=SECRET)
+def stack(processes, tmp_path_factory, redis_url):
+    running = Stack.on_redis(processes, tmp_path_factory.mktemp("logs"), redis_url, db=4,
+                             env={"AWS_SECRET_ACCESS_KEY": SECRET})
     yield running
     running.stop()
 
 
 def json_lines(text: str, after: str) -> list[dict]:
-    """Every line from the first one containing `after` on, each of which must be one JSON object."""
-    lines = text.splitlines()
+    """Every line from the first one containing `after` on, each of which must be one JSON object
+    (but a last line still being written)."""
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
     start = next(i for i, line in enumerate(lines) if after in line)
     docs = []
     for line in lines[start:]:
@@ -121,17 +122,20 @@ def json_lines(text: str, after: str) -> list[dict]:
 
 
 def test_worker_lines_of_a_run_carry_job_and_function(stack):
-    ok_fn = stack.deploy("logged-ok", OK, env={"API_TOKEN": SECRET})
-    bad_fn = stack.deploy("logged-bad", FAILS)
-    jobs = {stack.run(ok_fn, {"n": 1})["job_id"]: ok_fn, stack.run(bad_fn, {})["job_id"]: bad_fn}
-    deadline = time.monotonic() + 15  # Celery writes "Task ... succeeded" just after the job is recorded
-    while True:
-        worker_log = stack.log("worker")
-        docs = json_lines(worker_log, f"{stack.node} ready.")
+    ok_fn = stack.client.create("logged-ok", OK, env={"API_TOKEN": SECRET})["function_id"]
+    bad_fn = stack.client.create("logged-bad", FAILS)["function_id"]
+    jobs = {stack.client.invoke(ok_fn, {"n": 1}, wait_s=60)["job_id"]: ok_fn,
+            stack.client.invoke(bad_fn, {}, wait_s=60)["job_id"]: bad_fn}
+
+    def both_tasks_ended() -> list[dict] | None:
+        """The worker's lines, once Celery's own line for each task (written just after the job is
+        recorded) is among them."""
+        docs = json_lines(stack.log("worker"), f"{stack.node} ready.")
         done = {d.get("job_id") for d in docs if d["logger"] == "celery.app.trace"}
-        if set(jobs) <= done or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return docs if set(jobs) <= done else None
+
+    docs = eventually(both_tasks_ended, 60, "Celery logs the end of both tasks")
+    worker_log = stack.log("worker")
     for job_id, function_id in jobs.items():
         run = [d for d in docs if d.get("job_id") == job_id]
         assert {d["message"] for d in run if d["logger"] == "nanogrid.worker.execute"} >= {"run started"}, run
@@ -150,9 +154,14 @@ def test_worker_lines_of_a_run_carry_job_and_function(stack):
 
 
 def test_api_lines_are_json_access_lines_included(stack):
-    stack.deploy("logged-api", OK)
-    docs = json_lines(stack.log("api"), "Starting gunicorn")
-    access = [d for d in docs if d["logger"] == "gunicorn.access"]
-    assert any(d["method"] == "POST" and d["path"] == "/functions" and d["status"] == 201 for d in access), access
+    stack.client.create("logged-api", OK)
+
+    def created_line_written() -> list[dict] | None:
+        """The API's lines, once the access line of the POST (written after its response) is among them."""
+        docs = json_lines(stack.log("api"), "Starting gunicorn")
+        return docs if any(d["logger"] == "gunicorn.access" and d["method"] == "POST" and d["path"] == "/functions"
+                           and d["status"] == 201 for d in docs) else None
+
+    docs = eventually(created_line_written, 60, "the API logs the POST /functions access line")
     assert all({"time", "level", "logger", "message", "pid"} <= d.keys() for d in docs)
     assert SECRET not in stack.log("api")

@@ -1,8 +1,8 @@
 """Prometheus metrics of the API (/metrics) and of the worker (its exporter), on real processes.
 
 `nanogrid api` (gunicorn, 2 workers by default) and `nanogrid worker` run as an operator runs
-them, on a real redis-server, embedded storage and the process sandbox; the tests read /metrics
-with prometheus_client's own parser. `Stack` is also used by test_logs.py and test_status.py.
+them (support.stack.Stack.on_redis: a real redis-server, embedded storage and the process
+sandbox); the tests read /metrics with prometheus_client's own parser.
 """
 
 from __future__ import annotations
@@ -14,130 +14,24 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from nanogrid import metrics
-from nanogrid.api import create_app
 from nanogrid.config import ConfigError, Settings
 from nanogrid.services import Services
-from support.servers import free_port, wait_for_http
-
-pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-OK = "def handler(event, context):\n    return event['n'] * 2\n"
-FAILS = "def handler(event, context):\n    raise ValueError('kaput')\n"
-SLEEPS = "import time\ndef handler(event, context):\n    time.sleep(event['s'])\n    return 'slept'\n"
-
-
-# --- A running API and worker ---------------------------------------------------------------------
-
-class Stack:
-    """`nanogrid api` + `nanogrid worker` in their own sessions, their stderr (the logs) in files."""
-
-    def __init__(self, tmp: Path, redis_url: str, redis_db: int, **extra_env: str):
-        base = redis_url.rsplit("/", 1)[0]
-        self.redis_url = f"{base}/{redis_db}"
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self.tmp = tmp
-        self.port, self.metrics_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.node = f"ops-{uuid.uuid4().hex[:8]}@test"
-        env = {k: v for k, v in os.environ.items() if k not in (metrics.MULTIPROC_ENV, metrics.PRIVATE_ENV)}
-        self.env = {
-            **env,
-            "PYTHONPATH": str(REPO),
-            "NANOGRID_REDIS_URL": self.redis_url,
-            "NANOGRID_BROKER_URL": self.redis_url,
-            "NANOGRID_DATA_DIR": str(tmp / "data"),
-            "NANOGRID_STORAGE": "local",
-            "NANOGRID_ARCHIVE": "none",
-            "NANOGRID_SANDBOX": "process",
-            "NANOGRID_BIND": f"127.0.0.1:{self.port}",
-            "NANOGRID_WORKER_METRICS_PORT": str(self.metrics_port),
-            "NANOGRID_LOG_FORMAT": "json",
-            **extra_env,
-        }
-        self.logs: dict[str, Path] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.start("api", [])
-        self.start("worker", ["-n", self.node, "--concurrency", "2"])
-        if not wait_for_http(self.url + "/health", 60, alive=lambda: self.procs["api"].poll() is None):
-            self.fail("the API did not come up")
-        deadline = time.monotonic() + 60
-        while f"{self.node} ready." not in self.log("worker"):
-            if self.procs["worker"].poll() is not None or time.monotonic() > deadline:
-                self.fail("the worker did not come up")
-            time.sleep(0.1)
-        self.multiproc_dirs = {name: self.environ_of(name).get(metrics.MULTIPROC_ENV) for name in self.procs}
-
-    def start(self, name: str, args: list[str]) -> None:
-        self.logs[name] = self.tmp / f"{name}.log"
-        with open(self.logs[name], "wb") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", name, *args], env=self.env,
-                                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                                start_new_session=True)
-
-    def environ_of(self, name: str) -> dict:
-        """The environment the process was exec'd with (`nanogrid api|worker` exec gunicorn|celery)."""
-        raw = Path(f"/proc/{self.procs[name].pid}/environ").read_bytes()
-        return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-    def log(self, name: str) -> str:
-        return self.logs[name].read_text(errors="replace")
-
-    def fail(self, what: str) -> None:
-        details = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.procs)
-        self.stop()
-        pytest.fail(f"{what}:\n{details}")
-
-    def stop(self) -> dict[str, int]:
-        codes = {}
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                codes[name] = proc.wait()
-        return codes
-
-    # The API, as a client uses it.
-
-    def deploy(self, name: str, code: str, **extra) -> str:
-        response = requests.post(f"{self.url}/functions", json={"name": name, "code": code, **extra}, timeout=30)
-        assert response.status_code == 201, response.text
-        return response.json()["function_id"]
-
-    def run(self, function_id: str, event=None, wait_s: float = 60) -> dict:
-        response = requests.post(f"{self.url}/functions/{function_id}/run", json={"input": event, "wait_s": wait_s},
-                                 timeout=wait_s + 30)
-        assert response.status_code in (200, 202), response.text
-        return response.json()
-
-    def wait_running(self, job_id: str, timeout_s: float = 30) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = requests.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
-            if job["status"] != "PENDING" or time.monotonic() > deadline:
-                assert job["status"] == "PROCESSING", job
-                return job
-            time.sleep(0.1)
+from support.functions import FAILS, GATED, GATED_TIMEOUT_S, OK, Gate
+from support.stack import Stack
+from support.waiting import eventually
 
 
 def scrape(url: str) -> dict[str, list]:
     """{sample name: [(labels, value), ...]} from a /metrics page, via prometheus_client's parser."""
-    response = requests.get(url, timeout=10)
+    response = requests.get(url, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain")
     samples: dict[str, list] = {}
@@ -147,40 +41,59 @@ def scrape(url: str) -> dict[str, list]:
     return samples
 
 
-def scrape_until(url: str, ready, timeout_s: float = 10) -> dict[str, list]:
-    """Scrape until ready(samples) holds (or the time is up: the caller's assertions then say why)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = scrape(url)
-        try:
-            if ready(samples):
-                return samples
-        except AssertionError:
-            pass
-        if time.monotonic() > deadline:
-            return samples
-        time.sleep(0.1)
+def total(samples: dict, name: str, **labels) -> float:
+    """The sum of the samples called name whose labels include these (0 when there are none)."""
+    return sum(v for sample_labels, v in samples.get(name, []) if labels.items() <= sample_labels.items())
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    """The sum of the samples called name whose labels include these."""
-    found = [v for sample_labels, v in samples.get(name, []) if labels.items() <= sample_labels.items()]
-    assert found, f"no sample {name}{labels}; have: {sorted(samples)}"
-    return sum(found)
+    """total(), for a sample that must be there."""
+    assert any(labels.items() <= sample_labels.items() for sample_labels, _ in samples.get(name, [])), \
+        f"no sample {name}{labels}; have: {sorted(samples)}"
+    return total(samples, name, **labels)
+
+
+def scrape_until(url: str, ready, what: str) -> dict[str, list]:
+    """The first scrape for which ready(samples) holds."""
+
+    def scraped() -> dict[str, list] | None:
+        samples = scrape(url)
+        return samples if ready(samples) else None
+
+    return eventually(scraped, 60, what)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []  # gone
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""  # gone
+
+
+def sandbox_runners(worker_pid: int) -> list[int]:
+    """The process sandbox's runners under the worker's pool processes: one per run in progress."""
+    return [runner for pool in children(worker_pid) for runner in children(pool) if b"runner.py" in cmdline(runner)]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url):
-    running = Stack(tmp_path_factory.mktemp("metrics"), redis_url, redis_db=3)
+def stack(processes, tmp_path_factory, redis_url):
+    running = Stack.on_redis(processes, tmp_path_factory.mktemp("metrics"), redis_url, db=3)
     yield running
     running.stop()
 
 
 # --- In one process: the route label and the fallback registry -------------------------------------
 
-def test_api_counts_by_url_rule_without_multiprocess_dir(local_settings, monkeypatch):
+def test_api_counts_by_url_rule_without_multiprocess_dir(make_app, monkeypatch):
     monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
-    api = create_app(local_settings, Services(local_settings)).test_client()
+    api = make_app().client
 
     def count(route: str, status: str) -> float:
         samples = {}
@@ -247,7 +160,7 @@ def test_a_dead_owners_private_dir_is_removed_by_the_next_one(tmp_path):
 # --- Real processes --------------------------------------------------------------------------------
 
 def test_each_service_gets_its_own_private_metrics_dir(stack):
-    api_dir, worker_dir = stack.multiproc_dirs["api"], stack.multiproc_dirs["worker"]
+    api_dir, worker_dir = (stack.procs[name].environ().get(metrics.MULTIPROC_ENV) for name in ("api", "worker"))
     assert api_dir and worker_dir and api_dir != worker_dir
     assert Path(api_dir).is_dir() and Path(worker_dir).is_dir()
 
@@ -255,16 +168,16 @@ def test_each_service_gets_its_own_private_metrics_dir(stack):
 def test_run_counters_move_on_the_worker_exporter(stack):
     before = scrape(stack.metrics_url)
     assert value(before, "nanogrid_queue_depth_ok") == 1
-    ok, fails = stack.deploy("doubler", OK), stack.deploy("failer", FAILS)
-    assert stack.run(ok, {"n": 21})["result"] == 42
-    job = stack.run(fails, {})
+    ok, fails = stack.client.create("doubler", OK)["function_id"], stack.client.create("failer", FAILS)["function_id"]
+    assert stack.client.invoke(ok, {"n": 21}, wait_s=60)["result"] == 42
+    job = stack.client.invoke(fails, {}, wait_s=60)
     assert job["status"] == "FAILED" and job["error"]["type"] == "runtime_error", job
 
     # The worker counts a run just after recording its job, which the client may see first.
-    after = scrape_until(stack.metrics_url, lambda s: value(s, "nanogrid_run_duration_seconds_count") >= 2)
+    after = scrape_until(stack.metrics_url, lambda s: total(s, "nanogrid_run_duration_seconds_count") >= 2,
+                         "the worker's exporter counts both runs")
     assert value(after, "nanogrid_runs_total", status="SUCCESS", error_type="") >= 1
     assert value(after, "nanogrid_runs_total", status="FAILED", error_type="runtime_error") >= 1
-    assert value(after, "nanogrid_run_duration_seconds_count") >= 2
     assert value(after, "nanogrid_run_duration_seconds_bucket", status="FAILED", le="+Inf") >= 1
     assert value(after, "nanogrid_sandbox_overhead_seconds_count", sandbox="process") >= 2
     assert value(after, "nanogrid_active_sandboxes") == 0
@@ -272,37 +185,42 @@ def test_run_counters_move_on_the_worker_exporter(stack):
     assert value(after, "nanogrid_queue_messages", queue="nanogrid", state="in_flight") == 0
 
 
-def test_active_sandboxes_and_queue_depth_while_busy(stack):
-    slow = stack.deploy("sleeper", SLEEPS)
-    # Concurrency 2: two run; the worker reserves more (in flight, not yet acknowledged); the rest wait.
-    jobs = [stack.run(slow, {"s": 3}, wait_s=0)["job_id"] for _ in range(5)]
-    stack.wait_running(jobs[0])
-    stack.wait_running(jobs[1])
-    deadline = time.monotonic() + 10  # claimed is not yet started: the code is fetched and unpacked first
-    while value(busy := scrape(stack.metrics_url), "nanogrid_active_sandboxes") < 2:
-        assert time.monotonic() < deadline, "two sandboxes never counted as active"
-        time.sleep(0.1)
-    assert value(busy, "nanogrid_active_sandboxes") == 2
-    depth = (value(busy, "nanogrid_queue_messages", state="visible"),
-             value(busy, "nanogrid_queue_messages", state="in_flight"))
-    assert sum(depth) == 3 and depth[1] >= 1, depth
+def test_active_sandboxes_and_queue_depth_while_busy(stack, tmp_path):
+    worker = stack.procs["worker"].pid
+    gated = stack.client.create("gated", GATED, timeout_s=GATED_TIMEOUT_S)["function_id"]
+    with Gate(tmp_path) as gate:
+        # Concurrency 2: two run (each a runner process) and hold their pool processes until the
+        # gate opens; the worker reserves more (in flight, not yet acknowledged); the rest wait.
+        jobs = [stack.client.invoke(gated, gate.event, wait_s=0)["job_id"] for _ in range(5)]
+        eventually(lambda: len(sandbox_runners(worker)) == 2, 60, "two runs are in their sandboxes")
+        assert value(scrape(stack.metrics_url), "nanogrid_active_sandboxes") == 2
 
-    # A pool process killed mid-run must not leave its sandbox counted (the scrape-time sweep).
-    holder = Services(Settings.from_env(stack.env)).jobs.get(jobs[0])["worker_id"]  # "host:pid" of the pool process
-    os.kill(int(holder.rsplit(":", 1)[1]), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while value(scrape(stack.metrics_url), "nanogrid_active_sandboxes") > 1:
-        assert time.monotonic() < deadline, "the killed pool process's sandbox is still counted"
-        time.sleep(0.2)
+        def depth() -> tuple[float, float]:
+            samples = scrape(stack.metrics_url)
+            return (value(samples, "nanogrid_queue_messages", state="visible"),
+                    value(samples, "nanogrid_queue_messages", state="in_flight"))
+
+        # The two running messages were acknowledged as their runs started; three are left.
+        queued = eventually(lambda: (d := depth())[1] >= 1 and d, 60, "the worker reserves a waiting run")
+        assert sum(queued) == 3, queued
+
+        # A pool process killed mid-run must not leave its sandbox counted (the scrape-time sweep).
+        running = [job for job in jobs if stack.client.job(job)["status"] == "PROCESSING"]
+        holder = Services(stack.settings).jobs.get(running[0])["worker_id"]  # "host:pid" of its pool process
+        killed = int(holder.rsplit(":", 1)[1])
+        os.kill(killed, signal.SIGKILL)
+        # Celery replaces the pool process, which takes a reserved run: two live runs again.
+        eventually(lambda: killed not in children(worker) and len(sandbox_runners(worker)) == 2, 60,
+                   "the replacement pool process runs the next job")
+        assert value(scrape(stack.metrics_url), "nanogrid_active_sandboxes") == 2, "the killed run is still counted"
 
 
 def test_api_request_counter_sums_over_gunicorn_workers(stack):
-    function_id = stack.deploy("counted", OK)
+    function_id = stack.client.create("counted", OK)["function_id"]
     route = "/functions/<function_id>"
 
     def counted() -> float:
-        samples = scrape(stack.url + "/metrics").get("nanogrid_http_requests_total", [])
-        return sum(v for labels, v in samples if labels["route"] == route and labels["status"] == "200")
+        return total(scrape(stack.url + "/metrics"), "nanogrid_http_requests_total", route=route, status="200")
 
     before, sent = counted(), 0
 
@@ -317,26 +235,26 @@ def test_api_request_counter_sums_over_gunicorn_workers(stack):
                 pids.add(doc["pid"])
         return pids
 
-    # Fresh connections from several threads, until both gunicorn workers have served the route.
-    while sent < 400:
-        threads = [threading.Thread(target=lambda: requests.get(f"{stack.url}/functions/{function_id}", timeout=10))
+    def both_workers_served() -> bool:
+        """Fresh connections from several threads at once, until both gunicorn workers have served the route."""
+        nonlocal sent
+        threads = [threading.Thread(target=lambda: requests.get(f"{stack.url}/functions/{function_id}", timeout=30))
                    for _ in range(20)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         sent += len(threads)
-        time.sleep(0.2)  # the access line is written after the response
-        if len(pids_serving()) >= 2:
-            break
-    assert len(pids_serving()) >= 2, "all requests went to one gunicorn worker"
+        return len(pids_serving()) >= 2  # an access line is written after its response: a later round sees it
+
+    eventually(both_workers_served, 120, "both gunicorn workers serve the route", interval_s=0.2)
     assert counted() - before >= sent
     latency = scrape(stack.url + "/metrics")
     assert value(latency, "nanogrid_http_request_duration_seconds_count", route=route) >= sent
 
 
 def test_stopping_removes_the_private_metrics_dirs(stack):
-    dirs = [Path(d) for d in stack.multiproc_dirs.values()]
+    dirs = [Path(stack.procs[name].environ()[metrics.MULTIPROC_ENV]) for name in ("api", "worker")]
     codes = stack.stop()
-    assert codes == {"api": 0, "worker": 0}, {name: stack.log(name)[-2000:] for name, code in codes.items() if code}
+    assert codes == {"api": 0, "worker": 0}, stack.log_tail()
     assert not any(d.exists() for d in dirs), dirs

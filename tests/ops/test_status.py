@@ -17,55 +17,61 @@ from nanogrid.jobs import Status
 from nanogrid.jobs.index import FAILURES, FAILURES_KEPT
 from nanogrid.services import Services
 from nanogrid.transport.depth import queue_depth
-from test_metrics import FAILS, REPO, SLEEPS, Stack
+from support.functions import FAILS, GATED, GATED_TIMEOUT_S, Gate
+from support.processes import REPO
+from support.stack import Stack
+from support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+# How long `nanogrid status` collects the workers' replies: plenty for a busy machine's worker.
+REPLIES_S = "10"
 
 
-def nanogrid(env: dict, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+def nanogrid(env: dict, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nanogrid.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout_s)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url):
-    running = Stack(tmp_path_factory.mktemp("status"), redis_url, redis_db=5)
+def stack(processes, tmp_path_factory, redis_url):
+    running = Stack.on_redis(processes, tmp_path_factory.mktemp("status"), redis_url, db=5)
     yield running
     running.stop()
 
 
-def test_status_shows_queue_worker_active_run_and_failure(stack):
-    failed = stack.run(stack.deploy("breaks", FAILS), {})
+def test_status_shows_queue_worker_active_run_and_failure(stack, tmp_path):
+    failed = stack.client.invoke(stack.client.create("breaks", FAILS)["function_id"], {}, wait_s=60)
     assert failed["status"] == "FAILED"
-    sleeper = stack.deploy("naps", SLEEPS)
-    running = stack.run(sleeper, {"s": 8}, wait_s=0)["job_id"]
-    stack.wait_running(running)
+    sleeper = stack.client.create("naps", GATED, timeout_s=GATED_TIMEOUT_S)["function_id"]
+    with Gate(tmp_path) as gate:  # the run stays active until both reports are read
+        running = stack.client.invoke(sleeper, gate.event, wait_s=0)["job_id"]
+        eventually(lambda: stack.client.job(running)["status"] == "PROCESSING", 60, "the gated run starts")
+        shown = nanogrid(stack.env, "status", "--timeout", REPLIES_S)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        text = shown.stdout
+        assert "Queue\n  0 visible, 0 in flight" in text, text
+        assert f"{stack.node}  pid " in text and "concurrency 2" in text and "task events off" in text, text
+        assert f"{running}  naps ({sleeper})  running " in text, text
+        failure = f"{failed['job_id']}  {failed['function_id']}  runtime_error: the function exited with code 1"
+        assert failure in text, text
 
-    shown = nanogrid(stack.env, "status", "--timeout", "1")
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    text = shown.stdout
-    assert "Queue\n  0 visible, 0 in flight" in text, text
-    assert f"{stack.node}  pid " in text and "concurrency 2" in text and "task events off" in text, text
-    assert f"{running}  naps ({sleeper})  running " in text, text
-    assert f"{failed['job_id']}  {failed['function_id']}  runtime_error: the function exited with code 1" in text, text
-
-    as_json = nanogrid(stack.env, "status", "--json", "--timeout", "1")
-    assert as_json.returncode == 0, as_json.stderr
-    doc = json.loads(as_json.stdout)
-    assert doc["errors"] == {}
-    assert doc["queue"] == {"broker": "redis", "queue": "nanogrid", "visible": 0, "in_flight": 0}
-    assert [(w["name"], w["task_events"]) for w in doc["workers"]] == [(stack.node, False)]
-    assert doc["active_runs"]["count"] == 1
-    assert doc["active_runs"]["runs"][0]["job_id"] == running and doc["active_runs"]["runs"][0]["function"] == "naps"
-    first = doc["recent_failures"][0]
-    assert (first["job_id"], first["function_id"], first["error_type"]) == (failed["job_id"], failed["function_id"],
-                                                                           "runtime_error")
-    assert first["finished_at"].endswith("Z")
+        as_json = nanogrid(stack.env, "status", "--json", "--timeout", REPLIES_S)
+        assert as_json.returncode == 0, as_json.stderr
+        doc = json.loads(as_json.stdout)
+        assert doc["errors"] == {}
+        assert doc["queue"] == {"broker": "redis", "queue": "nanogrid", "visible": 0, "in_flight": 0}
+        assert [(w["name"], w["task_events"]) for w in doc["workers"]] == [(stack.node, False)]
+        assert doc["active_runs"]["count"] == 1
+        [active] = doc["active_runs"]["runs"]
+        assert (active["job_id"], active["function"]) == (running, "naps")
+        first = doc["recent_failures"][0]
+        assert (first["job_id"], first["function_id"], first["error_type"]) == (failed["job_id"], failed["function_id"],
+                                                                               "runtime_error")
+        assert first["finished_at"].endswith("Z")
 
 
 def test_status_names_what_it_cannot_read(stack, tmp_path):
     env = {**stack.env, "NANOGRID_REDIS_URL": "redis://127.0.0.1:1/0"}  # job state unreachable; broker fine
-    shown = nanogrid(env, "status", "--timeout", "1")
+    shown = nanogrid(env, "status", "--timeout", REPLIES_S)
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "Active runs\n  unavailable: " in shown.stdout and "Recent failures\n  unavailable: " in shown.stdout
     assert f"{stack.node}  pid " in shown.stdout  # the rest is still shown
