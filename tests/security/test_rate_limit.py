@@ -9,86 +9,59 @@ a trusted proxy the address the proxy appended is the one that counts.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-import redis
 import requests
-from support.servers import free_port, wait_for_http
 
 from nanogrid import keys, storage
-from nanogrid.config import RateLimit, Settings
+from nanogrid.config import RateLimit
+from support.stack import Stack
+from support.waiting import eventually
 
 LIMIT = 20
 
 
-class Api:
-    def __init__(self, url: str, log: Path, env: dict):
-        self.url, self.log, self.env = url, log, env
-
-    def lines(self) -> list[dict]:
-        docs = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                docs.append(json.loads(line))
-            except ValueError:
-                continue
-        return docs
-
-    def answered(self, path: str) -> dict[int, set[int]]:
-        """status -> pids of the gunicorn workers whose access lines answered path."""
-        found: dict[int, set[int]] = {}
-        for doc in self.lines():
-            if doc.get("logger") == "gunicorn.access" and doc.get("path") == path:
-                found.setdefault(doc["status"], set()).add(doc["pid"])
-        return found
-
-    def workers(self) -> set[int]:
-        return {doc["pid"] for doc in self.lines() if doc.get("logger") == "gunicorn.error"
-                and "Booting worker" in doc.get("message", "")}
-
-
 @pytest.fixture
-def api(tmp_path, redis_url):
-    redis.Redis.from_url(redis_url).flushdb()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGRID_")}
-    env.update(NANOGRID_DATA_DIR=str(tmp_path / "data"), NANOGRID_STORAGE="local", NANOGRID_ARCHIVE="none",
-               NANOGRID_REDIS_URL=redis_url, NANOGRID_BROKER_URL=redis_url, NANOGRID_SANDBOX="process",
-               NANOGRID_RATE_LIMIT=f"{LIMIT} per 10 minutes", NANOGRID_BIND=f"127.0.0.1:{port}",
-               NANOGRID_API_WORKERS="2", NANOGRID_API_THREADS="4", NANOGRID_LOG_FORMAT="json",
-               PYTHONPATH=os.pathsep.join(sys.path))
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "api"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    api = Api(f"http://127.0.0.1:{port}", log, env)
+def api(processes, tmp_path, redis_url):
+    """`nanogrid api` alone, with two gunicorn workers (both booted) and a small limit."""
+    stack = Stack.on_redis(processes, tmp_path, redis_url, db=6, worker=False, env={
+        "NANOGRID_RATE_LIMIT": f"{LIMIT} per 10 minutes", "NANOGRID_API_WORKERS": "2", "NANOGRID_API_THREADS": "4"})
     try:
-        def alive() -> bool:
-            return process.poll() is None
-
-        if not wait_for_http(api.url + "/health", 60, alive):
-            pytest.fail("nanogrid api did not come up:\n" + log.read_text()[-3000:])
-        deadline = time.monotonic() + 30
-        while len(api.workers()) < 2:
-            if time.monotonic() > deadline or not alive():
-                pytest.fail("two gunicorn workers did not boot:\n" + log.read_text()[-3000:])
-            time.sleep(0.1)
-        yield api
+        eventually(lambda: len(gunicorn_workers(stack)) == 2, 60, "both gunicorn workers boot")
+        yield stack
     finally:
-        process.send_signal(signal.SIGTERM)
+        stack.stop()
+
+
+def lines(stack: Stack) -> list[dict]:
+    docs = []
+    for line in stack.log("api").splitlines():
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            docs.append(json.loads(line))
+        except ValueError:
+            continue
+    return docs
+
+
+def access_lines(stack: Stack, path: str) -> list[dict]:
+    """The access lines of the requests for path (each written after its response)."""
+    return [doc for doc in lines(stack) if doc.get("logger") == "gunicorn.access" and doc.get("path") == path]
+
+
+def answered(stack: Stack, path: str) -> dict[int, set[int]]:
+    """status -> pids of the gunicorn workers whose access lines answered path."""
+    found: dict[int, set[int]] = {}
+    for doc in access_lines(stack, path):
+        found.setdefault(doc["status"], set()).add(doc["pid"])
+    return found
+
+
+def gunicorn_workers(stack: Stack) -> set[int]:
+    return {doc["pid"] for doc in lines(stack) if doc.get("logger") == "gunicorn.error"
+            and "Booting worker" in doc.get("message", "")}
 
 
 def spoofed() -> str:
@@ -113,15 +86,22 @@ def assert_limited(response: requests.Response) -> None:
     assert 1 <= retry_after <= 600 + 600 // LIMIT, retry_after
 
 
-def until_both_workers_refuse(api: Api, path: str, headers: dict | None = None) -> None:
-    """Keep sending (refused, so uncounted) requests until each worker has answered one with 429."""
-    for _ in range(40):
-        if len(api.answered(path).get(429, set())) >= 2:
-            return
+def until_both_workers_refuse(api: Stack, path: str, headers: dict | None = None) -> int:
+    """Keep sending (refused, so uncounted) requests until each worker has answered one with 429;
+    how many it sent."""
+    sent = 0
+
+    def both_refused() -> bool:
+        nonlocal sent
+        if len(answered(api, path).get(429, set())) >= 2:
+            return True
         for response in fire(api.url + path, 16, headers):
             assert_limited(response)
-        time.sleep(0.2)  # access lines are written after the response
-    pytest.fail(f"only one worker ever answered: {api.answered(path)}")
+        sent += 16
+        return False  # their access lines come after the responses: the next round reads them
+
+    eventually(both_refused, 120, f"both gunicorn workers answer {path} with 429", interval_s=0.2)
+    return sent
 
 
 def test_the_limit_holds_across_two_workers_and_spoofed_addresses(api):
@@ -131,28 +111,27 @@ def test_the_limit_holds_across_two_workers_and_spoofed_addresses(api):
     for response in responses:
         if response.status_code == 429:
             assert_limited(response)
-    until_both_workers_refuse(api, "/limits")
-    time.sleep(0.3)
-    answered = api.answered("/limits")
-    assert len(answered[429]) == 2 and answered[429] <= api.workers(), answered
-    # Exactly LIMIT requests got through in all, whichever worker served them.
-    ok_lines = [d for d in api.lines() if d.get("logger") == "gunicorn.access" and d.get("path") == "/limits"
-                and d["status"] == 200]
-    assert len(ok_lines) == LIMIT
-    assert requests.get(api.url + "/health", timeout=10).status_code == 200  # probes are never limited
-    assert requests.get(api.url + "/metrics", timeout=10).status_code == 200
+    sent = len(responses) + until_both_workers_refuse(api, "/limits")
+    # Once every request's access line is written, exactly LIMIT of them got through in all,
+    # whichever worker served them.
+    written = eventually(lambda: len(found := access_lines(api, "/limits")) == sent and found, 60,
+                         "every /limits request's access line is written")
+    assert len([d for d in written if d["status"] == 200]) == LIMIT
+    assert {d["pid"] for d in written if d["status"] == 429} == gunicorn_workers(api)
+    assert requests.get(api.url + "/health", timeout=30).status_code == 200  # probes are never limited
+    assert requests.get(api.url + "/metrics", timeout=30).status_code == 200
 
     # A key has its own budget, shared by both workers too; the address stays limited without it.
-    store = keys.KeyStore(storage.key_table(Settings.from_env(api.env)))
+    store = keys.KeyStore(storage.key_table(api.settings))
     key, _ = store.create("acme")
     bearer = {"Authorization": f"Bearer {key}"}
     keyed = fire(api.url + "/functions", LIMIT + 5, bearer)
     assert sorted(r.status_code for r in keyed) == [200] * LIMIT + [429] * 5
     until_both_workers_refuse(api, "/functions", bearer)
-    assert_limited(requests.get(api.url + "/limits", headers={"X-Forwarded-For": spoofed()}, timeout=10))
+    assert_limited(requests.get(api.url + "/limits", headers={"X-Forwarded-For": spoofed()}, timeout=30))
 
     # Secrets never logged: not the key, not its secret, not the Authorization header.
-    output = api.log.read_text(errors="replace")
+    output = api.log("api")
     assert key not in output and key.split("_", 2)[2] not in output and "Bearer" not in output
 
 
