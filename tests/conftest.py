@@ -1,6 +1,19 @@
-"""Fixtures of every test layer; they live in tests/support (see its __init__)."""
+"""Fixtures and markers of every test layer; they live in tests/support (see its __init__)."""
 
 from __future__ import annotations
 
+import pytest
+
+from support import needs
 from support.fixtures import (app, gcs_emulator, local_settings, make_app, moto_server,  # noqa: F401 - fixtures
                               processes, redis_url, runtime_image)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    needs.add_markers(items)
+
+
+@pytest.fixture(autouse=True)
+def _markers_match_the_fixtures_used(request):
+    yield
+    needs.check(request)

@@ -24,7 +24,6 @@ from nanogrid.storage.provision import ensure_resources
 from nanogrid.storage.s3 import S3BlobStore
 from support.servers import DUMMY_AWS_ENV, free_port
 
-pytestmark = pytest.mark.integration
 
 # Three attempts against a refused port, plus backoff, must stay well under this.
 UNAVAILABLE_WITHIN_S = 10
@@ -53,7 +52,8 @@ def cloud_settings(moto_server, gcs_emulator) -> Settings:
     return settings
 
 
-@pytest.fixture(params=["local", "aws"])
+# The aws backend reaches the servers at run time (request.getfixturevalue): its parameter says so.
+@pytest.fixture(params=["local", pytest.param("aws", marks=[pytest.mark.aws, pytest.mark.gcs])])
 def settings(request, tmp_path) -> Settings:
     if request.param == "local":
         return Settings(storage="local", archive="local", data_dir=tmp_path)

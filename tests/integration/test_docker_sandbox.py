@@ -27,7 +27,6 @@ from nanogrid.sandbox import docker as docker_sandbox
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.sandbox.image import LABEL_DIGEST, image_status
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 LIMITS = Limits(timeout_s=10, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=64 * 1024)

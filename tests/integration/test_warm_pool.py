@@ -28,7 +28,6 @@ from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.services import Services
 from nanogrid.worker import execute
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 LIMITS = Limits(timeout_s=10, memory_mb=64, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=16,
                 output_bytes=64 * 1024)

@@ -8,5 +8,6 @@
 - docker: the containers of a job;
 - functions: sources the tests deploy, and gated ones that run until the test lets them finish;
 - waiting: `eventually`, for waiting on evidence instead of sleeping;
-- fixtures: the pytest fixtures tests/conftest.py offers to every test.
+- fixtures: the pytest fixtures tests/conftest.py offers to every test;
+- needs: the markers saying which servers and processes a test uses, derived from its fixtures.
 """
