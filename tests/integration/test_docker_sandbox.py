@@ -1,7 +1,10 @@
 """DockerSandbox against the real dockerd and the real runtime image (built by `runtime_image`).
 
-Runs go through the warm pool (the default): every test's code is its own function version, so
-each test starts a container of its own (tests/integration/test_warm_pool.py covers reuse)."""
+What both backends promise is tested once for both in tests/sandbox/test_contract.py; here is what
+only this one does: isolation, the container's settings, kills from elsewhere, the janitor's
+labels. Runs go through the warm pool (the default): every test's code is its own function
+version, so each test starts a container of its own (tests/integration/test_warm_pool.py covers
+reuse)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import os
 import socket
 import textwrap
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_V
 from nanogrid.sandbox import docker as docker_sandbox
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.sandbox.image import LABEL_DIGEST, image_status
+from support.waiting import eventually
 
 
 LIMITS = Limits(timeout_s=10, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
@@ -88,111 +91,6 @@ def run(sandbox, prepare):
 def test_image_is_current(runtime_image):
     ready, message = image_status(runtime_image)
     assert ready, message
-
-
-def test_handler_result(run):
-    raw, outcome = run(
-        """
-        def handler(event, context):
-            return {"sum": event["a"] + event["b"], "job": context.job_id, "left_ms": context.remaining_time_ms()}
-        """,
-        handler="handler", event={"a": 2, "b": 3},
-    )
-    assert outcome.status == "SUCCESS", outcome
-    assert outcome.result["sum"] == 5
-    assert outcome.result["job"].startswith("test-")
-    assert 0 < outcome.result["left_ms"] <= LIMITS.timeout_s * 1000
-    assert raw.exit_code == 0
-    assert raw.runner_exit_code is None  # the runner lives on, serving the next run of this version
-    assert raw.duration_ms > 0
-
-
-def test_script_reads_input_from_stdin(run):
-    raw, outcome = run(
-        """
-        import json, sys
-        event = json.load(sys.stdin)
-        print("hello", event["name"])
-        """,
-        event={"name": "grid"},
-    )
-    assert outcome.status == "SUCCESS", outcome
-    assert raw.stdout == b"hello grid\n"
-    assert raw.result is None
-
-
-def test_stdout_stderr_and_user_traceback(run):
-    raw, outcome = run(
-        """
-        import sys
-        print("to stdout")
-        print("to stderr", file=sys.stderr)
-        raise ValueError("boom")
-        """
-    )
-    assert outcome.error["type"] == "runtime_error"
-    assert outcome.exit_code == 1
-    assert raw.stdout == b"to stdout\n"
-    stderr = raw.stderr.decode()
-    assert stderr.startswith("to stderr\n")
-    assert 'File "/code/main.py", line 5' in stderr
-    assert stderr.rstrip().endswith("ValueError: boom")
-    assert "runner.py" not in stderr
-
-
-def test_non_zero_exit(run):
-    raw, outcome = run("import sys\nsys.exit(3)\n")
-    assert outcome.status == "FAILED"
-    assert outcome.error["type"] == "runtime_error"
-    assert raw.exit_code == 3 and outcome.exit_code == 3
-
-
-@pytest.mark.parametrize("code", ["while True:\n    pass\n", "import time\ntime.sleep(600)\n"], ids=["busy", "sleep"])
-def test_timeout_kills_the_container(run, code):
-    started = time.monotonic()
-    raw, outcome = run(code, timeout_s=2)
-    elapsed = time.monotonic() - started
-    assert raw.timed_out
-    assert outcome.error["type"] == "timeout"
-    assert 2 <= elapsed < 2 + 5
-
-
-def test_memory_limit(run):
-    raw, outcome = run("data = bytearray(512 * 1024 * 1024)\n", memory_mb=64)
-    assert raw.oom_killed
-    assert outcome.error["type"] == "memory_limit", outcome
-
-
-def test_output_cap_keeps_the_head_and_kills(run):
-    started = time.monotonic()
-    raw, outcome = run(
-        """
-        import sys
-        print("HEAD")
-        chunk = "x" * (1024 * 1024)
-        for _ in range(50):
-            sys.stdout.write(chunk)
-        """,
-        output_bytes=64 * 1024,
-    )
-    assert outcome.error["type"] == "output_limit"
-    assert raw.output_truncated
-    assert raw.stdout.startswith(b"HEAD\nxxxx")
-    assert len(raw.stdout) + len(raw.stderr) <= 64 * 1024
-    assert time.monotonic() - started < 10
-
-
-WRITE_100_MB = """
-    chunk = b"x" * (1024 * 1024)
-    with open("/tmp/big", "wb") as f:
-        for _ in range(100):
-            f.write(chunk)
-    """
-
-
-def test_file_size_limit(run):
-    raw, outcome = run(WRITE_100_MB, file_size_mb=10, tmpfs_mb=200, memory_mb=256)
-    assert outcome.error["type"] == "file_limit", outcome
 
 
 def test_no_network(run):
@@ -301,10 +199,12 @@ def test_read_only_root_and_code_noexec_tmp(run):
                               "exec_tmp": "EACCES", "cwd": "/code"}
 
 
-def test_limits_and_environment_inside_the_container(run):
+def test_cgroup_limits_and_paths_inside_the_container(run):
+    """Beyond the contract's rlimits (tests/sandbox): the container's cgroup holds memory and pids,
+    HOME is its tmpfs and the runtime's helper module is on the path."""
     raw, outcome = run(
         """
-        import os, resource
+        import os
         def handler(event, context):
             cgroup = "/sys/fs/cgroup"
             def read(path):
@@ -313,27 +213,16 @@ def test_limits_and_environment_inside_the_container(run):
                 except OSError:
                     return None
             return {
-                "env": sorted(os.environ),
                 "home": os.environ.get("HOME"),
                 "path": os.environ.get("PYTHONPATH"),
-                "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-                "fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
-                "core": resource.getrlimit(resource.RLIMIT_CORE),
                 "memory": read(f"{cgroup}/memory/memory.limit_in_bytes") or read(f"{cgroup}/memory.max"),
                 "pids": read(f"{cgroup}/pids/pids.max") or read(f"{cgroup}/pids.max"),
             }
         """,
-        handler="handler", memory_mb=96, pids=32, open_files=50, file_size_mb=7,
+        handler="handler", memory_mb=96, pids=32,
     )
     assert outcome.status == "SUCCESS", outcome
-    result = outcome.result
-    assert set(result["env"]) <= {"HOME", "LANG", "PATH", "PYTHONPATH", "HOSTNAME"}
-    assert result["home"] == "/tmp" and result["path"] == "/opt/nanogrid"
-    assert result["nofile"] == [50, 50]
-    assert result["fsize"] == [7 * 1024 * 1024] * 2
-    assert result["core"] == [0, 0]
-    assert result["memory"] == str(96 * 1024 * 1024)
-    assert result["pids"] == "32"
+    assert outcome.result == {"home": "/tmp", "path": "/opt/nanogrid", "memory": str(96 * 1024 * 1024), "pids": "32"}
 
 
 def test_missing_image_is_unavailable(runtime_image, prepare):
@@ -360,26 +249,29 @@ def run_in_background(sandbox: DockerSandbox, spec: RunSpec) -> tuple[threading.
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(raw=sandbox.run(spec)), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not (container_id := sandbox.running_container(spec.job_id)):
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.05)
+
+    def running_container() -> str | None:
+        assert thread.is_alive(), f"the run ended before its container ran it: {outcome}"
+        return sandbox.running_container(spec.job_id)
+
+    container_id = eventually(running_container, 60, "a container runs the job", interval_s=0.05)
     outcome["labels"] = sandbox.client.api.inspect_container(container_id)["Config"]["Labels"]
     return thread, outcome
 
 
-@pytest.mark.parametrize("same_instance", [True, False], ids=["same-sandbox", "other-process"])
-def test_kill_cancels_the_run(sandbox, runtime_image, prepare, same_instance):
-    spec = prepare("import time\nprint('started', flush=True)\ntime.sleep(600)\n", timeout_s=30)
+def test_a_kill_from_another_sandbox_cancels_the_warm_run(sandbox, runtime_image, prepare):
+    """A kill by another process's sandbox (the worker's control command): the warm container that
+    runs the job is found by its record on this host (a kill by the same sandbox is in the contract)."""
+    spec = prepare("import time\nprint('started', flush=True)\ntime.sleep(600)\n", timeout_s=300)
     thread, outcome = run_in_background(sandbox, spec)
     try:
         expected_labels = {LABEL_FUNCTION: FUNCTION_ID, LABEL_WORKER: WORKER_ID,
                            LABEL_WARM: f"{socket.gethostname()}:{os.getpid()}"}
         assert outcome["labels"].items() >= expected_labels.items() and LABEL_JOB not in outcome["labels"]
-        killer = sandbox if same_instance else DockerSandbox(runtime_image, "another-worker")
+        killer = DockerSandbox(runtime_image, "another-worker")
         assert killer.kill(spec.job_id)
-        thread.join(timeout=15)
-        assert not thread.is_alive()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the killed run did not return"
     finally:
         if thread.is_alive() and (container_id := sandbox.running_container(spec.job_id)):
             sandbox.client.api.remove_container(container_id, force=True)  # a failed test must not leave it
@@ -422,34 +314,15 @@ def test_labels_and_remove_containers(sandbox, runtime_image):
         sandbox.remove_containers(job_ids=set(jobs))
 
 
-def test_peak_memory_and_cpu_time(run):
-    raw, outcome = run(
-        """
-        import time
-        data = bytearray(48 * 1024 * 1024)
-        for i in range(0, len(data), 4096):
-            data[i] = 1
-        end = time.process_time() + 0.3
-        while time.process_time() < end:
-            pass
-        """,
-        memory_mb=128,
-    )
-    assert outcome.status == "SUCCESS", outcome
-    assert 48 * 1024 * 1024 < raw.peak_memory_bytes < 128 * 1024 * 1024
-    assert 300 <= raw.cpu_time_ms < 5000
-
-
 def test_the_deadline_holds_when_a_kill_does_not(sandbox, prepare, monkeypatch):
     """container.kill() that does nothing (a wedged runtime): the stream is cut and the container
     force-removed KILL_GRACE_S after the deadline, instead of waiting for the stream forever."""
     monkeypatch.setattr(docker_sandbox._Supervisor, "_send_kill", lambda self: None)
     spec = prepare("import time\ntime.sleep(600)\n", timeout_s=1)
-    started = time.monotonic()
     raw = sandbox.run(spec)
-    elapsed = time.monotonic() - started
     assert raw.timed_out and classify(raw, spec.limits).error["type"] == "timeout"
-    assert elapsed < 1 + docker_sandbox.KILL_GRACE_S + 2 * docker_sandbox.EXIT_WAIT_S + 2
+    # On the sandbox's clock: the stream was cut the kill's grace after the deadline.
+    assert raw.duration_ms <= (1 + docker_sandbox.KILL_GRACE_S + 1) * 1000, raw.duration_ms
     assert job_containers(sandbox, spec.job_id) == []
 
 
@@ -480,27 +353,6 @@ def test_the_runner_is_out_of_the_user_codes_reach(run):
     )
     assert outcome.result == {"fd": "PermissionError", "ptrace": 1, "own_environ": True}, outcome  # 1: EPERM
     assert raw.stderr == b""
-
-
-def test_background_processes_die_with_the_run(run):
-    raw, outcome = run(
-        """
-        import os, sys, time
-        def handler(event, context):
-            if os.fork() == 0:
-                os.setsid()
-                if os.fork() == 0:
-                    while True:
-                        print("still here", flush=True)
-                        time.sleep(0.1)
-                os._exit(0)
-            time.sleep(0.3)
-            return "returned"
-        """,
-        handler="handler", timeout_s=10,
-    )
-    assert outcome.status == "SUCCESS" and outcome.result == "returned", outcome
-    assert raw.duration_ms < 5000
 
 
 def test_the_containers_output_stream_is_out_of_reach(run):
@@ -539,4 +391,4 @@ def test_a_garbled_stream_stops_the_run(sandbox, prepare, monkeypatch):
     raw = sandbox.run(spec)
     outcome = classify(raw, spec.limits)
     assert raw.garbled and outcome.error["type"] == "runtime_error", outcome
-    assert raw.duration_ms < 10_000 and sandbox.pool.idle() == []
+    assert not raw.timed_out and sandbox.pool.idle() == []  # stopped by the garbling, not by the deadline
