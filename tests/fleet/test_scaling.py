@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import pytest
@@ -74,19 +75,71 @@ def test_bad_trace_rows_are_rejected(tmp_path):
         simulator.load_trace(empty)
 
 
+@dataclasses.dataclass
+class Run:
+    """A simulation and every job in it, as the simulator handed them out: the queue's (arrival
+    second, job index) and, in the same order, the end time the worker that took it set."""
+
+    result: simulator.Result
+    taken: list[tuple[int, int]]
+    ends: list[float]
+
+
+def simulate_recorded(trace: simulator.Trace, policy: str) -> Run:
+    """simulator.simulate, watching its queue and its workers' running jobs."""
+    taken: list[tuple[int, int]] = []
+    ends: list[float] = []
+
+    class Queue(collections.deque):
+        def popleft(self):
+            item = super().popleft()
+            taken.append(item)
+            return item
+
+    class Ends(list):
+        def append(self, end: float) -> None:
+            ends.append(end)
+            super().append(end)
+
+    class Worker(simulator._Worker):
+        def __setattr__(self, name, value):
+            super().__setattr__(name, Ends(value) if name == "running" else value)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulator, "deque", Queue)
+        patch.setattr(simulator, "_Worker", Worker)
+        result = simulator.simulate(trace, policy)
+    return Run(result, taken, ends)
+
+
 @pytest.fixture(scope="module")
-def results():
+def runs() -> dict[tuple[str, str], Run]:
     out = {}
     for path in TRACE_FILES:
         trace = simulator.load_trace(path)
         for policy in simulator.POLICIES:
-            out[trace.name, policy] = simulator.simulate(trace, policy)
+            out[trace.name, policy] = simulate_recorded(trace, policy)
     return out
 
 
-def test_every_job_runs_and_the_group_stays_within_its_bounds(results):
-    for (trace, policy), result in results.items():
-        assert result.jobs > 0
+@pytest.fixture(scope="module")
+def results(runs) -> dict[tuple[str, str], simulator.Result]:
+    return {key: run.result for key, run in runs.items()}
+
+
+def test_every_job_runs_and_the_group_stays_within_its_bounds(runs):
+    for (trace, policy), run in runs.items():
+        arrivals = simulator.load_trace(TRACES / f"{trace}.csv").arrivals()
+        # Each arrival was taken from the queue once, after it arrived...
+        assert sorted(index for _, index in run.taken) == list(range(len(arrivals))), (trace, policy)
+        assert all(arrived == arrivals[index] for arrived, index in run.taken), (trace, policy)
+        assert len(run.ends) == len(run.taken) and all(end > arrived for (arrived, _), end in zip(run.taken, run.ends))
+        # ...and ended within the simulation: it counted the latest end of them all as finished (its
+        # last finish), so its clock had passed every job's end.
+        last_finish = run.result.drain_s + arrivals[-1]
+        assert max(run.ends) == pytest.approx(last_finish), (trace, policy)
+        result = run.result
+        assert result.jobs == len(arrivals)
         assert simulator.FLEET.min_size <= result.max_workers <= simulator.FLEET.max_size, (trace, policy)
         minimum = simulator.FLEET.min_size * result.window_s / 60
         assert result.instance_minutes >= minimum - 1, (trace, policy)
