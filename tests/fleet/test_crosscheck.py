@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import ast
 import re
+import types
 from pathlib import Path
 
 import jinja2
 import kombu
 import pytest
 import yaml
+from botocore.stub import Stubber
 
 import codescan
 from fleetlib import ANSIBLE, PACKAGE, REPO, root_default, single, tf_module
+from nanogrid import aws, cli, keys, storage
+from nanogrid.api import create_app
+from nanogrid.config import Settings
+from nanogrid.errors import NotFound
+from nanogrid.services import Services
+from nanogrid.storage.dynamodb import DynamoDBTable
+from nanogrid.storage.s3 import S3BlobStore
+from nanogrid.transport import SQS_TRANSPORT, sqs
+from nanogrid.transport.app import make_celery
 
 # --- Who runs what ------------------------------------------------------------------------------
 
@@ -87,17 +98,18 @@ FANOUT_LIBRARY_ACTIONS = {
 FANOUT_LIBRARY_PARAMETER_ACTIONS = {
     "sns:TagResource": ("create_topic", "Tags", "kombu creates each broadcast topic with its own tags (CreateTopic Tags=...)"),
 }
-# Actions a call needs without being its name: (reason, file, regex that must match there).
+# Actions a call needs without being its name: (reason, a check, below, that the code still relies on it).
 IMPLIED_ACTIONS = {
     "s3:ListBucket": ("S3BlobStore.get maps NoSuchKey to NotFound; without s3:ListBucket S3 answers a missing key with AccessDenied",
-                      "nanogrid/storage/s3.py", r"NoSuchKey"),
+                      lambda: s3_get_needs_list_bucket()),
 }
-# Actions the role's code can reach but never calls on that role's instances: (reason, regex that
-# must NOT match in the role's own modules, which would mean the reason no longer holds).
+# Actions the role's code can reach but never calls on that role's instances: (reason, the objects
+# whose .delete(...) must not be called in the role's own modules, which would mean the reason
+# no longer holds).
 NOT_GRANTED = {
     "worker": {
         "s3:DeleteObject": ("BlobStore.delete is called only by FunctionRegistry.delete, from the API's DELETE /functions route",
-                            r"functions\.delete\(|\.code\.delete\(|outputs\.delete\("),
+                            {"functions", "code", "outputs"}),
     },
 }
 # The only actions granted on every resource: IAM offers no resource-level permission for them.
@@ -231,10 +243,15 @@ def process_modules(modules, process: str) -> set[str]:
     return codescan.reachable(modules, PROCESSES[process]["entries"])
 
 
-def fanout_enabled() -> bool:
-    """Whether the code turns kombu's SNS fanout on (a transport option or the transport default)."""
-    pattern = re.compile(r"""["']supports_fanout["']\s*:\s*True|supports_fanout["']?\s*,\s*True""")
-    return any(pattern.search(p.read_text()) for p in PACKAGE.rglob("*.py"))
+def sqs_channel() -> sqs.Channel:
+    """NanoGrid's SQS channel with the transport options Celery is configured with for an SQS
+    broker, built without connecting: its own properties say what it does."""
+    app = make_celery(Settings.from_env({
+        "SQS_QUEUE_URL": "https://sqs.ap-northeast-2.amazonaws.com/123456789012/nanogrid-task-queue"}))
+    assert app.conf.broker_transport == SQS_TRANSPORT
+    channel = sqs.Channel.__new__(sqs.Channel)
+    channel.connection = types.SimpleNamespace(client=app.connection_for_write())  # where it reads its options
+    return channel
 
 
 def policy_statements(name: str, fanout: bool) -> list[dict]:
@@ -284,9 +301,50 @@ def script_actions() -> dict[str, dict[str, list[str]]]:
     return by_iam
 
 
-def kombu_source() -> str:
-    root = Path(kombu.__file__).parent / "transport" / "SQS"
-    return "\n".join(p.read_text() for p in sorted(root.glob("*.py")))
+def kombu_calls() -> tuple[list[ast.Call], set[str]]:
+    """The calls in kombu's SQS transport and its string constants (a method may be named by one)."""
+    calls, strings = [], set()
+    for path in sorted((Path(kombu.__file__).parent / "transport" / "SQS").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                calls.append(node)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+    return calls, strings
+
+
+def method_calls(calls: list[ast.Call], method: str) -> list[ast.Call]:
+    return [call for call in calls if isinstance(call.func, ast.Attribute) and call.func.attr == method]
+
+
+def deletes_on(tree: ast.AST, receivers: set[str]) -> list[str]:
+    """The calls X.delete(...) in tree where X is named one of receivers (a.b.X or X)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "delete":
+            holder = node.func.value
+            name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", None)
+            if name in receivers:
+                found.append(ast.unparse(node))
+    return found
+
+
+def s3_get_needs_list_bucket() -> None:
+    """S3BlobStore.get turns S3's NoSuchKey into NotFound, and only that: the AccessDenied S3 sends
+    instead when the caller lacks s3:ListBucket is no NotFound."""
+    settings = Settings(storage="aws", aws_region="ap-northeast-2")
+    aws._clients.clear()
+    try:
+        with Stubber(aws.client(settings, "s3")) as s3:
+            s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
+            s3.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+            with pytest.raises(NotFound):
+                S3BlobStore(settings, "bucket").get("missing")
+            with pytest.raises(Exception) as denied:
+                S3BlobStore(settings, "bucket").get("missing")
+            assert not isinstance(denied.value, NotFound), denied.value
+    finally:
+        aws._clients.clear()
 
 
 def required(modules, iam: str, fanout: bool) -> dict[str, str]:
@@ -306,7 +364,7 @@ def required(modules, iam: str, fanout: bool) -> dict[str, str]:
         needs.setdefault(action, f"kombu: {reason}")
     for action, (_, _, reason) in (FANOUT_LIBRARY_PARAMETER_ACTIONS if fanout else {}).items():
         needs.setdefault(action, f"kombu: {reason}")
-    for action, (reason, _, _) in IMPLIED_ACTIONS.items():
+    for action, (reason, _) in IMPLIED_ACTIONS.items():
         if action.split(":")[0] in {a.split(":")[0] for a in needs}:
             needs.setdefault(action, reason)
     for action in NOT_GRANTED.get(iam, {}):
@@ -378,41 +436,38 @@ def test_units_run_the_processes_the_checks_assume():
 
 
 def test_library_actions_are_really_called_by_kombu():
-    source = kombu_source()
+    calls, strings = kombu_calls()
     for action, (method, _) in {**LIBRARY_ACTIONS, **FANOUT_LIBRARY_ACTIONS}.items():
-        assert re.search(rf"\.{method}\(|[\"']{method}[\"']", source), f"{action}: kombu no longer calls {method}"
+        assert method_calls(calls, method) or method in strings, f"{action}: kombu no longer calls {method}"
     for action, (method, keyword, _) in FANOUT_LIBRARY_PARAMETER_ACTIONS.items():
-        call = re.search(rf"\.{method}\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)", source)
-        assert call, f"{action}: kombu no longer calls {method}"
-        assert re.search(rf"\b{keyword}\s*=", call.group(0)), f"{action}: kombu no longer passes {keyword}= to {method}"
+        made = method_calls(calls, method)
+        assert made, f"{action}: kombu no longer calls {method}"
+        assert any(keyword in {k.arg for k in call.keywords} for call in made), (
+            f"{action}: kombu no longer passes {keyword}= to {method}")
         service = action.split(":")[0]
         assert action in codescan.iam_actions(service, method, (keyword,)), (
             f"{action}: botocore no longer documents {method}({keyword}=...) as needing it")
 
 
 def test_implied_and_withheld_actions_still_hold(modules):
-    for action, (_, path, pattern) in IMPLIED_ACTIONS.items():
-        assert re.search(pattern, (REPO / path).read_text()), f"{action}: {path} no longer matches {pattern}"
+    for action, (_, check) in IMPLIED_ACTIONS.items():
+        check()
     for iam, withheld in NOT_GRANTED.items():
         own = set()
         for process, spec in PROCESSES.items():
             if spec["iam"] == iam:
                 own |= {m for m in process_modules(modules, process) if m.startswith(f"nanogrid.{iam}")}
         assert own, iam
-        for action, (_, pattern) in withheld.items():
+        for action, (_, receivers) in withheld.items():
             for name in own:
-                assert not re.search(pattern, modules[name].path.read_text()), f"{iam} now calls {action} in {name}"
+                assert not deletes_on(modules[name].tree, receivers), f"{iam} now calls {action} in {name}"
 
 
 def test_fanout_permissions_follow_the_code():
-    enabled = fanout_enabled()
-    assert root_default("celery_sns_fanout") is enabled, (
+    channel = sqs_channel()
+    assert root_default("celery_sns_fanout") is channel.supports_fanout, (
         "deploy/terraform celery_sns_fanout must match whether the Celery transport enables supports_fanout")
-    prefix_module = PACKAGE / "transport" / "__init__.py"
-    if prefix_module.exists():
-        match = re.search(r'^DYNAMIC_PREFIX\s*=\s*"([^"]+)"', prefix_module.read_text(), re.M)
-        if match:
-            assert root_default("dynamic_queue_prefix") == match.group(1)
+    assert root_default("dynamic_queue_prefix") == channel.dynamic_prefix
 
 
 @pytest.mark.parametrize("iam", ["controller", "worker"])
@@ -547,7 +602,7 @@ def dynamodb_table_actions(modules) -> dict[str, set[str]]:
     return actions
 
 
-def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules):
+def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules, monkeypatch):
     """The API and `nanogrid keys` reach the keys table only through KeyStore: the controller role
     gets on that table exactly the actions of the DocumentTable methods KeyStore calls, and no
     other role gets anything on it."""
@@ -565,9 +620,21 @@ def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules):
             assert statement["resources"] == ["${var.keys_table.arn}"], statement
     assert not granted_on("worker", fanout, "${var.keys_table.arn}")
     assert "keys_table" not in str(tf_module("modules/compute").data["aws_iam_policy_document"]["worker"])
-    # Both ways in: the API's guard and the CLI build the store from the same settings.
-    assert "keys.KeyStore(storage.key_table(settings))" in (PACKAGE / "api" / "auth.py").read_text()
-    assert "keys.KeyStore(storage.key_table(Settings.from_env()))" in (PACKAGE / "cli.py").read_text()
+    # Both ways in, the API's guard and `nanogrid keys`, use the keys table of their settings.
+    for store in key_stores_of_the_api_and_the_cli(monkeypatch):
+        assert isinstance(store, keys.KeyStore) and isinstance(store.table, DynamoDBTable), store
+        assert (store.table.table_name, store.table.key_name) == ("KeysOfTheCheck", "keyId")
+
+
+def key_stores_of_the_api_and_the_cli(monkeypatch) -> list[keys.KeyStore]:
+    """The key store the API's guard holds and the one `nanogrid keys` opens, both on DynamoDB with
+    the keys table named KeysOfTheCheck (nothing is called: the tables connect on first use)."""
+    env = {"NANOGRID_STORAGE": "aws", "NANOGRID_KEYS_TABLE": "KeysOfTheCheck", "AWS_REGION": "ap-northeast-2"}
+    settings = Settings.from_env(env)
+    guard = create_app(settings, Services(settings)).extensions["nanogrid_guard"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return [guard.keys, cli._key_store()]
 
 
 def test_the_api_reads_the_queue_depth_it_is_granted(modules):

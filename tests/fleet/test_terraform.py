@@ -14,7 +14,7 @@ import subprocess
 import hcl2
 import pytest
 
-from fleetlib import PACKAGE, TERRAFORM, find_tool, root_default, single, tf_files, tf_module, tool_env
+from fleetlib import TERRAFORM, find_tool, root_default, single, tf_files, tf_module, tool_env
 
 FOUNDING_SUBNETS = {
     "10.0.1.0/24": ("ap-northeast-2a", "public"),
@@ -320,9 +320,13 @@ def test_tables_are_on_demand_with_the_documented_keys():
         assert single(table["point_in_time_recovery"])["enabled"] is True
         assert single(table["server_side_encryption"])["enabled"] is True
         assert table["deletion_protection_enabled"] is True
-    # The key attribute names the code uses (nanogrid/storage/__init__.py).
-    storage = (PACKAGE / "storage" / "__init__.py").read_text()
-    assert '_table(settings, settings.keys_table, "keyId"' in storage
+    # The tables and key attributes the code uses on DynamoDB (nanogrid/storage/__init__.py).
+    from nanogrid import storage
+
+    settings = Settings(storage="aws")
+    used = {(t.table_name, t.key_name) for t in (storage.function_table(settings), storage.job_table(settings),
+                                                 storage.key_table(settings))}
+    assert used == {("NanoGridFunctions", "functionId"), ("NanoGridJobs", "jobId"), ("NanoGridApiKeys", "keyId")}
 
 
 def test_redis_7_1_on_one_small_node():
