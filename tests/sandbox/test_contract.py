@@ -28,19 +28,12 @@ from nanogrid.outcomes import Outcome, classify
 from nanogrid.sandbox import LABEL_JOB, RawRun, RunSpec
 from nanogrid.sandbox.docker import KILL_GRACE_S, DockerSandbox
 from nanogrid.sandbox.process import ProcessSandbox
+from support.processes import running
 from support.waiting import eventually
 
 LIMITS = Limits(timeout_s=10, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=64 * 1024)
 MiB = 1024 * 1024
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Backend:
@@ -82,17 +75,17 @@ class Backend:
         raise NotImplementedError
 
 
-class Process(Backend):
+class ProcessBackend(Backend):
     name = "process"
     runner_lives_on = False
     environment = {"HOME", "LANG", "PATH", "TMPDIR"}
     memory_flag = "memory_error"  # RLIMIT_AS: the allocation fails with MemoryError
 
     def survivors(self, pids: list[int]) -> list[int]:
-        return [pid for pid in pids if alive(pid)]  # the code sees the host's pids
+        return [pid for pid in pids if running(pid)]  # the code sees the host's pids
 
 
-class Docker(Backend):
+class DockerBackend(Backend):
     name = "docker"
     runner_lives_on = True
     environment = {"HOME", "HOSTNAME", "LANG", "PATH", "PYTHONPATH"}
@@ -120,11 +113,11 @@ class Docker(Backend):
 @pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
 def backend(request, tmp_path) -> Iterator[Backend]:
     if request.param == "process":
-        yield Process(ProcessSandbox(Settings(), "test-worker"), tmp_path)
+        yield ProcessBackend(ProcessSandbox(Settings(), "test-worker"), tmp_path)
         return
     # Reached at run time, hence the mark on the parameter.
     sandbox = DockerSandbox(request.getfixturevalue("runtime_image"), "test-worker")
-    yield Docker(sandbox, tmp_path)
+    yield DockerBackend(sandbox, tmp_path)
     sandbox.pool.close()
 
 

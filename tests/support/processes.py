@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 60
 
 
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class Process:
     """One command in a session of its own, so that it and everything it starts (pool processes,
     gunicorn workers) can be signalled or killed together. Started by Processes.start."""

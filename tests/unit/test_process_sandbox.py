@@ -24,6 +24,7 @@ from nanogrid.outcomes import classify
 from nanogrid.sandbox import RUNTIME_DIR, RunSpec
 from nanogrid.sandbox.protocol import FRAME_HEADER, FrameReader, request_frame
 from nanogrid.sandbox.process import ProcessSandbox
+from support.processes import running
 
 LIMITS = Limits(timeout_s=10, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=64 * 1024)
@@ -60,14 +61,6 @@ def run(sandbox, prepare):
         return raw, classify(raw, spec.limits)
 
     return run
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_kind():
@@ -159,7 +152,7 @@ def test_the_runner_serves_runs_one_after_another_and_nothing_crosses_between_th
         for frames in (first, second):
             seen = frames.result["value"]
             assert (seen["counter"], seen["env"], seen["files"], seen["previous_alive"]) == (1, None, [], False)
-        assert not _alive(second.result["value"]["background"]) and os.listdir(scratch) == []
+        assert not running(second.result["value"]["background"]) and os.listdir(scratch) == []
     finally:
         runner.stdin.close()
     assert runner.wait(timeout=10) == 0  # the end of its requests ends the runner
@@ -178,7 +171,7 @@ def test_the_runner_kills_the_run_when_its_stdin_ends(tmp_path):
         frames.feed(os.read(runner.stdout.fileno(), 65536))
     runner.stdin.close()  # the worker is gone
     assert runner.wait(timeout=10) == 3 and b"stdin ended during a run" in runner.stderr.read()
-    assert not _alive(int(frames.stdout))
+    assert not running(int(frames.stdout))
 
 
 @pytest.mark.parametrize("data", [b"zzzzz", FRAME_HEADER.pack(b"q", 3) + b"{no", FRAME_HEADER.pack(b"q", 10) + b"{}"],
