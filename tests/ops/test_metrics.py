@@ -25,6 +25,7 @@ from nanogrid import metrics
 from nanogrid.config import ConfigError, Settings
 from nanogrid.services import Services
 from support.functions import FAILS, GATED, GATED_TIMEOUT_S, OK, Gate
+from support.processes import children, command_line
 from support.stack import Stack
 from support.waiting import eventually
 
@@ -63,23 +64,9 @@ def scrape_until(url: str, ready, what: str) -> dict[str, list]:
     return eventually(scraped, 60, what)
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []  # gone
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""  # gone
-
-
 def sandbox_runners(worker_pid: int) -> list[int]:
     """The process sandbox's runners under the worker's pool processes: one per run in progress."""
-    return [runner for pool in children(worker_pid) for runner in children(pool) if b"runner.py" in cmdline(runner)]
+    return [runner for pool in children(worker_pid) for runner in children(pool) if "runner.py" in command_line(runner)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,28 @@ REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 60
 
 
+def children(parent: int) -> list[int]:
+    """The processes whose parent is parent (whichever of its threads started them), in pid order."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue  # it has just exited
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == parent:
+                found.append(int(name))
+    return sorted(found)
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, its arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def running(pid: int) -> bool:
     """Whether the process exists and has not exited (a zombie waiting to be reaped has)."""
     try:
