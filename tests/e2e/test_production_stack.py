@@ -7,7 +7,6 @@ archive on gcp-storage-emulator, and dockerd. Only endpoints differ from a real 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -55,17 +54,6 @@ def run_starts(stack, job_id: str) -> int:
     return len(stack.lines("worker", "run started", job_id))
 
 
-def worker_messages(stack) -> list[dict]:
-    """The worker's JSON log lines."""
-    docs = []
-    for line in stack.log("worker").splitlines():
-        try:
-            docs.append(json.loads(line))
-        except ValueError:
-            continue
-    return docs
-
-
 def queue_is_empty(stack) -> bool:
     """No message waiting and none delivered but unacknowledged: nothing queued can run again."""
     depth = queue_depth(stack.settings)
@@ -75,7 +63,7 @@ def queue_is_empty(stack) -> bool:
 def archive_tasks_settled(stack) -> bool:
     """Every archive task the worker received has ended (succeeded, or raised)."""
     received, ended = set(), set()
-    for doc in worker_messages(stack):
+    for doc in stack.records("worker"):
         message = doc.get("message", "")
         if message.startswith(f"Task {ARCHIVE_TASK}["):
             task_id = message.split("[", 1)[1].split("]", 1)[0]
@@ -105,7 +93,7 @@ def test_run_on_sqs_and_archive_only_successful_versions(stack):
     assert failed["error"]["type"] == "runtime_error", failed
     # Whatever the v2 run queued, it queued before Celery logged its end; once the queue is empty
     # and every archive task received has ended, a wrongly queued archive of v2 would be stored.
-    eventually(lambda: [d for d in worker_messages(stack) if d.get("job_id") == failed["job_id"]
+    eventually(lambda: [d for d in stack.records("worker") if d.get("job_id") == failed["job_id"]
                         and d.get("message", "").startswith(f"Task {RUN_TASK}[") and " succeeded " in d["message"]],
                60, "Celery logs the end of the v2 run's task")
     eventually(lambda: queue_is_empty(stack) and archive_tasks_settled(stack), 60,

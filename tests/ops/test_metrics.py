@@ -7,7 +7,6 @@ sandbox); the tests read /metrics with prometheus_client's own parser.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -212,15 +211,8 @@ def test_api_request_counter_sums_over_gunicorn_workers(stack):
     before, sent = counted(), 0
 
     def pids_serving() -> set[int]:
-        pids = set()
-        for line in stack.log("api").splitlines():
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if doc.get("logger") == "gunicorn.access" and doc.get("path") == f"/functions/{function_id}":
-                pids.add(doc["pid"])
-        return pids
+        return {doc["pid"] for doc in stack.records("api")
+                if doc.get("logger") == "gunicorn.access" and doc.get("path") == f"/functions/{function_id}"}
 
     def both_workers_served() -> bool:
         """Fresh connections from several threads at once, until both gunicorn workers have served the route."""

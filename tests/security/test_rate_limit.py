@@ -8,7 +8,6 @@ a trusted proxy the address the proxy appended is the one that counts.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,19 +35,9 @@ def api(processes, tmp_path, redis_url):
         stack.stop()
 
 
-def lines(stack: Stack) -> list[dict]:
-    docs = []
-    for line in stack.log("api").splitlines():
-        try:
-            docs.append(json.loads(line))
-        except ValueError:
-            continue
-    return docs
-
-
 def access_lines(stack: Stack, path: str) -> list[dict]:
     """The access lines of the requests for path (each written after its response)."""
-    return [doc for doc in lines(stack) if doc.get("logger") == "gunicorn.access" and doc.get("path") == path]
+    return [doc for doc in stack.records("api") if doc.get("logger") == "gunicorn.access" and doc.get("path") == path]
 
 
 def answered(stack: Stack, path: str) -> dict[int, set[int]]:
@@ -60,7 +49,7 @@ def answered(stack: Stack, path: str) -> dict[int, set[int]]:
 
 
 def gunicorn_workers(stack: Stack) -> set[int]:
-    return {doc["pid"] for doc in lines(stack) if doc.get("logger") == "gunicorn.error"
+    return {doc["pid"] for doc in stack.records("api") if doc.get("logger") == "gunicorn.error"
             and "Booting worker" in doc.get("message", "")}
 
 

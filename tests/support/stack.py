@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -192,6 +193,18 @@ class Stack:
 
     def log(self, name: str) -> str:
         return self.procs[name].log()
+
+    def records(self, name: str) -> list[dict]:
+        """The JSON log records in name's log (NanoGrid's json log format); other lines are skipped."""
+        found = []
+        for line in self.log(name).splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # not a record (Celery's banner, say), or one still being written
+            if isinstance(record, dict):
+                found.append(record)
+        return found
 
     def lines(self, name: str, *texts: str) -> list[str]:
         """The lines of name's log that contain every one of texts."""
