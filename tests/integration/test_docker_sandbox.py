@@ -28,6 +28,7 @@ from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_V
 from nanogrid.sandbox import docker as docker_sandbox
 from nanogrid.sandbox.docker import DockerSandbox
 from nanogrid.sandbox.image import LABEL_DIGEST, image_status
+from support.docker import job_containers
 from support.waiting import eventually
 
 
@@ -51,10 +52,6 @@ def make_spec(code_dir: Path, code: str, handler: str | None, event, job_id: str
     return RunSpec(job_id, FUNCTION_ID, code_dir, handler, limits, version=1,
                    code_sha=hashlib.sha256(code.encode()).hexdigest(),
                    input_json=json.dumps(event if event is not None else {}), **extra)
-
-
-def job_containers(sandbox: DockerSandbox, job_id: str) -> list[dict]:
-    return sandbox.client.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
 
 
 @pytest.fixture
@@ -81,7 +78,7 @@ def run(sandbox, prepare):
     def run(code: str, handler: str | None = None, event=None, **limit_changes):
         spec = prepare(code, handler, event, **limit_changes)
         raw = sandbox.run(spec)
-        assert job_containers(sandbox, spec.job_id) == []
+        assert job_containers(spec.job_id) == []
         assert sandbox.pool.busy() == [] and sandbox.running_container(spec.job_id) is None
         return raw, classify(raw, spec.limits)
 
@@ -233,7 +230,7 @@ def test_missing_image_is_unavailable(runtime_image, prepare):
         sandbox.run(spec)
     ready, message = image_status(settings)
     assert not ready and "nanogrid image build" in message
-    assert job_containers(sandbox, spec.job_id) == []
+    assert job_containers(spec.job_id) == []
 
 
 def test_unreachable_dockerd_is_unavailable(runtime_image, monkeypatch, tmp_path):
@@ -278,7 +275,7 @@ def test_a_kill_from_another_sandbox_cancels_the_warm_run(sandbox, runtime_image
     raw = outcome["raw"]
     assert raw.cancelled and not raw.timed_out
     assert classify(raw, spec.limits).error["type"] == "cancelled"
-    assert job_containers(sandbox, spec.job_id) == [] and sandbox.pool.idle() == []  # killed: not reused
+    assert job_containers(spec.job_id) == [] and sandbox.pool.idle() == []  # killed: not reused
     assert not killer.kill(spec.job_id)
 
 
@@ -297,16 +294,16 @@ def test_labels_and_remove_containers(sandbox, runtime_image):
             if job_id != jobs[2]:
                 container.start()
         assert sandbox.remove_containers(job_ids={jobs[0]}) == 1
-        assert job_containers(sandbox, jobs[0]) == []
+        assert job_containers(jobs[0]) == []
         # Other test runs may share this dockerd: keep every job container that is not ours.
         others = {c["Labels"][LABEL_JOB] for c in sandbox.client.api.containers(all=True, filters={"label": LABEL_JOB})}
         assert sandbox.remove_containers(keep=(others - {jobs[2], foreign})) == 1
-        assert job_containers(sandbox, jobs[2]) == []
-        assert len(job_containers(sandbox, jobs[1])) == 1
+        assert job_containers(jobs[2]) == []
+        assert len(job_containers(jobs[1])) == 1
         # The sweep never touches another installation's sandboxes, though it does not keep them...
         assert sandbox.remove_containers(keep=(others - {jobs[1], foreign})) == 1
-        assert job_containers(sandbox, jobs[1]) == []
-        assert len(job_containers(sandbox, foreign)) == 1
+        assert job_containers(jobs[1]) == []
+        assert len(job_containers(foreign)) == 1
         # ...but removal by job id does, whoever started them.
         assert sandbox.remove_containers(job_ids={foreign}) == 1
         assert sandbox.remove_containers(job_ids={jobs[1], foreign}) == 0
@@ -323,7 +320,7 @@ def test_the_deadline_holds_when_a_kill_does_not(sandbox, prepare, monkeypatch):
     assert raw.timed_out and classify(raw, spec.limits).error["type"] == "timeout"
     # On the sandbox's clock: the stream was cut the kill's grace after the deadline.
     assert raw.duration_ms <= (1 + docker_sandbox.KILL_GRACE_S + 1) * 1000, raw.duration_ms
-    assert job_containers(sandbox, spec.job_id) == []
+    assert job_containers(spec.job_id) == []
 
 
 def test_a_function_cannot_kill_its_runner(sandbox, run):

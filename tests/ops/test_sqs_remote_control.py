@@ -11,7 +11,6 @@ runs `inspect ping` on the Redis broker, to show the two brokers answer alike.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from nanogrid.transport.app import make_celery
 from support.functions import GATED, GATED_TIMEOUT_S, Gate
 from support.processes import REPO, Process, Processes
 from support.servers import free_port, wait_for_http
+from support.stack import clean_environ
 from support.waiting import eventually
 
 REGION = "us-east-1"
@@ -160,9 +160,9 @@ def sqs_env(moto_server, redis_url, aws, tmp_path_factory) -> dict:
     queue_url = aws.sqs.create_queue(QueueName=f"nanogrid-ops-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     redis.Redis.from_url(redis_url).flushdb()
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOGRID_", "SQS_", "REDIS_", "FLOWER_"))}
+    env = clean_environ()
     env.update({
-        "PYTHONPATH": str(REPO), "SQS_QUEUE_URL": queue_url, "AWS_ENDPOINT_URL": moto_server,
+        "SQS_QUEUE_URL": queue_url, "AWS_ENDPOINT_URL": moto_server,
         "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "REDIS_HOST": host, "REDIS_PORT": port,
         "NANOGRID_SANDBOX": "process", "NANOGRID_DATA_DIR": str(tmp_path_factory.mktemp("ops-data")),

@@ -25,9 +25,10 @@ import pytest
 from nanogrid.config import Settings
 from nanogrid.limits import Limits
 from nanogrid.outcomes import Outcome, classify
-from nanogrid.sandbox import LABEL_JOB, RawRun, RunSpec
+from nanogrid.sandbox import RawRun, RunSpec
 from nanogrid.sandbox.docker import KILL_GRACE_S, DockerSandbox
 from nanogrid.sandbox.process import ProcessSandbox
+from support.docker import job_containers
 from support.processes import running
 from support.waiting import eventually
 
@@ -92,9 +93,8 @@ class DockerBackend(Backend):
     memory_flag = "oom_killed"  # the container's memory cgroup: the kernel kills it
 
     def check_nothing_left(self, spec: RunSpec) -> None:
-        # No container labelled with the job, nor a busy one in the pool.
-        api = self.sandbox.client.api
-        assert api.containers(all=True, filters={"label": f"{LABEL_JOB}={spec.job_id}"}) == []
+        # No container of the job (labelled with it, or a warm one recorded as running it), nor a busy one.
+        assert job_containers(spec.job_id) == []
         assert self.sandbox.pool.busy() == [] and self.sandbox.running_container(spec.job_id) is None
 
     def survivors(self, pids: list[int]) -> list[int]:
