@@ -29,14 +29,13 @@ from botocore.stub import Stubber
 import codescan
 from fleetlib import ANSIBLE, PACKAGE, REPO, root_default, single, tf_module
 from nanogrid import aws, cli, keys, storage
-from nanogrid.api import create_app
 from nanogrid.config import Settings
 from nanogrid.errors import NotFound
-from nanogrid.services import Services
 from nanogrid.storage.dynamodb import DynamoDBTable
 from nanogrid.storage.s3 import S3BlobStore
 from nanogrid.transport import SQS_TRANSPORT, sqs
 from nanogrid.transport.app import make_celery
+from support.app import App
 
 # --- Who runs what ------------------------------------------------------------------------------
 
@@ -631,10 +630,10 @@ def key_stores_of_the_api_and_the_cli(monkeypatch) -> list[keys.KeyStore]:
     the keys table named KeysOfTheCheck (nothing is called: the tables connect on first use)."""
     env = {"NANOGRID_STORAGE": "aws", "NANOGRID_KEYS_TABLE": "KeysOfTheCheck", "AWS_REGION": "ap-northeast-2"}
     settings = Settings.from_env(env)
-    guard = create_app(settings, Services(settings)).extensions["nanogrid_guard"]
+    api = App(settings)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return [guard.keys, cli._key_store()]
+    return [api.keys, cli._key_store()]
 
 
 def test_the_api_reads_the_queue_depth_it_is_granted(modules):
