@@ -16,7 +16,7 @@ import redis
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox.docker import connect
-from nanogrid.sandbox.image import build_image, image_status
+from nanogrid.sandbox.image import build_image, image_status, runtime_digest
 from support import servers
 from support.app import App
 from support.processes import Processes
@@ -49,13 +49,22 @@ def gcs_emulator() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def runtime_image() -> Settings:
-    """Settings whose runtime image exists and is current, built offline (rootfs) if it is not;
-    dockerd must answer."""
-    settings = Settings().replace(runtime_image=os.environ.get("NANOGRID_RUNTIME_IMAGE", Settings.runtime_image))
+    """Settings whose runtime image exists and was built from this checkout's runtime files, built
+    offline (rootfs) if there is none; dockerd must answer.
+
+    Unless NANOGRID_RUNTIME_IMAGE names one, the image is tagged with the runtime files' digest
+    rather than `latest`: a test run of another checkout on the same dockerd (with other runtime
+    files) then uses an image of its own instead of retagging the one this run relies on."""
     try:
-        connect()
+        client = connect()
     except Unavailable as exc:
         pytest.fail(f"the Docker sandbox tests need a running dockerd: {exc}")
+    explicit = os.environ.get("NANOGRID_RUNTIME_IMAGE")
+    repository = Settings.runtime_image.split(":", 1)[0]
+    settings = Settings().replace(runtime_image=explicit or f"{repository}:{runtime_digest()[:12]}")
+    latest = Settings()  # what `nanogrid image build` makes
+    if not explicit and not image_status(settings)[0] and image_status(latest)[0]:
+        client.images.get(latest.runtime_image).tag(settings.runtime_image)  # the same files: no new build
     ready, message = image_status(settings)
     if not ready:
         print(message)
