@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from nanogrid import client
@@ -25,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(Exception):
+    """The command cannot run as asked (the message says what to do instead)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys_revoke.add_argument("key_id", help="the key's id (the part after ng_), or the whole key")
     keys_revoke.set_defaults(run=cmd_keys_revoke)
 
+    reindex = sub.add_parser("reindex", help="rebuild the Redis side of the jobs (status keys, tenant quotas) "
+                                             "from the durable job store, after a Redis loss")
+    reindex.set_defaults(run=cmd_reindex)
+
     for name, help_text, handler in (
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
         ("invoke", "run a function and print its result", cmd_invoke),
@@ -115,11 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--memory", type=int, dest="memory_mb")
         elif name == "invoke":
             p.add_argument("function", help="function name or id")
-            p.add_argument("--input", default=None, help="the event, as JSON")
+            p.add_argument("--input", default=None, help="the event, as JSON (default: {})")
             p.add_argument("--async", action="store_true", dest="run_async", help="return the job id at once")
-            p.add_argument("--wait", type=float, default=None, help="seconds to wait for the result")
+            p.add_argument("--wait", type=float, default=None,
+                           help="seconds to wait for the run to end (default: until it ends)")
         else:
             p.add_argument("job_id")
+            p.add_argument("--wait", type=float, nargs="?", const=-1, default=None,
+                           help="wait for the job to end (at most this many seconds, if given)")
     return parser
 
 
@@ -230,10 +244,24 @@ def cmd_ai_check(args, _extra) -> int:
     return 0 if check.ok else 1
 
 
+STORE_VARIABLES = ("NANOGRID_STORAGE", "NANOGRID_DATA_DIR", "NANOGRID_KEYS_TABLE")
+
+
 def _key_store():
+    """The key store of the installation this environment names, and how to say which it is.
+
+    It never guesses: with none of STORE_VARIABLES set, the keys would land in a store the API may
+    not use (a dev start with --data-dir, a controller's DynamoDB table), so it refuses."""
     from nanogrid import keys, storage
 
-    return keys.KeyStore(storage.key_table(Settings.from_env()))
+    settings = Settings.from_env()
+    if not set(STORE_VARIABLES) & settings.given:
+        raise UsageError("which installation? Set its environment first (for `nanogrid dev`: source "
+                         "<data dir>/operator.env; on a controller: /etc/nanogrid/controller.env), "
+                         "or NANOGRID_DATA_DIR for a local one")
+    where = (f"DynamoDB table {settings.keys_table} ({settings.aws_region})" if settings.storage == "aws"
+             else f"the local store in {settings.data_dir}")
+    return keys.KeyStore(storage.key_table(settings)), where
 
 
 def _keys_command(run) -> int:
@@ -247,15 +275,26 @@ def _keys_command(run) -> int:
 
 
 def cmd_keys_create(args, _extra) -> int:
+    from nanogrid.keys import DEFAULT_TENANT
+
     def run() -> int:
+        store, where = _key_store()
+        first = not store.any_keys()
         try:
-            key, doc = _key_store().create(args.tenant, args.label)
+            key, doc = store.create(args.tenant, args.label)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(key)  # alone on stdout: `export NANOGRID_API_KEY=$(nanogrid keys create --tenant t)`
-        print(f"created key {doc['key_id']} for tenant {doc['tenant']}; it is shown only now: store it safely. "
-              "The API now requires a key on every route but /health.", file=sys.stderr)
+        print(f"created key {doc['key_id']} for tenant {doc['tenant']} in {where}; it is shown only now: "
+              "store it safely.", file=sys.stderr)
+        if first:
+            print("This is the first key: an API using this store now requires a key on every route but "
+                  "/health (within 5 s for a running one).", file=sys.stderr)
+            if doc["tenant"] != DEFAULT_TENANT:
+                print(f"Functions and jobs made while it was open belong to the tenant '{DEFAULT_TENANT}': this key "
+                      f"cannot see them; reach them with a key for that tenant "
+                      f"(nanogrid keys create --tenant {DEFAULT_TENANT}).", file=sys.stderr)
         return 0
 
     return _keys_command(run)
@@ -265,11 +304,12 @@ def cmd_keys_list(args, _extra) -> int:
     from nanogrid import keys
 
     def run() -> int:
-        docs = [keys.public(doc) for doc in _key_store().list()]
+        store, where = _key_store()
+        docs = [keys.public(doc) for doc in store.list()]
         if args.json:
             print(json.dumps(docs, indent=2))
         elif not docs:
-            print("no API keys: the API is open (every request acts for the tenant 'default')")
+            print(f"no API keys in {where}: an API using it is open (every request acts for the tenant 'default')")
         else:
             print(f"{'KEY ID':<18} {'TENANT':<20} {'CREATED':<21} {'STATUS':<30} LABEL")
             for d in docs:
@@ -287,15 +327,30 @@ def cmd_keys_revoke(args, _extra) -> int:
     def run() -> int:
         match = keys.KEY_PATTERN.match(args.key_id)
         key_id = match.group(1) if match else args.key_id
+        store, where = _key_store()
         try:
-            doc = _key_store().revoke(key_id)
+            doc = store.revoke(key_id)
         except NotFound:
-            print(f"error: no key {key_id}", file=sys.stderr)
+            print(f"error: no key {key_id} in {where}", file=sys.stderr)
             return 1
-        print(f"revoked key {doc['key_id']} of tenant {doc['tenant']}")
+        print(f"revoked key {doc['key_id']} of tenant {doc['tenant']} in {where}")
         return 0
 
     return _keys_command(run)
+
+
+def cmd_reindex(_args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+    from nanogrid.services import Services
+
+    try:
+        done = Services(Settings.from_env()).jobs.reindex()
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"reindexed {done['unfinished_jobs']} unfinished jobs from the job store; removed "
+          f"{done['stale_entries_removed']} stale quota entries")
+    return 0
 
 
 def api_client(args) -> client.Client:
@@ -305,6 +360,8 @@ def api_client(args) -> client.Client:
 
 
 def cmd_deploy(args, _extra) -> int:
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file (a .py source file, or a .zip with main.py)")
     options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb") if getattr(args, k) is not None}
     doc = api_client(args).deploy(args.file, args.name, options)
     if args.json:
@@ -315,19 +372,41 @@ def cmd_deploy(args, _extra) -> int:
     return 0
 
 
+WAIT_STEP_S = 30  # one request's wait; the CLI asks again until the run ends or its own bound
+TERMINAL = ("SUCCESS", "FAILED")
+STILL_RUNNING = 3  # exit status while the job has not ended
+
+
 def cmd_invoke(args, _extra) -> int:
     api = api_client(args)
     try:
-        event = json.loads(args.input) if args.input is not None else None
+        event = json.loads(args.input) if args.input is not None else client.NO_INPUT
     except ValueError as exc:
-        raise client.ClientError(f"--input is not valid JSON: {exc}") from None
-    wait_s = 0 if args.run_async else args.wait
-    job = api.invoke(api.resolve(args.function), event, wait_s)
-    return show_job(job, args.json)
+        raise UsageError(f"--input is not valid JSON: {exc}") from None
+    if args.run_async:
+        return show_job(api.invoke(api.resolve(args.function), event, 0), args.json)
+    deadline = None if args.wait is None else time.monotonic() + args.wait
+    job = api.invoke(api.resolve(args.function), event, _step(deadline))
+    return show_job(follow(api, job, deadline), args.json)
 
 
 def cmd_job(args, _extra) -> int:
-    return show_job(api_client(args).job(args.job_id), args.json)
+    api = api_client(args)
+    job = api.job(args.job_id)
+    if args.wait is not None:
+        job = follow(api, job, None if args.wait < 0 else time.monotonic() + args.wait)
+    return show_job(job, args.json)
+
+
+def _step(deadline: float | None) -> float:
+    return WAIT_STEP_S if deadline is None else max(0.0, min(WAIT_STEP_S, deadline - time.monotonic()))
+
+
+def follow(api: client.Client, job: dict, deadline: float | None) -> dict:
+    """The job once it has ended, or as it is at the deadline (None: no deadline)."""
+    while job["status"] not in TERMINAL and (deadline is None or time.monotonic() < deadline):
+        job = api.job(job["job_id"], wait_s=_step(deadline))
+    return job
 
 
 def show_job(job: dict, as_json: bool) -> int:
@@ -343,6 +422,9 @@ def show_job(job: dict, as_json: bool) -> int:
             print(f"--- error: {job['error']['type']}: {job['error']['message']}")
         elif job["status"] == "SUCCESS":
             print("--- result\n" + json.dumps(job["result"], indent=2))
+    if job["status"] not in TERMINAL:
+        print(f"the job has not ended; follow it with: nanogrid job {job['job_id']} --wait", file=sys.stderr)
+        return STILL_RUNNING
     return 1 if job["status"] == "FAILED" else 0
 
 

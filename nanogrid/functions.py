@@ -62,7 +62,11 @@ class FunctionRegistry:
             "env": options.get("env") or {}, "created_at": now, "updated_at": now,
         }
         _set_limits(doc, options, {})
-        self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
+        try:
+            self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
+        except Conflict:
+            raise Conflict(f"a function named {name!r} already exists; update it with PUT /functions/<id> "
+                           "(or `nanogrid deploy`, which does), or choose another name") from None
         try:
             self.code.put(code_key(tenant, function_id, 1), bundle.data)
             self.table.insert(function_id, doc)

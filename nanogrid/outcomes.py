@@ -40,6 +40,12 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
 
     if raw.cancelled:
         return failed(ErrorType.CANCELLED, "the run was cancelled")
+    if raw.interrupted:
+        return failed(ErrorType.WORKER_LOST, "the worker was stopped while the run was in progress; the output it "
+                                             "had printed is kept")
+    if raw.engine_lost:
+        return failed(ErrorType.SANDBOX_ERROR, "the sandbox engine (dockerd) stopped answering while the run was in "
+                                               "progress; the output it had printed is kept")
     if raw.timed_out:
         return failed(ErrorType.TIMEOUT, f"the run exceeded its timeout of {limits.timeout_s:g} s and was killed")
     if raw.output_truncated:

@@ -33,11 +33,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _answers_http(url: str) -> bool:
+def _answers_http(url: str, ok_only: bool = False) -> bool:
     try:
         urllib.request.urlopen(url, timeout=1).close()
     except urllib.error.HTTPError:
-        return True  # any status means the server is up
+        return not ok_only  # any status means the server is up
     except OSError:
         return False
     return True
@@ -102,11 +102,12 @@ def gcs_emulator() -> Iterator[str]:
         yield host
 
 
-def wait_for_http(url: str, timeout_s: float, alive=lambda: True) -> bool:
-    """True once url answers with any HTTP status; False on timeout or when alive() turns false."""
+def wait_for_http(url: str, timeout_s: float, alive=lambda: True, ok_only: bool = False) -> bool:
+    """True once url answers with any HTTP status (ok_only: with a 2xx); False on timeout or when
+    alive() turns false."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
-        if _answers_http(url):
+        if _answers_http(url, ok_only):
             return True
         time.sleep(0.1)
     return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
@@ -16,8 +17,9 @@ from nanogrid import bundles, functions
 from nanogrid.ai import client as ai_client
 from nanogrid.api import auth, ratelimit, schema
 from nanogrid.api.errors import ApiError
-from nanogrid.errors import NotFound
+from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import TERMINAL, ErrorType, Status
+from nanogrid.jobs.index import WORKER_TTL_S, alive
 from nanogrid.jobs.records import error
 from nanogrid.limits import LimitError, Limits
 from nanogrid.services import Services
@@ -186,7 +188,28 @@ def _bundle(code: tuple[str, str | bytes], handler: str | None) -> bundles.Bundl
 
 @bp.get("/health")
 def health():
+    """Ready to run functions: the API's own dependencies, a live worker, a sandbox engine that
+    answers (from the workers' heartbeats). 503 names what is missing."""
     svc = services()
+    components = _own_components(svc)
+    beats = _live_workers(svc, components)
+    components["worker"] = ({"status": "ok", "workers": len(beats)} if beats else
+                            {"status": "down", "workers": 0, "message": "no worker has sent a heartbeat in the "
+                             f"last {WORKER_TTL_S:g} s: runs wait in the queue until one does"})
+    components["sandbox"] = _sandbox_component(svc, beats)
+    # The AI node is optional: functions that use it fail without it, the platform does not.
+    components["ai"] = ai_client.health(svc.settings)
+    return _health_answer(components)
+
+
+@bp.get("/health/live")
+def health_live():
+    """The API process and what it needs itself (Redis, the tables, the broker): the load balancer's
+    and the deployment's check, which must not depend on the workers."""
+    return _health_answer(_own_components(services()))
+
+
+def _own_components(svc: Services) -> dict[str, dict]:
     components: dict[str, dict] = {}
     checks = {
         "redis": lambda: svc.redis.ping(),
@@ -201,12 +224,36 @@ def health():
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means the component is down
             log.warning("health: %s failed: %s", name, exc)
             components[name] = {"status": "down"}
-    sandbox = {"status": "ok", "mode": svc.settings.sandbox, "isolated": svc.settings.sandbox == "docker"}
+    return components
+
+
+def _live_workers(svc: Services, components: dict) -> list[dict]:
+    if components["redis"]["status"] != "ok":
+        return []
+    try:
+        beats = svc.jobs.index.workers().values()
+    except Unavailable:
+        return []
+    now = time.time()
+    return [beat for beat in beats if alive(beat, now)]
+
+
+def _sandbox_component(svc: Services, beats: list[dict]) -> dict:
+    sandbox = {"mode": svc.settings.sandbox, "isolated": svc.settings.sandbox == "docker"}
     if svc.settings.sandbox == "process":
         sandbox["warning"] = "process sandbox: user code runs as a plain child process and is NOT isolated"
-    components["sandbox"] = sandbox
-    # The AI node is optional: functions that use it fail without it, the platform does not.
-    components["ai"] = ai_client.health(svc.settings)
+    runtimes = sorted({beat.get("runtime") for beat in beats if beat.get("sandbox") == "ok" and beat.get("runtime")})
+    if runtimes:
+        sandbox["runtime"] = ", ".join(runtimes)
+    if not beats:
+        return {"status": "unknown", "optional": True, **sandbox, "message": "no worker to ask"}
+    if any(beat.get("sandbox") == "ok" for beat in beats):
+        return {"status": "ok", **sandbox}
+    return {"status": "down", **sandbox, "message": "the workers' sandbox engine (dockerd) does not answer: "
+                                                    "runs wait in the queue until it does"}
+
+
+def _health_answer(components: dict[str, dict]):
     down = [n for n, c in components.items() if c["status"] != "ok" and not c.get("optional")]
     body = {"status": "ok" if not down else "unavailable", "components": components}
     if down:
@@ -286,12 +333,11 @@ def run_function(function_id: str):
                        status=503, code="overloaded",
                        headers={"Retry-After": str(ratelimit.BACKPRESSURE_RETRY_AFTER_S)})
     body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
-    run_input = body.get("input")
+    # No input at all is an empty event (as Lambda has it); "input": null is null.
+    run_input = body.get("input", {})
     if len(json.dumps(run_input)) > settings.max_input_bytes:
         raise ApiError(f"input exceeds {settings.max_input_bytes} bytes", status=413, code="too_large")
-    wait_s = body.get("wait_s", settings.default_wait_s)
-    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= settings.max_wait_s:
-        raise ApiError(f"wait_s must be a number from 0 to {settings.max_wait_s:g}")
+    wait_s = wait_seconds(body.get("wait_s"), settings.default_wait_s)
     try:
         run_limits = Limits.check(settings, body.get("limits"))  # this run only, within the ceilings
     except LimitError as exc:
@@ -311,8 +357,27 @@ def run_function(function_id: str):
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
+    """The job; with ?wait_s=N, once it has ended or after N seconds (a long poll)."""
     svc = services()
-    return jsonify(svc.jobs.public(svc.jobs.get(job_id, auth.tenant())))
+    raw = request.args.get("wait_s")
+    try:
+        wait_s = wait_seconds(float(raw) if raw is not None else None, 0)
+    except ValueError:
+        raise ApiError(f"wait_s must be a number from 0 to {svc.settings.max_wait_s:g}") from None
+    job = svc.jobs.get(job_id, auth.tenant())
+    if wait_s > 0 and job["status"] not in TERMINAL:
+        job = svc.jobs.wait(job_id, wait_s, auth.tenant())
+    return jsonify(svc.jobs.public(job))
+
+
+def wait_seconds(value, default: float) -> float:
+    """A request's wait: a number from 0 to NANOGRID_MAX_WAIT_S; absent or null: the default."""
+    maximum = services().settings.max_wait_s
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
+        raise ApiError(f"wait_s must be a number from 0 to {maximum:g}")
+    return value
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -79,8 +79,9 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                                           "name": {**function_fields["name"],
                                                    "description": "must be the function's current name"}}},
         "RunRequest": {"type": "object", "additionalProperties": False, "properties": {
-            "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON"},
-            "wait_s": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s,
+            "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON; "
+                                     "absent: {}"},
+            "wait_s": {"type": ["number", "null"], "minimum": 0, "maximum": settings.max_wait_s,
                        "description": f"seconds to wait for the result (default {settings.default_wait_s:g}); "
                                       "0 returns 202 with the PENDING job at once"},
             "limits": limits,
@@ -219,7 +220,17 @@ def _document(settings: Settings) -> dict:
     job_response = {"content": _json("Job")}
     paths = {
         "/health": {"get": {
-            "operationId": "health", "summary": "Health of the API and its dependencies (never needs a key)",
+            "operationId": "health",
+            "summary": "Ready to run functions: the API's dependencies, a live worker and its sandbox engine "
+                       "(never needs a key)",
+            "security": [],
+            "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
+                          "503": {"description": "a required component is down", "content": _json("Health")},
+                          **_errors(405, 500)}}},
+        "/health/live": {"get": {
+            "operationId": "healthLive",
+            "summary": "The API process and its own dependencies, not the workers: the load balancer's check "
+                       "(never needs a key)",
             "security": [],
             "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
                           "503": {"description": "a required component is down", "content": _json("Health")},
@@ -269,7 +280,11 @@ def _document(settings: Settings) -> dict:
         "/jobs/{job_id}": {
             "parameters": [_job_id()],
             "get": {"operationId": "getJob", "summary": "A job's state and outputs",
-                    "responses": {"200": {"description": "the job", **job_response}, **_errors(404, *GUARDED)}},
+                    "parameters": [{"name": "wait_s", "in": "query", "required": False,
+                                    "description": "wait until the job has ended, at most this many seconds",
+                                    "schema": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s}}],
+                    "responses": {"200": {"description": "the job", **job_response},
+                                  **_errors(400, 404, *GUARDED)}},
         },
         "/jobs/{job_id}/cancel": {
             "parameters": [_job_id()],

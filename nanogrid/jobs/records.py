@@ -70,6 +70,7 @@ class JobRecord(TypedDict, total=False):
     started_at: float | None
     finished_at: float | None
     dispatch_attempts: int
+    engine_retries: int  # times the run went back to the queue because the sandbox engine refused it
     worker_id: str | None  # the lease holder (host:pid)
     lease_until: float | None
     output_ref: str  # where result/stdout/stderr went when they were too large to inline

@@ -3,22 +3,30 @@
 The document lives in a DocumentTable (DynamoDB or SQLite) and is the source of truth. Every
 change is a compare-and-set on its `rev`, so two workers, a worker and the reaper, or a
 redelivered message can never both move a job: the loser of a claim simply drops the message.
-After each change the job's Redis keys (nanogrid.jobs.index) are brought in line with it. A job
-belongs to its function's tenant, and a lookup that names a tenant treats another tenant's job
-exactly like an unknown id.
+The record also carries its place in the table's `due` index while it is unfinished: PENDING jobs
+by when to check that someone took them, PROCESSING jobs by lease expiry. That index, not Redis,
+is what the reaper sweeps, so a job whose Redis keys were never written (an API killed
+mid-request, a Redis outage) is still found.
 
-A run is submitted here too: the record is written, then the run's message is published; if the
-broker refuses it the job ends FAILED/enqueue_failed at once. The reaper dispatches unclaimed
-jobs again through the same publish.
+After each change the job's Redis keys (nanogrid.jobs.index) are brought in line with it. When
+Redis does not answer, the change stands (it is durable) and the keys are repaired later: by the
+next transition, by this process's `repair()` (the reaper runs it every pass) or by `reindex()`.
+
+A job belongs to its function's tenant, and a lookup that names a tenant treats another tenant's
+job exactly like an unknown id. A run is submitted here too: the record is written, then the run's
+message is published; if the broker refuses it the job ends FAILED/enqueue_failed at once. The
+reaper dispatches unclaimed jobs again through the same publish.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import redis
 
@@ -28,9 +36,13 @@ from nanogrid.functions import tenant_of
 from nanogrid.jobs.index import JobIndex
 from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
                                    is_job_id, iso)
-from nanogrid.storage import BlobStore, DocumentTable
+from nanogrid.storage import BlobStore, DocumentTable, IndexEntry
 from nanogrid.task_names import RUN_TASK
 from nanogrid.transport.broker import Broker
+
+log = logging.getLogger(__name__)
+MAX_REDISPATCH_INTERVAL_S = 3600
+DUE = "due"  # the table's index of unfinished jobs (nanogrid.storage.TABLES)
 
 
 class JobStore:
@@ -41,6 +53,8 @@ class JobStore:
         self.index = JobIndex(settings, redis_client)
         self.outputs = outputs
         self.broker = broker
+        self._unindexed: dict[str, str] = {}  # job id -> tenant: Redis keys this process could not write
+        self._unindexed_lock = threading.Lock()
 
     # -- creation and dispatch -----------------------------------------------------------------
 
@@ -69,7 +83,7 @@ class JobStore:
             # The caller publishes right after this insert; if it dies first, the reaper redispatches.
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
         }
-        self.table.insert(job["job_id"], job)
+        self.table.insert(job["job_id"], job, self._entries(job))
         try:
             self.index.write(job, tenant)
         except Unavailable:
@@ -85,10 +99,10 @@ class JobStore:
         job = self.create(function, run_input, limits)
         try:
             self.publish(job["job_id"])
-        except Exception as exc:  # noqa: BLE001 - any publish failure: record it, keep nothing PENDING
+        except Unavailable:
             self.finish(job["job_id"], None, Status.FAILED, error=error(
                 ErrorType.ENQUEUE_FAILED, "the job could not be queued; the broker is unavailable"))
-            raise Unavailable(f"broker: {exc}") from exc
+            raise
         return job
 
     def publish(self, job_id: str) -> None:
@@ -98,6 +112,21 @@ class JobStore:
         """Publish an unclaimed job's run again (a duplicate loses the claim) and count it."""
         self.publish(job_id)
         self.mark_dispatched(job_id)
+
+    def redispatch_held(self, node: str, beat: dict) -> int:
+        """Dispatch again the runs a gone worker held (its last heartbeat) that nobody claimed."""
+        dispatched = 0
+        for job_id in beat.get("holds", []):
+            try:
+                if self.get(job_id)["status"] != Status.PENDING:
+                    continue
+            except NotFound:
+                continue
+            self.redispatch(job_id)
+            dispatched += 1
+        if dispatched:
+            log.warning("worker %s is gone; dispatched again the %d unclaimed runs it held", node, dispatched)
+        return dispatched
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -123,9 +152,23 @@ class JobStore:
                 view[name] = iso(view[name])
         return view
 
-    def running(self) -> list[tuple[str, float]]:
-        """The jobs holding a lease now, with its expiry (the reaper's index)."""
-        return self.index.leases()
+    def unfinished(self, status: Status, *, due_by: float | None = None, limit: int | None = None) -> Iterator[JobRecord]:
+        """PENDING or PROCESSING jobs from the durable index, the most overdue first: with due_by,
+        only those due by then (PENDING: to be checked for a claim; PROCESSING: lease expired)."""
+        cursor, seen = None, 0
+        while True:
+            page = self.table.query(DUE, status, until=due_by, limit=min(limit - seen, 200) if limit else 200,
+                                    cursor=cursor)
+            for job in page.docs:
+                yield job
+            seen += len(page.docs)
+            cursor = page.cursor
+            if cursor is None or (limit is not None and seen >= limit):
+                return
+
+    def running(self) -> list[JobRecord]:
+        """The jobs holding a lease now (whether or not it has expired), oldest lease first."""
+        return list(self.unfinished(Status.PROCESSING))
 
     def recent_failures(self, limit: int) -> list[dict]:
         return self.index.recent_failures(limit)
@@ -164,10 +207,77 @@ class JobStore:
             if not change(job):
                 return None
             job["rev"] = current["rev"] + 1
-            if self.table.replace(job_id, job, current["rev"]):
-                self.index.write(job, tenant_of(job))
+            if self.table.replace(job_id, job, current["rev"], self._entries(job)):
+                self._write_index(job)
                 return job
         raise Unavailable(f"job {job_id}: too much contention on its record")
+
+    def _entries(self, job: JobRecord) -> dict[str, IndexEntry | None]:
+        """The record's place in the due index: when to look at it again, until it is finished."""
+        status = job["status"]
+        if status == Status.PENDING:
+            # A long queue is no fault: each check that finds the job unclaimed dispatches it again
+            # (duplicates lose the claim) and waits twice as long before the next.
+            backoff = self.settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
+            return {DUE: IndexEntry(status, time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S))}
+        if status == Status.PROCESSING:
+            return {DUE: IndexEntry(status, job["lease_until"])}
+        return {DUE: None}
+
+    def _write_index(self, job: JobRecord) -> None:
+        """The job's Redis keys after a durable change; if Redis does not answer, remember to repair."""
+        tenant = tenant_of(job)
+        try:
+            self.index.write(job, tenant)
+        except Unavailable as exc:
+            with self._unindexed_lock:
+                first = not self._unindexed
+                self._unindexed[job["job_id"]] = tenant
+            log.warning("job recorded %s in the job store, but its Redis keys could not be written (%s); "
+                        "they will be repaired when Redis answers%s", job["status"], exc,
+                        "" if first else " (more jobs are waiting for the same repair)",
+                        extra={"job_id": job["job_id"], "status": job["status"]})
+            return
+        with self._unindexed_lock:
+            self._unindexed.pop(job["job_id"], None)
+
+    def repair(self) -> int:
+        """Write the Redis keys this process could not write before; how many jobs it repaired."""
+        with self._unindexed_lock:
+            pending = dict(self._unindexed)
+        repaired = 0
+        for job_id, tenant in pending.items():
+            try:
+                job = self.table.get(job_id)
+            except NotFound:
+                job = None
+            try:
+                if job is not None:
+                    self.index.write(job, tenant)
+            except Unavailable:
+                return repaired  # still down: the next pass tries again
+            with self._unindexed_lock:
+                self._unindexed.pop(job_id, None)
+            repaired += 1
+        if repaired:
+            log.info("repaired the Redis keys of %d jobs from the job store", repaired)
+        return repaired
+
+    def reindex(self) -> dict:
+        """Rebuild the Redis side from the durable store: every unfinished job's keys written
+        again, and the tenants' queued and running entries of jobs that are no longer so removed."""
+        unfinished: dict[str, set[str]] = {}
+        count = 0
+        for status in (Status.PENDING, Status.PROCESSING):
+            for job in self.unfinished(status):
+                tenant = tenant_of(job)
+                self.index.write(job, tenant)
+                unfinished.setdefault(tenant, set()).add(job["job_id"])
+                count += 1
+        stale = self.index.drop_stale(unfinished, self.index.tenants_with_entries() | set(unfinished))
+        with self._unindexed_lock:
+            self._unindexed.clear()
+        return {"unfinished_jobs": count, "stale_entries_removed": stale}
 
     def mark_dispatched(self, job_id: str) -> None:
         def change(job: JobRecord) -> bool:
@@ -188,6 +298,24 @@ class JobStore:
             return True
 
         return self.transition(job_id, change)
+
+    def requeue(self, job_id: str, worker_id: str) -> bool:
+        """Give a claimed job back (PROCESSING -> PENDING) when nothing of its run started, and
+        publish it again; False when it is not this holder's to give back."""
+        def change(job: JobRecord) -> bool:
+            if job["status"] != Status.PROCESSING or job["worker_id"] != worker_id:
+                return False
+            job.update(status=Status.PENDING, worker_id=None, started_at=None, lease_until=None,
+                       engine_retries=job.get("engine_retries", 0) + 1)
+            return True
+
+        if self.transition(job_id, change) is None:
+            return False
+        try:
+            self.publish(job_id)
+        except Unavailable:  # the record is PENDING: the reaper's sweep dispatches it again
+            log.warning("could not publish the requeued job; the reaper will", extra={"job_id": job_id})
+        return True
 
     def renew(self, job_id: str, worker_id: str) -> bool:
         def change(job: JobRecord) -> bool:
@@ -224,10 +352,6 @@ class JobStore:
             return True
 
         return self.transition(job_id, change)
-
-    def forget(self, job_id: str) -> None:
-        """Drop a settled job from the reaper's indexes."""
-        self.index.forget(job_id)
 
     def _spill_outputs(self, job_id: str, fields: dict) -> dict:
         outputs = {k: fields[k] for k in OUTPUT_FIELDS if k in fields}

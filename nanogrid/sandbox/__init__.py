@@ -18,6 +18,7 @@ from typing import Any, Mapping, Protocol
 from urllib.parse import urlparse
 
 from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
 from nanogrid.limits import Limits
 from nanogrid.sandbox.protocol import FrameReader, request_frame
 
@@ -32,12 +33,19 @@ LABEL_VERSION = "nanogrid.version"
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 
 
-def instance_id(settings: Settings) -> str:
-    """Which installation a sandbox belongs to: the Redis that holds its jobs' leases.
+class EngineUnavailable(Unavailable):
+    """The sandbox engine (dockerd) does not answer: nothing of the run was started."""
 
-    The reaper keeps the sandboxes of jobs that Redis lists as running and removes the others;
+
+def instance_id(settings: Settings) -> str:
+    """Which installation a sandbox belongs to: NANOGRID_INSTANCE_ID, else the Redis that holds
+    its jobs (`nanogrid dev` keeps an id in its data directory, since its Redis port changes).
+
+    The reaper keeps the sandboxes of jobs that are running and removes this installation's others;
     two installations (or test stacks) sharing one dockerd must not remove each other's.
     """
+    if settings.instance_id:
+        return hashlib.sha256(settings.instance_id.encode()).hexdigest()[:16]
     url = urlparse(settings.redis_url)
     where = f"{url.hostname}:{url.port or 6379}{url.path or '/0'}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
@@ -88,6 +96,8 @@ class RawRun:
     oom_killed: bool = False
     memory_error: bool = False  # the user process died of an uncaught MemoryError (rlimit, no cgroup)
     cancelled: bool = False
+    interrupted: bool = False  # stopped because the worker is shutting down
+    engine_lost: bool = False  # the sandbox engine stopped answering while the run was in progress
     duration_ms: int = 0
     peak_memory_bytes: int | None = None
     cpu_time_ms: int | None = None
@@ -115,9 +125,19 @@ class Sandbox(Protocol):
     kind: str
     isolated: bool
 
-    def run(self, spec: RunSpec) -> RawRun: ...
+    def run(self, spec: RunSpec) -> RawRun:
+        """The run, start to end; EngineUnavailable when the engine refused it before it started."""
+        ...
 
     def kill(self, job_id: str) -> bool: ...
+
+    def interrupt(self) -> int:
+        """Stop every run of this process because the worker is shutting down; how many."""
+        ...
+
+    def engine_ok(self) -> bool:
+        """Whether the engine that makes sandboxes answers now (quickly: a heartbeat asks it)."""
+        ...
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         """Remove leftover sandboxes labelled with a job: those in job_ids, or all but keep (the

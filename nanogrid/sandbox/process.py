@@ -109,7 +109,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 class _Run:
     def __init__(self, process: subprocess.Popen):
         self.process = process
-        self.cancelled = False
+        self.stopped_for: str | None = None  # "cancel" or "shutdown"
 
 
 class ProcessSandbox:
@@ -165,7 +165,8 @@ class ProcessSandbox:
                         pass
                 with self._lock:
                     self._running.pop(spec.job_id, None)
-        raw.cancelled = run.cancelled
+        raw.cancelled = run.stopped_for == "cancel"
+        raw.interrupted = run.stopped_for == "shutdown"
         return raw
 
     def kill(self, job_id: str) -> bool:
@@ -174,9 +175,21 @@ class ProcessSandbox:
             run = self._running.get(job_id)
         if run is None:
             return False
-        run.cancelled = True
+        run.stopped_for = "cancel"
         _kill_group(run.process)
         return True
+
+    def interrupt(self) -> int:
+        """Stop this process's runs for a shutdown: each ends with what it had printed."""
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.stopped_for = "shutdown"
+            _kill_group(run.process)
+        return len(runs)
+
+    def engine_ok(self) -> bool:
+        return True  # plain processes: nothing to ask
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         return 0  # runs leave no containers; their processes die with the run

@@ -12,6 +12,7 @@ import functools
 from celery import Celery
 
 from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
 from nanogrid.transport.depth import Depth, queue_depth
 from nanogrid.transport.app import make_celery
 
@@ -25,12 +26,19 @@ class Broker:
         return make_celery(self.settings)
 
     def send(self, task: str, args: list) -> None:
-        """Publish one task message (ignore_result: the job record is the result)."""
-        self.app.send_task(task, args=args, ignore_result=True)
+        """Publish one task message (ignore_result: the job record is the result); Unavailable when
+        the broker refuses it (Celery has retried, per task_publish_retry_policy)."""
+        try:
+            self.app.send_task(task, args=args, ignore_result=True)
+        except Exception as exc:  # noqa: BLE001 - kombu, redis, botocore: every way a publish fails
+            raise Unavailable(f"broker: {exc}") from exc
 
     def broadcast(self, command: str, arguments: dict) -> None:
         """A remote control command to every worker, without waiting for replies."""
-        self.app.control.broadcast(command, arguments=arguments)
+        try:
+            self.app.control.broadcast(command, arguments=arguments)
+        except Exception as exc:  # noqa: BLE001 - as in send
+            raise Unavailable(f"broker: {exc}") from exc
 
     def ask(self, command: str, destination: list[str] | None = None, timeout_s: float = 1.0) -> dict:
         """A remote control command answered by the workers: {worker name: reply}; with a

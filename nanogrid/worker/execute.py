@@ -35,11 +35,12 @@ from nanogrid.jobs.records import error
 from nanogrid.limits import Limits
 from nanogrid.outcomes import Outcome, classify
 from nanogrid.host import pid_alive
-from nanogrid.sandbox import RunSpec
+from nanogrid.sandbox import EngineUnavailable, RunSpec
 from nanogrid.services import Services, worker_id
 
 log = logging.getLogger(__name__)
 CODE_FETCH_ATTEMPTS = 3
+ENGINE_RETRIES = 1  # a run the engine refused before it started goes back to the queue this often
 # Extracted code directories kept per worker process beyond those its warm containers mount.
 MAX_CODE_DIRS = 16
 CODE_DIR_PREFIX = "nanogrid-code-"
@@ -97,7 +98,16 @@ def _run(services: Services, job_id: str) -> str:
     logs.bind(function_id=job["function_id"], function_version=job["function_version"])
     log.info("run started")
     with LeaseKeeper(services, job_id, holder):
-        fields = execute(services, job)
+        try:
+            fields = execute(services, job)
+        except EngineUnavailable as exc:
+            # Nothing of the run started: once, it goes back to the queue, which this worker stops
+            # taking from until its engine answers (worker/heartbeat.py); after that it fails.
+            if job.get("engine_retries", 0) < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
+                log.warning("the sandbox engine does not answer (%s); the run goes back to the queue", exc)
+                metrics.record_dropped("requeued")
+                return "requeued"
+            fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
     done = services.jobs.finish(job_id, holder, **fields)
     status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
     error_type = ((done or fields).get("error") or {}).get("type")
@@ -137,13 +147,14 @@ def execute(services: Services, job: dict) -> dict:
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)
                 call.run_ms = raw.duration_ms
+    except EngineUnavailable:
+        raise  # the caller decides: nothing ran, so it may run again
     except Unavailable as exc:
         return failure(ErrorType.SANDBOX_ERROR, str(exc))
     finally:
         ai_usage = channel.close() if channel is not None else None
     outcome = classify(raw, limits)
-    if ai_usage is not None:
-        ai_unavailable(outcome, raw)
+    ai_unavailable(outcome, raw)  # the AI node down, or none configured: the same error type
     fields = {
         "status": outcome.status, "result": outcome.result, "error": outcome.error, "exit_code": outcome.exit_code,
         "stdout": raw.stdout.decode("utf-8", "replace"), "stderr": raw.stderr.decode("utf-8", "replace"),

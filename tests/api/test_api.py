@@ -181,9 +181,14 @@ def test_hostile_zips_are_refused(api):
 
 
 def test_health_and_limits(api):
-    health = api.get("/health")
-    assert health.status_code == 200, health.get_json()
-    assert health.get_json()["components"]["sandbox"]["isolated"] is False
+    live = api.get("/health/live")
+    assert live.status_code == 200, live.get_json()
+    assert set(live.get_json()["components"]) == {"redis", "functions", "jobs", "broker"}
+    health = api.get("/health")  # ready to run functions: no worker has beaten here
+    assert health.status_code == 503 and health.get_json()["failing"] == ["worker"], health.get_json()
+    components = health.get_json()["components"]
+    assert components["worker"]["status"] == "down" and components["sandbox"]["status"] == "unknown"
+    assert components["sandbox"]["isolated"] is False
     limits = api.get("/limits").get_json()
     assert limits["timeout_s"] == {"default": 30, "ceiling": 86400}
 

@@ -69,7 +69,8 @@ def run(dev, function_id, event=None, wait_s=60):
 def test_banner_health_and_operator_env(dev):
     health = requests.get(f"{dev['url']}/health", timeout=10).json()
     assert health["status"] == "ok"
-    assert health["components"]["sandbox"] == {"status": "ok", "mode": "docker", "isolated": True}
+    assert health["components"]["sandbox"] == {"status": "ok", "mode": "docker", "isolated": True, "runtime": "runc"}
+    assert health["components"]["worker"] == {"status": "ok", "workers": 1}
     exports = (dev["data_dir"] / "operator.env").read_text()
     assert "export NANOGRID_BROKER_URL=redis://127.0.0.1:" in exports
     env = dict(os.environ)

@@ -152,6 +152,10 @@ OPTIONAL_EVERYWHERE = {
     "FLOWER_BASIC_AUTH": "Flower's own authentication, checked by `nanogrid flower`; on the fleet Flower listens on "
                          "localhost only (test_flower_listens_on_localhost) and is reached through an SSH tunnel",
     "FLOWER_AUTH": "Flower's OAuth alternative to FLOWER_BASIC_AUTH (see there)",
+    "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
+                            "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
+    "NANOGRID_SHUTDOWN_GRACE_S": "unset: a worker's warm shutdown lets the runs in progress finish (the drain hook "
+                                 "waits for them); `nanogrid dev` sets it to stop quickly",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
     "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
     "NANOGRID_LOG_FORMAT": "json (the default) writes one object per line for the journal; text is for a terminal",

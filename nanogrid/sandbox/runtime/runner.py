@@ -162,14 +162,23 @@ def input_descriptor(text):
 
 
 def print_user_traceback(exc):
-    """Print the traceback without the runner's own frames: the user should see only theirs."""
+    """Print the traceback with the user's own frames only: not the runner's, nanogrid_ai's or the
+    import machinery's (importlib, frozen modules), in every exception of the chain."""
     import traceback
 
-    tb = exc.__traceback__
-    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
-                              or tb.tb_frame.f_code.co_filename.startswith("<frozen")):
-        tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb)
+    hidden = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(importlib.__file__) + os.sep,
+              "<frozen")
+    shown = traceback.TracebackException.from_exception(exc)
+    pending, seen = [shown], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not frame.filename.startswith(hidden)])
+        pending += [chained for chained in (current.__cause__, current.__context__) if chained is not None]
+    sys.stderr.write("".join(shown.format()))
 
 
 def exit_code_of(exc):

@@ -26,6 +26,9 @@ resource "aws_dynamodb_table" "functions" {
   tags = { Name = var.functions_table_name }
 }
 
+# Job records, with `due` (nanogrid/storage/__init__.py: TABLES): a sparse index of the unfinished
+# jobs by status, in the order the reaper must look at them again (PENDING by redispatch time,
+# PROCESSING by lease expiry). The reaper sweeps it, so a job is found whatever Redis lost.
 resource "aws_dynamodb_table" "jobs" {
   #checkov:skip=CKV_AWS_119:Encrypted at rest with the AWS managed key; a customer managed key would add kms grants to both instance roles for no gain in this single-account setup.
   name         = var.jobs_table_name
@@ -35,6 +38,23 @@ resource "aws_dynamodb_table" "jobs" {
   attribute {
     name = "jobId"
     type = "S"
+  }
+
+  attribute {
+    name = "due_pk"
+    type = "S"
+  }
+
+  attribute {
+    name = "due_sk"
+    type = "S"
+  }
+
+  global_secondary_index {
+    name            = "due"
+    hash_key        = "due_pk"
+    range_key       = "due_sk"
+    projection_type = "ALL"
   }
 
   point_in_time_recovery {
