@@ -3,12 +3,14 @@
 The limit holds across both workers, 429 carries Retry-After whichever worker answers, a spoofed
 X-Forwarded-For does not reset it when no trusted proxy is configured, a key has its own budget,
 and the key never appears in the server's output (access lines included). Also in-process: with
-a trusted proxy the address the proxy appended is the one that counts.
+a trusted proxy the address the proxy appended is the one that counts, and an unreachable Redis
+lets requests through with one warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -180,3 +182,11 @@ def test_a_trusted_proxy_makes_x_forwarded_for_count(make_app):
     direct = make_app(rate_limit=RateLimit(3, 60))  # no trusted proxy: X-Forwarded-For means nothing
     statuses = [direct.client.get("/limits", headers={"X-Forwarded-For": spoofed()}).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+def test_an_unreachable_redis_lets_requests_through_with_one_warning(make_app, caplog):
+    app = make_app(rate_limit=RateLimit(1, 60), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.WARNING, logger="nanogrid.api.ratelimit"):
+        assert [app.client.get("/limits").status_code for _ in range(3)] == [200, 200, 200]
+    warnings = [r for r in caplog.records if r.name == "nanogrid.api.ratelimit"]
+    assert len(warnings) == 1 and "rate limit not enforced" in warnings[0].getMessage(), warnings
