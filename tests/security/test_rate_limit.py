@@ -141,7 +141,7 @@ def test_the_limit_holds_across_two_workers_and_spoofed_addresses(api):
     ok_lines = [d for d in api.lines() if d.get("logger") == "gunicorn.access" and d.get("path") == "/limits"
                 and d["status"] == 200]
     assert len(ok_lines) == LIMIT
-    assert requests.get(api.url + "/health", timeout=10).status_code == 200  # probes are never limited
+    assert requests.get(api.url + "/health/live", timeout=10).status_code == 200  # probes are never limited
     assert requests.get(api.url + "/metrics", timeout=10).status_code == 200
 
     # A key has its own budget, shared by both workers too; the address stays limited without it.
