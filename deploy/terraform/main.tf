@@ -77,6 +77,7 @@ module "compute" {
 
   controller_instance_type = var.controller_instance_type
   worker_instance_type     = var.worker_instance_type
+  worker_docker_runtime    = var.worker_docker_runtime
   ai_instance_type         = var.ai_instance_type
   ai_volume_size_gb        = var.ai_volume_size_gb
 

@@ -139,6 +139,10 @@ class Sandbox(Protocol):
         """Whether the engine that makes sandboxes answers now (quickly: a heartbeat asks it)."""
         ...
 
+    def check_runtime(self) -> None:
+        """Unavailable, saying what to do, when the configured runtime cannot run sandboxes."""
+        ...
+
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         """Remove leftover sandboxes labelled with a job: those in job_ids, or all but keep (the
         reaper's sweep, which also removes warm sandboxes whose owner is gone)."""

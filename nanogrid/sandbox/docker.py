@@ -312,6 +312,18 @@ class DockerSandbox:
         except DOCKER_ERRORS as exc:
             raise EngineUnavailable(f"cannot reach dockerd: {exc}") from exc
 
+    def check_runtime(self) -> None:
+        """Unavailable (with what to do) unless the engine has the configured runtime registered."""
+        runtime = self.settings.docker_runtime
+        try:
+            registered = sorted(self.client.info().get("Runtimes") or {})
+        except DOCKER_ERRORS as exc:
+            raise EngineUnavailable(f"cannot ask dockerd for its runtimes: {exc}") from exc
+        if runtime not in registered:
+            raise Unavailable(f"NANOGRID_DOCKER_RUNTIME={runtime} is not registered with the Docker engine (it has "
+                              f"{', '.join(registered) or 'none'}): add it to the engine's daemon.json \"runtimes\" "
+                              "and reload dockerd (README: Sandbox runtimes)")
+
     def engine_ok(self) -> bool:
         """Whether dockerd answers within ENGINE_CHECK_S (a client of its own: the runs' may be busy)."""
         try:
@@ -637,8 +649,7 @@ class DockerSandbox:
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             auto_remove=False,  # its exit state is read after an abnormal end; then it is removed
         )
-        if self.settings.docker_runtime:
-            options["runtime"] = self.settings.docker_runtime
+        options["runtime"] = self.settings.docker_runtime
         ai_mount = ai_dir or spec.ai_socket_dir
         if ai_mount is not None:
             # The AI channel's directory: it holds only the channel's Unix socket, read-only.

@@ -191,6 +191,9 @@ class ProcessSandbox:
     def engine_ok(self) -> bool:
         return True  # plain processes: nothing to ask
 
+    def check_runtime(self) -> None:
+        """Plain processes have no OCI runtime to check."""
+
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         return 0  # runs leave no containers; their processes die with the run
 

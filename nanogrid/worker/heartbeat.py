@@ -29,6 +29,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from nanogrid.errors import Unavailable
+from nanogrid.sandbox import EngineUnavailable
 from nanogrid.services import current as current_services
 from nanogrid.task_names import RUN_TASK
 
@@ -63,6 +64,13 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
     def start(self, worker) -> None:
         svc = current_services()
+        try:
+            svc.sandbox.check_runtime()
+        except EngineUnavailable:
+            pass  # the watchdog below keeps the worker from taking runs until the engine answers
+        except Unavailable as exc:
+            log.critical("%s", exc)
+            raise RuntimeError(str(exc)) from None  # Celery stops the worker: it could run nothing
         self.node = worker.hostname
         self.started = time.time()
         self._take_over_previous_beat(svc)
@@ -96,7 +104,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         try:
             svc.jobs.index.beat(self.node, held_jobs(), pid=os.getpid(), started=self.started, stopped=stopped,
                                 sandbox="ok" if engine_ok else "down", sandbox_kind=svc.sandbox.kind,
-                                runtime=svc.settings.docker_runtime or "runc")
+                                runtime=svc.settings.docker_runtime)
         except Unavailable as exc:
             log.debug("heartbeat not written: %s", exc)
 

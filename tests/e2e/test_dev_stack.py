@@ -81,7 +81,7 @@ def test_banner_health_and_operator_env(dev):
                           env=env, capture_output=True, text=True, timeout=60)
     assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     log = (dev["data_dir"] / "dev.log").read_text()
-    assert f"NanoGrid is running at {dev['url']}" in log and "Docker (isolated containers)" in log
+    assert f"NanoGrid is running at {dev['url']}" in log and "Docker (isolated containers, runtime runc)" in log
     assert "auth:     OPEN: no API keys exist" in log  # a fresh data dir has no key store entries
 
 

@@ -139,7 +139,6 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_DEFAULT_WAIT_S": "synchronous run wait; default 30 s",
     "NANOGRID_MAX_WAIT_S": "synchronous run wait ceiling; default 300 s, under the ALB idle timeout of 330 s",
     "NANOGRID_INLINE_OUTPUT_BYTES": "outputs above 64 KiB go to the user-data bucket; the default is right",
-    "NANOGRID_DOCKER_RUNTIME": "an alternative OCI runtime (e.g. runsc); unset uses Docker's default",
     "NANOGRID_LEASE_S": "exactly-once lease; the 30 s default is what the reliability tests prove",
     "NANOGRID_REAPER_INTERVAL_S": "reaper period; default 5 s",
     "NANOGRID_REDISPATCH_AFTER_S": "re-dispatch of unclaimed jobs; default 300 s",
@@ -203,6 +202,7 @@ OPTIONAL_BY_PROCESS = {
         "GOOGLE_APPLICATION_CREDENTIALS": "NANOGRID_ARCHIVE=none: only workers archive",
         "NANOGRID_SANDBOX": "only workers run sandboxes",
         "NANOGRID_RUNTIME_IMAGE": "only workers run sandboxes",
+        "NANOGRID_DOCKER_RUNTIME": "only workers run sandboxes",
         "NANOGRID_WORKER_CONCURRENCY": "only workers consume the queue",
     },
     "worker": {
@@ -571,7 +571,7 @@ def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules):
     assert "keys_table" not in str(tf_module("modules/compute").data["aws_iam_policy_document"]["worker"])
     # Both ways in: the API's guard and the CLI build the store from the same settings.
     assert "keys.KeyStore(storage.key_table(settings))" in (PACKAGE / "api" / "auth.py").read_text()
-    assert "keys.KeyStore(storage.key_table(Settings.from_env()))" in (PACKAGE / "cli.py").read_text()
+    assert "keys.KeyStore(storage.key_table(settings))" in (PACKAGE / "cli.py").read_text()
 
 
 def test_the_api_reads_the_queue_depth_it_is_granted(modules):
@@ -777,3 +777,21 @@ def test_terraform_passes_every_deployment_value_the_playbooks_need():
     defaults = yaml.safe_load((ANSIBLE / "roles" / "nanogrid" / "defaults" / "main.yml").read_text())
     for name in defaults["nanogrid_required_vars"]:
         assert name in passed, name
+
+
+def test_the_sandbox_runtime_choice_is_the_same_in_terraform_ansible_and_the_code():
+    """NANOGRID_DOCKER_RUNTIME: Terraform's variable accepts exactly what Settings accepts, passes it
+    to the workers' playbook, and the worker role can register every runtime it may be given."""
+    from nanogrid.config import DOCKER_RUNTIMES, Settings
+
+    variable = tf_module().variables["worker_docker_runtime"]
+    assert variable["default"] == Settings.docker_runtime == "runc"
+    [validation] = variable["validation"]
+    assert set(re.findall(r'"(\w+)"', validation["condition"])) == set(DOCKER_RUNTIMES)
+    assert tf_module().modules["compute"]["worker_docker_runtime"] == "${var.worker_docker_runtime}"
+    assert "worker_docker_runtime = var.worker_docker_runtime" in " ".join(
+        str(tf_module("modules/compute").locals["bootstrap"]["worker"]["vars"]).split())
+    defaults = yaml.safe_load((ANSIBLE / "roles" / "worker" / "defaults" / "main.yml").read_text())
+    assert defaults["worker_docker_runtime"] == Settings.docker_runtime
+    assert set(defaults["worker_docker_runtimes"]) == set(DOCKER_RUNTIMES) - {"runc"}  # runc comes with Docker
+    assert render_env("worker")["NANOGRID_DOCKER_RUNTIME"] == Settings.docker_runtime
