@@ -250,6 +250,9 @@ class Settings:
     reaper_interval_s: float = _setting("NANOGRID_REAPER_INTERVAL_S", 5.0, **_POSITIVE)
     redispatch_after_s: float = _setting("NANOGRID_REDISPATCH_AFTER_S", 300.0, **_POSITIVE)
     pending_timeout_s: float = _setting("NANOGRID_PENDING_TIMEOUT_S", 6 * 3600.0, **_POSITIVE)
+    # How long a finished job's record stays findable (GET /jobs/<id>, the history); Redis keeps
+    # its own copy of a job's status for a day either way.
+    job_retention_days: float = _setting("NANOGRID_JOB_RETENTION_DAYS", 7.0, **_POSITIVE)
 
     # Private AI: the Ollama node runs reach through a per-run, allow-listed channel (nanogrid/ai)
     ai_endpoint: str = _setting("AI_ENDPOINT", "")

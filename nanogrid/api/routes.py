@@ -6,6 +6,8 @@ NotFound, the same 404 as an unknown id.
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
 import logging
 import re
@@ -31,6 +33,7 @@ MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
 RUN_FIELDS = {"input", "wait_s", "limits"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
+CURSOR = re.compile(r"^\d{13}\.\d{6}\|[0-9a-f-]{36}$")  # a history position: created_at|job_id
 
 
 def services() -> Services:
@@ -353,6 +356,77 @@ def run_function(function_id: str):
         response.status_code = 202
         response.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
     return response
+
+
+@bp.get("/jobs")
+def list_jobs():
+    """The tenant's jobs, newest first, a page at a time: ?function_id, status, since, until,
+    limit (default 50, at most 200), cursor (the previous page's next_cursor)."""
+    function_id = request.args.get("function_id")
+    if function_id is not None:
+        services().functions.get(function_id, auth.tenant())  # 404 for an unknown or another tenant's
+    return _history(function_id)
+
+
+@bp.get("/functions/<function_id>/jobs")
+def list_function_jobs(function_id: str):
+    services().functions.get(function_id, auth.tenant())
+    return _history(function_id)
+
+
+def _history(function_id: str | None):
+    args = request.args
+    unknown = set(args) - {"function_id", "status", "since", "until", "limit", "cursor"}
+    if unknown:
+        raise ApiError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    status = args.get("status")
+    if status is not None and status not in Status.__members__:
+        raise ApiError(f"status must be one of {', '.join(Status)}")
+    try:
+        limit = int(args.get("limit", 50))
+    except ValueError:
+        raise ApiError("limit must be a whole number from 1 to 200") from None
+    if not 1 <= limit <= 200:
+        raise ApiError("limit must be a whole number from 1 to 200")
+    jobs, cursor = services().jobs.history(
+        auth.tenant(), function_id=function_id, status=Status(status) if status else None,
+        since=_time_arg("since"), until=_time_arg("until"), limit=limit, cursor=_decode_cursor(args.get("cursor")))
+    return jsonify({"jobs": [services().jobs.public(job) for job in jobs],
+                    "next_cursor": _encode_cursor(cursor) if cursor else None})
+
+
+def _time_arg(name: str) -> float | None:
+    """A time in the query: ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(f"{name} must be an ISO 8601 time (2026-12-01T10:00:00Z) or seconds since the epoch") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _encode_cursor(cursor: str) -> str:
+    return base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        cursor = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except ValueError:
+        cursor = ""
+    if not CURSOR.match(cursor):
+        raise ApiError("cursor is not one this API gave out (pass next_cursor as it came)")
+    return cursor
 
 
 @bp.get("/jobs/<job_id>")

@@ -129,6 +129,10 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
         "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
                          "properties": {"functions": {"type": "array",
                                                       "items": {"$ref": "#/components/schemas/Function"}}}},
+        "JobList": {"type": "object", "additionalProperties": False, "required": ["jobs", "next_cursor"],
+                    "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                                   "next_cursor": {"type": ["string", "null"],
+                                                   "description": "pass as cursor for the next page; null: the last"}}},
         "Job": {"type": "object", "additionalProperties": False, "required": [
             "job_id", "function_id", "function_version", "status", "created_at"], "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
@@ -200,9 +204,22 @@ def _errors(*codes: int) -> dict:
 GUARDED = (401, 405, 429, 500, 503)  # any route behind authentication and rate limiting may answer these
 
 
-def _function_id() -> dict:
-    return {"name": "function_id", "in": "path", "required": True,
+def _function_id(required: bool = True) -> dict:
+    """The function id: in the path, or (required=False) an optional query filter."""
+    return {"name": "function_id", "in": "path" if required else "query", "required": required,
             "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
+
+
+TIME_PARAMETER = {"type": "string", "description": "ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch"}
+HISTORY_PARAMETERS = [
+    {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": JOB_STATUSES}},
+    {"name": "since", "in": "query", "required": False, "description": "created at or after", "schema": TIME_PARAMETER},
+    {"name": "until", "in": "query", "required": False, "description": "created at or before", "schema": TIME_PARAMETER},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    {"name": "cursor", "in": "query", "required": False, "description": "the previous page's next_cursor",
+     "schema": {"type": "string"}},
+]
 
 
 def _job_id() -> dict:
@@ -276,6 +293,17 @@ def _document(settings: Settings) -> dict:
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
                                    **_errors(400, 404, 413, 415, *GUARDED)}},
+        },
+        "/jobs": {"get": {"operationId": "listJobs", "summary": "The tenant's jobs, newest first, a page at a time",
+                          "parameters": [_function_id(required=False), *HISTORY_PARAMETERS],
+                          "responses": {"200": {"description": "a page of jobs", "content": _json("JobList")},
+                                        **_errors(400, 404, *GUARDED)}}},
+        "/functions/{function_id}/jobs": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "listFunctionJobs", "summary": "A function's jobs, newest first, a page at a time",
+                    "parameters": HISTORY_PARAMETERS,
+                    "responses": {"200": {"description": "a page of jobs", "content": _json("JobList")},
+                                  **_errors(400, 404, *GUARDED)}},
         },
         "/jobs/{job_id}": {
             "parameters": [_job_id()],

@@ -36,13 +36,16 @@ from nanogrid.functions import tenant_of
 from nanogrid.jobs.index import JobIndex
 from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
                                    is_job_id, iso)
-from nanogrid.storage import BlobStore, DocumentTable, IndexEntry
+from nanogrid.storage import BlobStore, DocumentTable, IndexEntry, cursor_after
 from nanogrid.task_names import RUN_TASK
 from nanogrid.transport.broker import Broker
 
 log = logging.getLogger(__name__)
 MAX_REDISPATCH_INTERVAL_S = 3600
-DUE = "due"  # the table's index of unfinished jobs (nanogrid.storage.TABLES)
+# The table's indexes (nanogrid.storage.TABLES): unfinished jobs, and the history by tenant and function.
+DUE, TENANT_JOBS, FUNCTION_JOBS = "due", "tenant_jobs", "function_jobs"
+HISTORY_PAGE_MAX = 200
+HISTORY_SCAN_PAGES = 20  # pages of one index read for one history page when a status filter skips most
 
 
 class JobStore:
@@ -166,6 +169,38 @@ class JobStore:
             if cursor is None or (limit is not None and seen >= limit):
                 return
 
+    def history(self, tenant: str, *, function_id: str | None = None, status: Status | None = None,
+                since: float | None = None, until: float | None = None, limit: int = 50,
+                cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs (or one function's), newest first, from the durable store; the cursor of
+        the next page, or None after the last. A status filter is applied as the index is read."""
+        index, partition = ((FUNCTION_JOBS, function_partition(tenant, function_id)) if function_id
+                            else (TENANT_JOBS, tenant))
+        found: list[JobRecord] = []
+        now = time.time()
+        for _ in range(HISTORY_SCAN_PAGES):
+            page = self.table.query(index, partition, since=since, until=until, newest_first=True,
+                                    limit=min(limit, HISTORY_PAGE_MAX), cursor=cursor)
+            for job in page.docs:
+                if (job.get("expires_at") or now + 1) > now and (status is None or job["status"] == status):
+                    found.append(job)
+                    if len(found) == limit:  # the next page starts after this one
+                        more = job is not page.docs[-1] or page.cursor is not None
+                        return found, cursor_after(job["created_at"], job["job_id"]) if more else None
+            cursor = page.cursor
+            if cursor is None:
+                break
+        return found, cursor
+
+    def expire(self) -> int:
+        """Delete the records (and stored outputs) of jobs finished longer ago than the retention."""
+        expired = self.table.expire(time.time())
+        for job_id in expired:
+            self.outputs.delete(output_key(job_id))
+        if expired:
+            log.info("removed %d jobs past their retention (NANOGRID_JOB_RETENTION_DAYS)", len(expired))
+        return len(expired)
+
     def running(self) -> list[JobRecord]:
         """The jobs holding a lease now (whether or not it has expired), oldest lease first."""
         return list(self.unfinished(Status.PROCESSING))
@@ -213,16 +248,19 @@ class JobStore:
         raise Unavailable(f"job {job_id}: too much contention on its record")
 
     def _entries(self, job: JobRecord) -> dict[str, IndexEntry | None]:
-        """The record's place in the due index: when to look at it again, until it is finished."""
-        status = job["status"]
+        """The record's place in the indexes: in `due`, when to look at it again until it is
+        finished; in the history, its tenant's and its function's, by creation time."""
+        tenant, status = tenant_of(job), job["status"]
+        history = {TENANT_JOBS: IndexEntry(tenant, job["created_at"]),
+                   FUNCTION_JOBS: IndexEntry(function_partition(tenant, job["function_id"]), job["created_at"])}
         if status == Status.PENDING:
             # A long queue is no fault: each check that finds the job unclaimed dispatches it again
             # (duplicates lose the claim) and waits twice as long before the next.
             backoff = self.settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
-            return {DUE: IndexEntry(status, time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S))}
+            return {DUE: IndexEntry(status, time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S)), **history}
         if status == Status.PROCESSING:
-            return {DUE: IndexEntry(status, job["lease_until"])}
-        return {DUE: None}
+            return {DUE: IndexEntry(status, job["lease_until"]), **history}
+        return {DUE: None, **history}
 
     def _write_index(self, job: JobRecord) -> None:
         """The job's Redis keys after a durable change; if Redis does not answer, remember to repair."""
@@ -346,7 +384,8 @@ class JobStore:
                 return False
             now = time.time()
             job.update(spilled)
-            job.update(status=status, finished_at=now, lease_until=None)
+            job.update(status=status, finished_at=now, lease_until=None,
+                       expires_at=now + self.settings.job_retention_days * 86400)
             if job["started_at"] is not None and job.get("duration_ms") is None:
                 job["duration_ms"] = int((now - job["started_at"]) * 1000)
             return True
@@ -358,7 +397,16 @@ class JobStore:
         encoded = json.dumps(outputs).encode()
         if len(encoded) <= self.settings.inline_output_bytes:
             return fields
-        key = f"jobs/{job_id}/output.json"
+        key = output_key(job_id)
         self.outputs.put(key, encoded)
         rest = {k: v for k, v in fields.items() if k not in OUTPUT_FIELDS}
         return {**rest, "output_ref": key, "result": None, "stdout": "", "stderr": ""}
+
+
+def function_partition(tenant: str, function_id: str) -> str:
+    return f"{tenant}/{function_id}"
+
+
+def output_key(job_id: str) -> str:
+    """Where a job's result, stdout and stderr go when they are too large for its record."""
+    return f"jobs/{job_id}/output.json"

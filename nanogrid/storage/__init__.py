@@ -62,6 +62,11 @@ def sort_key(sort: float, doc_id: str) -> str:
     return f"{max(sort, 0.0):020.6f}|{doc_id}"
 
 
+def cursor_after(sort: float, doc_id: str) -> str:
+    """The cursor that continues a query after this document (what a page's cursor is)."""
+    return sort_key(sort, doc_id)
+
+
 class DocumentTable(Protocol):
     """Documents by id with compare-and-set on their `rev`.
 
@@ -80,9 +85,15 @@ class DocumentTable(Protocol):
 
     def scan(self) -> list[dict]: ...
 
-    def query(self, index: str, partition: str, *, until: float | None = None, newest_first: bool = False,
-              limit: int = 100, cursor: str | None = None) -> Page:
-        """Documents of one partition in sort order (sort value at most `until`, when given)."""
+    def query(self, index: str, partition: str, *, since: float | None = None, until: float | None = None,
+              newest_first: bool = False, limit: int = 100, cursor: str | None = None) -> Page:
+        """Documents of one partition in sort order, with sort values from `since` to `until`
+        (inclusive) when given; a page's cursor continues after its last document."""
+        ...
+
+    def expire(self, now: float) -> list[str]:
+        """Delete the documents whose `expires_at` has passed; their ids. DynamoDB does this itself
+        (the table's TTL on `expires_at`), so there it deletes nothing and returns []."""
         ...
 
 
@@ -91,13 +102,15 @@ class TableSpec:
     key: str  # the DynamoDB hash key attribute
     sqlite_name: str
     indexes: tuple[str, ...] = ()
+    expires: bool = False  # documents carry `expires_at` (epoch s): DynamoDB's TTL attribute, SQLite's sweep
 
 
 TABLES = {
     "functions": TableSpec("functionId", "functions"),
     # jobs: `due` holds the unfinished jobs by status, ordered by when to look at them again (the
     # reaper's sweep: PENDING by redispatch time, PROCESSING by lease expiry).
-    "jobs": TableSpec("jobId", "jobs", indexes=("due",)),
+    # tenant_jobs and function_jobs: a tenant's jobs, and one function's, by creation time (history).
+    "jobs": TableSpec("jobId", "jobs", indexes=("due", "tenant_jobs", "function_jobs"), expires=True),
     "keys": TableSpec("keyId", "api_keys"),
 }
 
@@ -145,10 +158,10 @@ def _table(settings: Settings, dynamodb_name: str, spec: TableSpec) -> DocumentT
     if settings.storage == "aws":
         from nanogrid.storage.dynamodb import DynamoDBTable
 
-        return DynamoDBTable(settings, dynamodb_name, spec.key, spec.indexes)
+        return DynamoDBTable(settings, dynamodb_name, spec.key, spec.indexes, spec.expires)
     from nanogrid.storage.local import SQLiteTable
 
-    return SQLiteTable(settings.data_dir / "nanogrid.sqlite3", spec.sqlite_name, spec.indexes)
+    return SQLiteTable(settings.data_dir / "nanogrid.sqlite3", spec.sqlite_name, spec.indexes, spec.expires)
 
 
 def archive(settings: Settings) -> Archive | None:

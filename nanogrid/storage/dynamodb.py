@@ -19,17 +19,22 @@ from nanogrid.errors import Conflict, NotFound
 from nanogrid.storage import UNTIL_SUFFIX, Entries, Page, sort_key
 
 
+TTL_ATTRIBUTE = "expires_at"  # the table's time-to-live attribute (Terraform, provisioning)
+
+
 def index_attributes(index: str) -> tuple[str, str]:
     """The partition and sort key attributes of an index's GSI."""
     return f"{index}_pk", f"{index}_sk"
 
 
 class DynamoDBTable:
-    def __init__(self, settings: Settings, table_name: str, key_name: str, indexes: tuple[str, ...] = ()):
+    def __init__(self, settings: Settings, table_name: str, key_name: str, indexes: tuple[str, ...] = (),
+                 expires: bool = False):
         self.settings = settings
         self.table_name = table_name
         self.key_name = key_name
         self.indexes = indexes
+        self.expires = expires
 
     def _dynamodb(self) -> Any:
         # Looked up on every call so a table object created before a fork uses the child's client.
@@ -40,6 +45,8 @@ class DynamoDBTable:
 
     def _item(self, doc_id: str, doc: dict, entries: Entries | None) -> dict:
         item = {**self._key(doc_id), "rev": {"N": str(int(doc["rev"]))}, "doc": {"S": json.dumps(doc)}}
+        if self.expires and doc.get("expires_at") is not None:
+            item[TTL_ATTRIBUTE] = {"N": str(int(doc["expires_at"]))}  # the table's TTL deletes it then
         for index, entry in (entries or {}).items():
             if index not in self.indexes:
                 raise ValueError(f"table {self.table_name} has no index {index!r}")
@@ -98,15 +105,22 @@ class DynamoDBTable:
         items.sort(key=lambda item: item[self.key_name]["S"])
         return [json.loads(item["doc"]["S"]) for item in items]
 
-    def query(self, index: str, partition: str, *, until: float | None = None, newest_first: bool = False,
-              limit: int = 100, cursor: str | None = None) -> Page:
+    def query(self, index: str, partition: str, *, since: float | None = None, until: float | None = None,
+              newest_first: bool = False, limit: int = 100, cursor: str | None = None) -> Page:
         if index not in self.indexes:
             raise ValueError(f"table {self.table_name} has no index {index!r}")
         pk, sk = index_attributes(index)
         condition, values = "#pk = :partition", {":partition": {"S": partition}}
+        if since is not None:
+            values[":since"] = {"S": sort_key(since, "")}
         if until is not None:
-            condition += " AND #sk <= :until"
             values[":until"] = {"S": sort_key(until, UNTIL_SUFFIX)}
+        if since is not None and until is not None:
+            condition += " AND #sk BETWEEN :since AND :until"
+        elif since is not None:
+            condition += " AND #sk >= :since"
+        elif until is not None:
+            condition += " AND #sk <= :until"
         request = {"TableName": self.table_name, "IndexName": index, "KeyConditionExpression": condition,
                    "ExpressionAttributeNames": {"#pk": pk, "#sk": sk}, "ExpressionAttributeValues": values,
                    "ScanIndexForward": not newest_first}
@@ -127,3 +141,6 @@ class DynamoDBTable:
         more = len(items) > limit
         items = items[:limit]
         return Page([json.loads(item["doc"]["S"]) for item in items], items[-1][sk]["S"] if more and items else None)
+
+    def expire(self, now: float) -> list[str]:
+        return []  # the table's TTL on expires_at deletes them (within about two days of the time)

@@ -79,12 +79,13 @@ class SQLiteTable:
     Index entries live in a side table (index name, partition, sort key, id) with an index on the
     first three, written in the same transaction as the document."""
 
-    def __init__(self, path: Path, name: str, indexes: tuple[str, ...] = ()):
+    def __init__(self, path: Path, name: str, indexes: tuple[str, ...] = (), expires: bool = False):
         if not name.isidentifier():
             raise ValueError(f"bad table name {name!r}")
         self.path = Path(path)
         self.name = name
         self.indexes = indexes
+        self.expires = expires
         self._local = threading.local()
 
     def _db(self) -> sqlite3.Connection:
@@ -102,6 +103,9 @@ class SQLiteTable:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.name}_index (ix TEXT NOT NULL, part TEXT NOT NULL, "
                              "sk TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (ix, id))")
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {self.name}_index_order ON {self.name}_index (ix, part, sk)")
+            if self.expires:
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {self.name}_expiry ON {self.name} "
+                             "(json_extract(doc, '$.expires_at'))")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -166,10 +170,13 @@ class SQLiteTable:
     def scan(self) -> list[dict]:
         return [json.loads(r[0]) for r in self._run(f"SELECT doc FROM {self.name} ORDER BY id", ())]
 
-    def query(self, index: str, partition: str, *, until: float | None = None, newest_first: bool = False,
-              limit: int = 100, cursor: str | None = None) -> Page:
+    def query(self, index: str, partition: str, *, since: float | None = None, until: float | None = None,
+              newest_first: bool = False, limit: int = 100, cursor: str | None = None) -> Page:
         self._check_index(index)
         where, params = ["i.ix = ?", "i.part = ?"], [index, partition]
+        if since is not None:
+            where.append("i.sk >= ?")
+            params.append(sort_key(since, ""))
         if until is not None:
             where.append("i.sk <= ?")
             params.append(sort_key(until, UNTIL_SUFFIX))
@@ -183,3 +190,11 @@ class SQLiteTable:
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([json.loads(doc) for _, doc in rows], rows[-1][0] if more and rows else None)
+
+    def expire(self, now: float) -> list[str]:
+        if not self.expires:
+            return []
+        rows = self._run(f"SELECT id FROM {self.name} WHERE json_extract(doc, '$.expires_at') <= ?", (now,)).fetchall()
+        for (doc_id,) in rows:
+            self.delete(doc_id)
+        return [doc_id for (doc_id,) in rows]

@@ -49,7 +49,7 @@ def _ensure_buckets(settings: Settings) -> None:
 def _ensure_tables(settings: Settings) -> None:
     from nanogrid import aws
     from nanogrid.storage import dynamodb_tables
-    from nanogrid.storage.dynamodb import index_attributes
+    from nanogrid.storage.dynamodb import TTL_ATTRIBUTE, index_attributes
 
     dynamodb = aws.client(settings, "dynamodb")
     for table, spec in dynamodb_tables(settings).items():
@@ -77,6 +77,11 @@ def _ensure_tables(settings: Settings) -> None:
                 TableName=table,
                 WaiterConfig={"Delay": TABLE_READY_POLL_S, "MaxAttempts": TABLE_READY_MAX_POLLS},
             )
+            if spec.expires:
+                ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+                if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                    dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification={
+                        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
 
 
 def _add_missing_indexes(dynamodb, table: str, attributes: list[dict], indexes: list[dict]) -> None:

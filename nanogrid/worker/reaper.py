@@ -12,6 +12,8 @@ jobs (nanogrid.jobs.store), whatever Redis holds or misses:
   jobs.index.WORKER_TTL_S) and nobody claimed are dispatched again at once, without waiting for
   their redispatch time;
 - the Redis keys this process could not write (Redis was down) are written;
+- every minute, the jobs finished longer ago than NANOGRID_JOB_RETENTION_DAYS are removed with
+  their stored outputs (SQLite; in DynamoDB the table's TTL removes them);
 - sandboxes labelled with a job that is no longer running are removed, and so are warm sandboxes
   (nanogrid/sandbox/warm.py) that no live worker process keeps: exited ones, and those whose
   owner was a process of this host that is gone (a SIGKILLed pool process, a crashed worker).
@@ -36,17 +38,20 @@ from nanogrid.services import Services, current as current_services
 
 log = logging.getLogger(__name__)
 PER_PASS = 500  # jobs of each kind one pass handles; the rest wait for the next
+EXPIRE_EVERY_S = 60.0  # how often a reaper removes the jobs past their retention
 
 
 class Reaper:
     def __init__(self, services: Services):
         self.services = services
+        self.expired_at = 0.0
 
     def run_once(self) -> None:
         """One pass; each step goes on whatever the one before met (a store or Redis outage)."""
         now = time.time()
         for step in (self.services.jobs.repair, lambda: self._expire_leases(now), lambda: self._redispatch_due(now),
-                     lambda: self._dispatch_what_gone_workers_held(now), self._remove_leftover_sandboxes):
+                     lambda: self._dispatch_what_gone_workers_held(now), self._remove_leftover_sandboxes,
+                     lambda: self._remove_expired_jobs(now)):
             try:
                 step()
             except Unavailable as exc:
@@ -73,6 +78,11 @@ class Reaper:
             if not alive(beat, now):
                 jobs.redispatch_held(node, beat)
                 jobs.index.forget_worker(node)
+
+    def _remove_expired_jobs(self, now: float) -> None:
+        if now - self.expired_at >= EXPIRE_EVERY_S:
+            self.expired_at = now
+            self.services.jobs.expire()
 
     def _remove_leftover_sandboxes(self) -> None:
         running = {job["job_id"] for job in self.services.jobs.running()}

@@ -151,6 +151,9 @@ OPTIONAL_EVERYWHERE = {
     "FLOWER_BASIC_AUTH": "Flower's own authentication, checked by `nanogrid flower`; on the fleet Flower listens on "
                          "localhost only (test_flower_listens_on_localhost) and is reached through an SSH tunnel",
     "FLOWER_AUTH": "Flower's OAuth alternative to FLOWER_BASIC_AUTH (see there)",
+    "NANOGRID_JOB_RETENTION_DAYS": "default 7, Terraform's job_retention_days, which sets the jobs table's TTL and the "
+                                   "user-data bucket's expiry of stored outputs to the same (checked by "
+                                   "test_the_job_retention_is_the_same_in_terraform_and_the_code)",
     "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
                             "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
     "NANOGRID_SHUTDOWN_GRACE_S": "unset: a worker's warm shutdown lets the runs in progress finish (the drain hook "
@@ -795,3 +798,16 @@ def test_the_sandbox_runtime_choice_is_the_same_in_terraform_ansible_and_the_cod
     assert defaults["worker_docker_runtime"] == Settings.docker_runtime
     assert set(defaults["worker_docker_runtimes"]) == set(DOCKER_RUNTIMES) - {"runc"}  # runc comes with Docker
     assert render_env("worker")["NANOGRID_DOCKER_RUNTIME"] == Settings.docker_runtime
+
+
+def test_the_job_retention_is_the_same_in_terraform_and_the_code():
+    """The records expire by the table's TTL and the stored outputs by the bucket's lifecycle, after
+    the retention the applications assume (NANOGRID_JOB_RETENTION_DAYS stays unset on the fleet)."""
+    from nanogrid.config import Settings
+
+    assert root_default("job_retention_days") == Settings.job_retention_days
+    assert tf_module().modules["data"]["job_retention_days"] == "${var.job_retention_days}"
+    assert tf_module("modules/data").modules["user_data_bucket"]["expire_prefixes"] == {
+        "jobs/": "${ceil(var.job_retention_days)}"}
+    for process in PROCESSES:
+        assert "NANOGRID_JOB_RETENTION_DAYS" not in render_env(process), process

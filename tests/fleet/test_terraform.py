@@ -329,6 +329,12 @@ def test_tables_are_on_demand_with_the_documented_keys():
         for index, gsi in gsis.items():
             assert (gsi["hash_key"], gsi["range_key"]) == index_attributes(index)
             assert gsi["projection_type"] == "ALL"  # a query returns whole documents
+        if spec.expires:
+            from nanogrid.storage.dynamodb import TTL_ATTRIBUTE
+
+            assert single(table["ttl"]) == {"attribute_name": TTL_ATTRIBUTE, "enabled": True}
+        else:
+            assert "ttl" not in table
         assert single(table["point_in_time_recovery"])["enabled"] is True
         assert single(table["server_side_encryption"])["enabled"] is True
         assert table["deletion_protection_enabled"] is True
