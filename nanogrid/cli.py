@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
         ("invoke", "run a function and print its result", cmd_invoke),
         ("job", "show a job", cmd_job),
+        ("logs", "print a job's output (--follow: as it comes, until the job ends)", cmd_logs),
+        ("jobs", "list recent jobs, newest first", cmd_jobs),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
@@ -132,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--async", action="store_true", dest="run_async", help="return the job id at once")
             p.add_argument("--wait", type=float, default=None,
                            help="seconds to wait for the run to end (default: until it ends)")
+            p.add_argument("--follow", action="store_true", help="print the output as it comes")
+        elif name == "logs":
+            p.add_argument("job_id")
+            p.add_argument("--follow", "-f", action="store_true", help="follow the output until the job ends")
+        elif name == "jobs":
+            p.add_argument("--function", help="only this function's (name or id)")
+            p.add_argument("--status", choices=("PENDING", "PROCESSING", "SUCCESS", "FAILED"))
+            p.add_argument("--limit", type=int, default=20, help="how many (at most 200)")
         else:
             p.add_argument("job_id")
             p.add_argument("--wait", type=float, nargs="?", const=-1, default=None,
@@ -397,6 +407,8 @@ def cmd_invoke(args, _extra) -> int:
         raise UsageError(f"--input is not valid JSON: {exc}") from None
     if args.run_async:
         return show_job(api.invoke(api.resolve(args.function), event, 0), args.json)
+    if args.follow:
+        return follow_events(api.run_events(api.resolve(args.function), event), args.json)
     deadline = None if args.wait is None else time.monotonic() + args.wait
     job = api.invoke(api.resolve(args.function), event, _step(deadline))
     return show_job(follow(api, job, deadline), args.json)
@@ -408,6 +420,64 @@ def cmd_job(args, _extra) -> int:
     if args.wait is not None:
         job = follow(api, job, None if args.wait < 0 else time.monotonic() + args.wait)
     return show_job(job, args.json)
+
+
+def cmd_logs(args, _extra) -> int:
+    api = api_client(args)
+    if args.follow:
+        return follow_events(api.job_events(args.job_id), args.json, summary=False)
+    job = api.job(args.job_id)
+    if args.json:
+        print(json.dumps({"stdout": job["stdout"], "stderr": job["stderr"]}, indent=2))
+    else:
+        sys.stdout.write(job["stdout"])
+        sys.stderr.write(job["stderr"])
+    return 0
+
+
+def cmd_jobs(args, _extra) -> int:
+    api = api_client(args)
+    if not 1 <= args.limit <= 200:
+        raise UsageError("--limit must be from 1 to 200")
+    function_id = api.resolve(args.function) if args.function else None
+    page = api.jobs(function_id=function_id, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(page["jobs"], indent=2))
+        return 0
+    if not page["jobs"]:
+        print("no jobs")
+    for job in page["jobs"]:
+        error = f"  {job['error']['type']}" if job["error"] else ""
+        took = f"{job['duration_ms']} ms" if job["duration_ms"] is not None else "-"
+        print(f"{job['created_at']}  {job['job_id']}  {job['function_id']}  {job['status']:<10} {took:>9}{error}")
+    return 0
+
+
+def follow_events(events, as_json: bool, summary: bool = True) -> int:
+    """Print a run's output as its events come; the exit status is the run's (0 SUCCESS, 1 FAILED)."""
+    streamed = False
+    for kind, data in events:
+        if as_json:
+            print(json.dumps({"event": kind, "data": data}), flush=True)
+        elif kind == "stdout":
+            sys.stdout.write(data["text"])
+            sys.stdout.flush()
+        elif kind == "stderr":
+            sys.stderr.write(data["text"])
+            sys.stderr.flush()
+        elif kind == "result":
+            streamed = True
+            print(json.dumps(data["item"]), flush=True)
+        if kind == "end":
+            if summary and not as_json:
+                took = f" in {data['duration_ms']} ms" if data["duration_ms"] else ""
+                print(f"--- job {data['job_id']}: {data['status']}{took}")
+                if data["error"]:
+                    print(f"--- error: {data['error']['type']}: {data['error']['message']}")
+                elif not streamed and data["result"] is not None:
+                    print("--- result\n" + json.dumps(data["result"], indent=2))
+            return 1 if data["status"] == "FAILED" else 0
+    return STILL_RUNNING
 
 
 def _step(deadline: float | None) -> float:

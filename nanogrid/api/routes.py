@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from nanogrid import bundles, functions
 from nanogrid.ai import client as ai_client
-from nanogrid.api import auth, ratelimit, schema
+from nanogrid.api import auth, ratelimit, schema, streams
 from nanogrid.api.errors import ApiError
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import TERMINAL, ErrorType, Status
@@ -33,6 +33,7 @@ MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
 RUN_FIELDS = {"input", "wait_s", "limits"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
+JSON_WHITESPACE = b" \t\r\n"  # what JSON allows around a value (not every byte Python calls space)
 CURSOR = re.compile(r"^\d{13}\.\d{6}\|[0-9a-f-]{36}$")  # a history position: created_at|job_id
 
 
@@ -86,7 +87,7 @@ def check_schema(name: str, body: dict) -> None:
 
 def json_object(limit: int, allowed: set[str], *, empty_ok: bool = False) -> dict:
     data = read_body(limit)
-    if empty_ok and not data.strip():
+    if empty_ok and not data.strip(JSON_WHITESPACE):
         return {}
     if request.mimetype != "application/json":
         raise ApiError("send a JSON body with Content-Type: application/json", status=415, code="unsupported_media_type")
@@ -134,6 +135,9 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
     settings = services().settings
     if request.mimetype == "multipart/form-data":
         form = request.form.to_dict()
+        if not form and not request.files:
+            raise ApiError("the multipart body holds no fields: send the code as a form file named 'file' "
+                           "and the settings as form fields")
         unknown = set(form) - (FUNCTION_FIELDS - {"code"})
         if unknown:
             raise ApiError(f"unknown form field(s): {', '.join(sorted(unknown))}")
@@ -349,6 +353,10 @@ def run_function(function_id: str):
     # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
     # message, after the job was recorded FAILED/enqueue_failed.
     job = svc.jobs.submit(function, run_input, run_limits)
+    if wants_event_stream():
+        streamed = streams.response(streams.job_events(svc, job, auth.tenant(), None))
+        streamed.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
+        return streamed
     if wait_s > 0:
         job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
     response = jsonify(svc.jobs.public(job))
@@ -374,11 +382,17 @@ def list_function_jobs(function_id: str):
     return _history(function_id)
 
 
+def only_parameters(*allowed: str) -> None:
+    """A query string names only what the route takes (a misspelt filter must not be ignored)."""
+    unknown = set(request.args) - set(allowed)
+    if unknown:
+        raise ApiError(f"unknown parameter(s): {', '.join(sorted(unknown))}; this route takes: "
+                       f"{', '.join(allowed) or 'none'}")
+
+
 def _history(function_id: str | None):
     args = request.args
-    unknown = set(args) - {"function_id", "status", "since", "until", "limit", "cursor"}
-    if unknown:
-        raise ApiError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    only_parameters("function_id", "status", "since", "until", "limit", "cursor")
     status = args.get("status")
     if status is not None and status not in Status.__members__:
         raise ApiError(f"status must be one of {', '.join(Status)}")
@@ -429,10 +443,30 @@ def _decode_cursor(raw: str | None) -> str | None:
     return cursor
 
 
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """The run's live events (Server-Sent Events), from the start or after Last-Event-ID."""
+    svc = services()
+    only_parameters("last_event_id")
+    job = svc.jobs.get(job_id, auth.tenant())
+    given = [value for value in (request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
+             if value is not None]
+    if not all(streams.valid_id(value) for value in given):
+        raise ApiError("Last-Event-ID (and last_event_id) must be the id of an event of this stream")
+    last_id = given[0] if given else None  # the header first: EventSource sends it when it reconnects
+    return streams.response(streams.job_events(svc, job, auth.tenant(), last_id))
+
+
+def wants_event_stream() -> bool:
+    """A run request that asks for the run's events instead of its document (Accept)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream"
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     """The job; with ?wait_s=N, once it has ended or after N seconds (a long poll)."""
     svc = services()
+    only_parameters("wait_s")
     raw = request.args.get("wait_s")
     try:
         wait_s = wait_seconds(float(raw) if raw is not None else None, 0)

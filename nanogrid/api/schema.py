@@ -210,6 +210,10 @@ def _function_id(required: bool = True) -> dict:
             "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
 
 
+# The data of every event of a run's stream is a JSON object: status {"status"}, stdout and stderr
+# {"text"}, result {"item"}, end: the job's document.
+EVENT_DATA = {"type": "object", "description": "an event's data: status {status}, stdout/stderr {text}, "
+                                               "result {item}, end: the job document"}
 TIME_PARAMETER = {"type": "string", "description": "ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch"}
 HISTORY_PARAMETERS = [
     {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": JOB_STATUSES}},
@@ -286,9 +290,13 @@ def _document(settings: Settings) -> dict:
         },
         "/functions/{function_id}/run": {
             "parameters": [_function_id()],
-            "post": {"operationId": "runFunction", "summary": "Run a function; wait up to wait_s for the result",
+            "post": {"operationId": "runFunction",
+                     "summary": "Run a function; wait up to wait_s for the result, or (Accept: text/event-stream) "
+                                "stream the run's events until it ends",
                      "requestBody": {"required": False, "content": _json("RunRequest")},
-                     "responses": {"200": {"description": "the job ended within wait_s", **job_response},
+                     "responses": {"200": {"description": "the job ended within wait_s, or the run's events",
+                                           "content": {**job_response["content"],
+                                                       "text/event-stream": {"schema": EVENT_DATA}}},
                                    "202": {"description": "the job is queued or running", **job_response,
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
@@ -312,6 +320,20 @@ def _document(settings: Settings) -> dict:
                                     "description": "wait until the job has ended, at most this many seconds",
                                     "schema": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s}}],
                     "responses": {"200": {"description": "the job", **job_response},
+                                  **_errors(400, 404, *GUARDED)}},
+        },
+        "/jobs/{job_id}/events": {
+            "parameters": [_job_id()],
+            "get": {"operationId": "jobEvents",
+                    "summary": "The run's live events (Server-Sent Events: status, stdout, stderr, result, end)",
+                    "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                                    "description": "continue after this event",
+                                    "schema": {"type": "string", "pattern": r"^\d+-\d+$"}},
+                                   {"name": "last_event_id", "in": "query", "required": False,
+                                    "description": "as Last-Event-ID, for clients that cannot set headers",
+                                    "schema": {"type": "string", "pattern": r"^\d+-\d+$"}}],
+                    "responses": {"200": {"description": "the events, until the end event",
+                                          "content": {"text/event-stream": {"schema": EVENT_DATA}}},
                                   **_errors(400, 404, *GUARDED)}},
         },
         "/jobs/{job_id}/cancel": {

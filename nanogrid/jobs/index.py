@@ -22,6 +22,7 @@ import redis
 
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
+from nanogrid.jobs import events
 from nanogrid.jobs.records import TERMINAL, JobRecord, Status
 
 STATUS_TTL_S = 24 * 3600
@@ -71,12 +72,17 @@ class JobIndex:
         self.redis = client
         self._waiters = threading.local()  # each thread's pub/sub connection for watch(), kept between waits
 
-    def write(self, job: JobRecord, tenant: str) -> None:
-        """Bring every key of the job in line with its record (Unavailable when Redis is down)."""
+    def write(self, job: JobRecord, tenant: str, previous_status: str | None = None) -> None:
+        """Bring every key of the job in line with its record (Unavailable when Redis is down);
+        a change of status (from previous_status) is also an event of the job's stream."""
         job_id, status = job["job_id"], job["status"]
         try:
             pipe = self.redis.pipeline()
             pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
+            if status != previous_status:
+                events.add_to(pipe, tenant, job_id, events.STATUS, {"status": status})
+                if status in TERMINAL:
+                    events.add_to(pipe, tenant, job_id, events.END, {})
             if status == Status.PENDING:
                 # Counted as queued until the reaper gives up on it.
                 pipe.zadd(queued_key(tenant), {job_id: job["created_at"] + self.settings.pending_timeout_s})

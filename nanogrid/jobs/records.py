@@ -75,6 +75,8 @@ class JobRecord(TypedDict, total=False):
     lease_until: float | None
     output_ref: str  # where result/stdout/stderr went when they were too large to inline
     ai_usage: dict | None
+    streamed: bool  # a streaming handler's run: result is the list of the items it yielded
+    expires_at: float  # a finished job's record is removed after this (NANOGRID_JOB_RETENTION_DAYS)
     peak_memory_bytes: int | None
     cpu_time_ms: int | None
 

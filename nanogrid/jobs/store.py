@@ -33,6 +33,7 @@ import redis
 from nanogrid.config import Settings
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import tenant_of
+from nanogrid.jobs.events import JobEvents
 from nanogrid.jobs.index import JobIndex
 from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
                                    is_job_id, iso)
@@ -54,6 +55,7 @@ class JobStore:
         self.settings = settings
         self.table = table
         self.index = JobIndex(settings, redis_client)
+        self.events = JobEvents(redis_client)
         self.outputs = outputs
         self.broker = broker
         self._unindexed: dict[str, str] = {}  # job id -> tenant: Redis keys this process could not write
@@ -243,7 +245,7 @@ class JobStore:
                 return None
             job["rev"] = current["rev"] + 1
             if self.table.replace(job_id, job, current["rev"], self._entries(job)):
-                self._write_index(job)
+                self._write_index(job, current["status"])
                 return job
         raise Unavailable(f"job {job_id}: too much contention on its record")
 
@@ -262,11 +264,11 @@ class JobStore:
             return {DUE: IndexEntry(status, job["lease_until"]), **history}
         return {DUE: None, **history}
 
-    def _write_index(self, job: JobRecord) -> None:
+    def _write_index(self, job: JobRecord, previous_status: str | None) -> None:
         """The job's Redis keys after a durable change; if Redis does not answer, remember to repair."""
         tenant = tenant_of(job)
         try:
-            self.index.write(job, tenant)
+            self.index.write(job, tenant, previous_status)
         except Unavailable as exc:
             with self._unindexed_lock:
                 first = not self._unindexed
@@ -370,8 +372,11 @@ class JobStore:
 
         worker_id names the lease holder finishing its own run. Without one, any non-terminal
         job is finished (cancel), or with only_if_lease_expired just a PROCESSING job whose
-        holder stopped renewing (the reaper's worker_lost).
+        holder stopped renewing (the reaper's worker_lost); then it keeps the output its run had
+        streamed so far, since its worker will never report it.
         """
+        if worker_id is None and "stdout" not in fields:
+            fields = {**fields, **self._streamed_output(job_id)}
         spilled = self._spill_outputs(job_id, fields)
 
         def change(job: JobRecord) -> bool:
@@ -391,6 +396,16 @@ class JobStore:
             return True
 
         return self.transition(job_id, change)
+
+    def _streamed_output(self, job_id: str) -> dict:
+        try:
+            job = self.table.get(job_id)
+            if job["status"] != Status.PROCESSING:
+                return {}
+            stdout, stderr = self.events.output(tenant_of(job), job_id, int(self.settings.output_bytes.ceiling))
+        except (NotFound, Unavailable):
+            return {}  # nothing streamed, or Redis is away: the job ends without it
+        return {"stdout": stdout, "stderr": stderr} if stdout or stderr else {}
 
     def _spill_outputs(self, job_id: str, fields: dict) -> dict:
         outputs = {k: fields[k] for k in OUTPUT_FIELDS if k in fields}

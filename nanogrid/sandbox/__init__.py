@@ -14,7 +14,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlparse
 
 from nanogrid.config import Settings
@@ -69,6 +69,8 @@ class RunSpec:
     # where the run can reach it (Docker: the container's own AI directory).
     ai_channel: Any = None
     ai_timeout_s: float = 0.0
+    # Sees the run's output as it arrives (FrameReader's on_output): the live event stream.
+    on_output: Callable[[str, object], None] | None = None
 
     def request(self, ai_socket: str | None = None) -> bytes:
         """The runner's request frame for this run; the context's deadline starts now."""
@@ -87,6 +89,7 @@ class RawRun:
     stdout: bytes = b""
     stderr: bytes = b""
     result: dict | None = None  # the runner's RESULT frame, handler mode only
+    items: list | None = None  # what a streaming handler yielded, in order
     exit_code: int | None = None  # of the user process, from the runner's EXIT frame
     exit_signal: int | None = None
     runner_exit_code: int | None = None  # of the runner (container's main process)
@@ -106,6 +109,7 @@ class RawRun:
     def add_frames(self, frames: FrameReader) -> None:
         """What the runner's frames reported: output, result, and the user process's exit."""
         self.stdout, self.stderr, self.result = bytes(frames.stdout), bytes(frames.stderr), frames.result
+        self.items = frames.items
         self.output_truncated = self.output_truncated or frames.over_cap
         exit_info = frames.exit
         if exit_info is not None:

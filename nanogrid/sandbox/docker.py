@@ -400,7 +400,7 @@ class DockerSandbox:
         """Hand one run to the slot's runner and read its frames; (what happened, reusable)."""
         limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes)
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output)
         runner_stderr = bytearray()
         usage = _Usage(slot.container.id)
         supervisor = _Supervisor(self, slot.container, usage)

@@ -153,7 +153,7 @@ class ProcessSandbox:
                     process.stdin.flush()
                 except OSError:
                     pass  # the runner died at once: its exit status says why
-                raw = self._supervise(process, limits, started)
+                raw = self._supervise(process, spec, started)
             finally:
                 # Also ends whatever the user code left running in the background.
                 _kill_group(process)
@@ -197,9 +197,10 @@ class ProcessSandbox:
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         return 0  # runs leave no containers; their processes die with the run
 
-    def _supervise(self, process: subprocess.Popen, limits: Limits, started: float) -> RawRun:
+    def _supervise(self, process: subprocess.Popen, spec: RunSpec, started: float) -> RawRun:
+        limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes)
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output)
         runner_stderr = bytearray()
         deadline = started + limits.timeout_s
         with selectors.DefaultSelector() as selector:

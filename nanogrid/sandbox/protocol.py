@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Callable
 
 FRAME_HEADER = struct.Struct(">cI")
 STDOUT, STDERR, RESULT, EXIT = b"o", b"e", b"r", b"x"
+ITEM = b"i"  # one item a streaming handler yielded, as JSON
 REQUEST = b"q"
 
 
@@ -29,9 +31,14 @@ class FrameReader:
     stops being frames sets `garbled`: everything after it is ignored and the caller kills the run.
     """
 
-    def __init__(self, output_cap: int, result_cap: int = 8 * 1024 * 1024):
+    def __init__(self, output_cap: int, result_cap: int = 8 * 1024 * 1024,
+                 on_output: Callable[[str, object], None] | None = None):
+        """on_output(kind, value) sees the run's output as it arrives, within the cap: ("stdout" |
+        "stderr", bytes) and ("item", a yielded JSON value)."""
         self.output_cap = output_cap
         self.result_cap = result_cap
+        self.on_output = on_output
+        self.items: list | None = None  # a streaming handler's items, in order
         self.buffer = bytearray()
         self.stdout = bytearray()
         self.stderr = bytearray()
@@ -47,7 +54,8 @@ class FrameReader:
         self.buffer += data
         while len(self.buffer) >= FRAME_HEADER.size:
             kind, length = FRAME_HEADER.unpack_from(self.buffer)
-            if kind not in (STDOUT, STDERR, RESULT, EXIT) or (kind in (RESULT, EXIT) and length > self.result_cap):
+            if kind not in (STDOUT, STDERR, RESULT, EXIT, ITEM) or (kind in (RESULT, EXIT, ITEM)
+                                                                   and length > self.result_cap):
                 self.garbled = True
                 self.buffer.clear()
                 return
@@ -67,9 +75,23 @@ class FrameReader:
             room = self.output_cap - self.output_seen
             self.output_seen += len(payload)
             target = self.stdout if kind == STDOUT else self.stderr
-            target += payload[: max(room, 0)]
+            kept = payload[: max(room, 0)]
+            target += kept
             if self.output_seen > self.output_cap:
                 self.over_cap = True
+            if kept and self.on_output is not None:
+                self.on_output("stdout" if kind == STDOUT else "stderr", kept)
+        elif kind == ITEM:
+            try:
+                value = json.loads(payload)
+            except (ValueError, RecursionError):
+                self.garbled = True  # the runner checked it: something else wrote into the stream
+                return
+            if self.items is None:
+                self.items = []
+            self.items.append(value)
+            if self.on_output is not None:
+                self.on_output("item", value)
         elif kind == RESULT:
             # Whatever the user code wrote into its result channel: it may be anything.
             try:

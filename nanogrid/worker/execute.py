@@ -31,6 +31,7 @@ from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import code_key, tenant_of
 from nanogrid.jobs import ErrorType, Status
+from nanogrid.jobs.events import OutputPublisher
 from nanogrid.jobs.records import error
 from nanogrid.limits import Limits
 from nanogrid.outcomes import Outcome, classify
@@ -137,12 +138,15 @@ def execute(services: Services, job: dict) -> dict:
     channel = Channel(settings) if settings.ai_endpoint else None
     sha = hashlib.sha256(bundle).hexdigest()
     try:
-        with code_dir(services, job, bundle, sha) as directory:
+        # The run's output, as it arrives, to its live event stream (nanogrid/jobs/events.py).
+        with code_dir(services, job, bundle, sha) as directory, \
+                OutputPublisher(services.jobs.events, tenant_of(job), job["job_id"]) as publish:
             run_spec = RunSpec(
                 job["job_id"], job["function_id"], directory, spec.get("handler"), limits,
                 version=job["function_version"], code_sha=sha,
                 tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
                 ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
+                on_output=publish,
             )
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)
@@ -166,6 +170,8 @@ def execute(services: Services, job: dict) -> dict:
         fields["cpu_time_ms"] = raw.cpu_time_ms
     if ai_usage is not None:
         fields["ai_usage"] = ai_usage
+    if raw.items is not None:
+        fields["streamed"] = True  # a streaming handler: its result is the list of its items
     return fields
 
 

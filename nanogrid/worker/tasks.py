@@ -24,11 +24,19 @@ _archive_queued: dict[tuple, float] = {}
 ARCHIVE_RESEND_S = 600
 
 
+class RunFailed(Exception):
+    """The run ended FAILED: the task fails too, so Flower and `celery inspect` show it as failed,
+    with the job and the error type; an expected failure, logged without a traceback."""
+
+
 # ignore_result: the job record is the result; Celery's result backend would only cost a write
 # per run here and a subscription per run in the API.
-@shared_task(name=RUN_TASK, bind=True, ignore_result=True)
+@shared_task(name=RUN_TASK, bind=True, ignore_result=True, throws=(RunFailed,))
 def run_job(self, job_id: str) -> str:
     status = execute.run(services(), job_id)
+    if status == Status.FAILED:
+        error = (services().jobs.get(job_id).get("error") or {}).get("type")
+        raise RunFailed(f"job {job_id} FAILED: {error}")
     if status == Status.SUCCESS and services().archive is not None:
         job = services().jobs.get(job_id)
         version = (tenant_of(job), job["function_id"], job["function_version"])

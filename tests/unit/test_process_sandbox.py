@@ -268,12 +268,17 @@ def test_a_function_that_kills_its_runner(run):
 
 
 @pytest.mark.parametrize("code, message", [
-    # Written straight into the result pipe, bypassing the runner's own json.dumps.
-    ("import os, stat\nfor fd in range(3, 64):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
-     "            os.write(fd, b'[' * 100000 + b']' * 100000)\n    except OSError:\n        pass\n",
+    # Written straight into the result pipe, bypassing the runner's own json.dumps: a well-framed
+    # record of JSON nested too deeply to parse, and bytes that are no record at all.
+    ("import os, stat, struct\nbody = b'[' * 100000 + b']' * 100000\nfor fd in range(3, 64):\n    try:\n"
+     "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+     "            os.write(fd, struct.pack('>cI', b'r', len(body)) + body)\n    except OSError:\n        pass\n",
      "not valid JSON"),
+    ("import os, stat\nfor fd in range(3, 64):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+     "            os.write(fd, b'{\"ok\": true, \"value\": \"forged\"}')\n    except OSError:\n        pass\n",
+     "the handler's result channel was written to by something else"),
     ("def handler(event, context):\n    return 'x' * (9 * 1024 * 1024)\n", "bytes of JSON"),
-], ids=["deeply-nested", "oversized"])
+], ids=["deeply-nested", "not-a-record", "oversized"])
 def test_hostile_results_are_invalid_results(run, code, message):
     raw, outcome = run(code, handler="handler" if "def handler" in code else None)
     assert outcome.error["type"] == "invalid_result" and message in outcome.error["message"], outcome

@@ -9,7 +9,10 @@ type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "co
 the input and whose stdout and stderr are pipes; this process relays them as frames on its own
 stdout, then reports the handler's result and the child's exit status, so the worker gets
 binary-safe output, a result channel that print() cannot corrupt, and the exit status even when
-the code segfaults. After the child has ended, and BEFORE the exit frame, the runner kills
+the code segfaults. A handler that is a generator (or an async generator) streams: each item it
+yields goes to the worker as an item frame at once, and the result is the list of the items.
+The child's stdout and stderr are unbuffered, so what it prints reaches the worker as it prints it.
+After the child has ended, and BEFORE the exit frame, the runner kills
 whatever the run left running and empties every place the run could write to (the --scrub
 directories, and with --scrub-ipc the System V IPC objects and POSIX message queues of the
 sandbox's IPC namespace): when the worker reads the exit frame, the sandbox is as clean as the
@@ -32,6 +35,7 @@ stay its descendants. Standard library only: it runs on the bare Python of the r
 
 import gc
 import importlib
+import io
 import json
 import os
 import select
@@ -48,6 +52,9 @@ import types
 
 HEADER = struct.Struct(">cI")
 REQUEST = b"q"
+# Records the child writes on its result pipe, framed like the runner's own output: each item a
+# streaming handler yields (forwarded at once), then the result.
+ITEM, RESULT = b"i", b"r"
 CHUNK = 64 * 1024
 RESULT_CAP = 8 * 1024 * 1024
 REQUEST_CAP = 1024 * 1024 * 1024
@@ -212,25 +219,62 @@ def run_user_code(code_dir, spec, result_fd):
             import asyncio
 
             value = asyncio.run(value)
-        try:
-            payload = json.dumps({"ok": True, "value": value}, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            payload = json.dumps({
-                "ok": False,
-                "error": "invalid_result",
-                "message": f"the handler's return value is not JSON-serialisable: {exc}",
-            })
-        write_all(result_fd, payload.encode())
+        if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+            payload = stream_items(value, result_fd)
+        else:
+            payload = result_payload(value, "return value")
+        write_all(result_fd, HEADER.pack(RESULT, len(payload)) + payload)
         return 0
     except SystemExit as exc:
         return exit_code_of(exc)
     except MemoryError as exc:
         print_user_traceback(exc)
-        write_all(result_fd, json.dumps({"ok": False, "error": "memory_limit", "message": "MemoryError"}).encode())
+        payload = json.dumps({"ok": False, "error": "memory_limit", "message": "MemoryError"}).encode()
+        write_all(result_fd, HEADER.pack(RESULT, len(payload)) + payload)
         return 1
     except BaseException as exc:  # noqa: B036 - everything the user raises is reported, then exit 1
         print_user_traceback(exc)
         return 1
+
+
+def result_payload(value, what):
+    try:
+        return json.dumps({"ok": True, "value": value}, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        return json.dumps({"ok": False, "error": "invalid_result",
+                           "message": f"the handler's {what} is not JSON-serialisable: {exc}"}).encode()
+
+
+def stream_items(generator, result_fd):
+    """Send each item a streaming handler yields as it comes; the result records how many."""
+    if isinstance(generator, types.AsyncGeneratorType):
+        generator = _async_items(generator)
+    count = 0
+    for item in generator:
+        try:
+            payload = json.dumps(item, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            return json.dumps({"ok": False, "error": "invalid_result",
+                               "message": f"item {count} the handler yielded is not JSON-serialisable: {exc}"}).encode()
+        write_all(result_fd, HEADER.pack(ITEM, len(payload)) + payload)
+        count += 1
+    return json.dumps({"ok": True, "streamed": count}).encode()
+
+
+def _async_items(generator):
+    """An async generator's items, each as soon as it yields, from a loop of this process's own."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(generator.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def child(code_dir, spec, input_fd, pipes, out_fd):
@@ -243,6 +287,11 @@ def child(code_dir, spec, input_fd, pipes, out_fd):
     os.dup2(w_err, 2)
     os.close(w_out)
     os.close(w_err)
+    # Unbuffered: what the user code prints reaches the worker (and anyone watching) as it prints it.
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=old.encoding,
+                                            errors=old.errors, line_buffering=True, write_through=True))
     # The input replaces the runner's stdin, so the user code has no way to the request stream.
     os.dup2(input_fd, 0)
     os.close(input_fd)
@@ -402,10 +451,53 @@ def oom_kills():
     return None
 
 
+class ResultRecords:
+    """The child's result pipe: items forwarded as they come, the result kept; the user code can
+    write anything there, so whatever is not a record of the two kinds, or is too large, ends it."""
+
+    def __init__(self, out_fd):
+        self.out_fd = out_fd
+        self.buffer = bytearray()
+        self.size = 0  # item and result bytes so far, against RESULT_CAP
+        self.result = None
+        self.broken = None  # why the records stopped making sense
+
+    def feed(self, data):
+        if self.broken is not None:
+            return
+        self.buffer += data
+        while len(self.buffer) >= HEADER.size and self.broken is None:
+            kind, length = HEADER.unpack_from(self.buffer)
+            if kind not in (ITEM, RESULT) or self.result is not None:
+                self.broken = "the handler's result channel was written to by something else"
+            elif self.size + length > RESULT_CAP:
+                self.broken = f"the handler's return value is over {RESULT_CAP} bytes of JSON"
+            elif len(self.buffer) >= HEADER.size + length:
+                payload = bytes(self.buffer[HEADER.size:HEADER.size + length])
+                del self.buffer[:HEADER.size + length]
+                self.size += length
+                if kind == ITEM:
+                    frame(self.out_fd, ITEM, payload)
+                else:
+                    self.result = payload
+                continue
+            return
+        if self.broken is not None:
+            self.buffer.clear()
+
+    def final(self):
+        """The result record for the worker (None in script mode)."""
+        if self.broken is None and self.buffer:
+            self.broken = "the handler's result channel ended in the middle of a record"
+        if self.broken is not None:
+            return json.dumps({"ok": False, "error": "invalid_result", "message": self.broken}).encode()
+        return self.result
+
+
 def relay(pid, pipes, out_fd, control_fd):
     """Relay the run's output until it ends; Stop if stdin moves meanwhile (the worker is gone)."""
     readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
-    result = bytearray()
+    records = ResultRecords(out_fd)
     status = usage = None
     exited_at = None
     while readers:
@@ -419,8 +511,7 @@ def relay(pid, pipes, out_fd, control_fd):
                 del readers[fd]
                 os.close(fd)
             elif readers[fd] == b"r":
-                if len(result) <= RESULT_CAP:  # one byte over is enough to know it is too big
-                    result += data[:RESULT_CAP + 1 - len(result)]
+                records.feed(data)
             else:
                 frame(out_fd, readers[fd], data)
         if status is None:
@@ -434,7 +525,7 @@ def relay(pid, pipes, out_fd, control_fd):
         os.close(fd)
     if status is None:
         _, status, usage = os.wait4(pid, 0)
-    return status, usage, bytes(result)
+    return status, usage, records.final()
 
 
 def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc):
@@ -475,9 +566,6 @@ def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc):
         exit_info["signal"] = os.WTERMSIG(status)
     else:
         exit_info["exit_code"] = os.WEXITSTATUS(status)
-    if len(result) > RESULT_CAP:
-        result = json.dumps({"ok": False, "error": "invalid_result",
-                             "message": f"the handler's return value is over {RESULT_CAP} bytes of JSON"}).encode()
     if result:
         try:  # the user code can write anything into its result pipe
             exit_info["memory_error"] = json.loads(result).get("error") == "memory_limit"
