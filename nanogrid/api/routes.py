@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
 RUN_FIELDS = {"input", "wait_s", "limits"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 JSON_WHITESPACE = b" \t\r\n"  # what JSON allows around a value (not every byte Python calls space)
 CURSOR = re.compile(r"^\d{13}\.\d{6}\|[0-9a-f-]{36}$")  # a history position: created_at|job_id
 
@@ -350,20 +352,35 @@ def run_function(function_id: str):
     except LimitError as exc:
         raise ApiError(str(exc)) from None
     check_schema("RunRequest", body)
+    idempotency = idempotency_of(function_id, run_input, run_limits)
     # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
-    # message, after the job was recorded FAILED/enqueue_failed.
-    job = svc.jobs.submit(function, run_input, run_limits)
+    # message, after the job was recorded FAILED/enqueue_failed; IdempotencyConflict (422).
+    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency)
     if wants_event_stream():
-        streamed = streams.response(streams.job_events(svc, job, auth.tenant(), None))
-        streamed.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
-        return streamed
-    if wait_s > 0:
-        job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
-    response = jsonify(svc.jobs.public(job))
-    if job["status"] not in TERMINAL:
-        response.status_code = 202
+        response = streams.response(streams.job_events(svc, job, auth.tenant(), None))
+    else:
+        if wait_s > 0 and job["status"] not in TERMINAL:
+            job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
+        response = jsonify(svc.jobs.public(job))
+        if job["status"] not in TERMINAL:
+            response.status_code = 202
+    if job["status"] not in TERMINAL or wants_event_stream():
         response.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def idempotency_of(function_id: str, run_input, run_limits: dict) -> tuple[str, str] | None:
+    """(Idempotency-Key, the request's fingerprint), or None without the header."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    fingerprint = hashlib.sha256(json.dumps({"function_id": function_id, "input": run_input, "limits": run_limits},
+                                            sort_keys=True).encode()).hexdigest()
+    return key, fingerprint
 
 
 @bp.get("/jobs")

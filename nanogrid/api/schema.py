@@ -185,6 +185,7 @@ ERROR_TEXT = {
     409: "the name is taken, or the job already ended",
     413: "the body, the code, the input or the unpacked zip is too large",
     415: "the body is not JSON (or multipart where the route takes it)",
+    422: "the Idempotency-Key was used before for a different request",
     429: "rate limit (per key, or per client address) or tenant quota exceeded",
     500: "internal error (no details are returned)",
     503: "a dependency is unavailable, or the queue is too deep (backpressure)",
@@ -293,6 +294,10 @@ def _document(settings: Settings) -> dict:
             "post": {"operationId": "runFunction",
                      "summary": "Run a function; wait up to wait_s for the result, or (Accept: text/event-stream) "
                                 "stream the run's events until it ends",
+                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                     "description": "the same key (per tenant, for 24 hours) gives the same job, "
+                                                    "from any API process; the replay says Idempotent-Replayed",
+                                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e][\\x20-\\x7e]{0,254}$"}}],
                      "requestBody": {"required": False, "content": _json("RunRequest")},
                      "responses": {"200": {"description": "the job ended within wait_s, or the run's events",
                                            "content": {**job_response["content"],
@@ -300,7 +305,7 @@ def _document(settings: Settings) -> dict:
                                    "202": {"description": "the job is queued or running", **job_response,
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
-                                   **_errors(400, 404, 413, 415, *GUARDED)}},
+                                   **_errors(400, 404, 413, 415, 422, *GUARDED)}},
         },
         "/jobs": {"get": {"operationId": "listJobs", "summary": "The tenant's jobs, newest first, a page at a time",
                           "parameters": [_function_id(required=False), *HISTORY_PARAMETERS],

@@ -21,6 +21,7 @@ reaper dispatches unclaimed jobs again through the same publish.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import threading
@@ -31,7 +32,7 @@ from typing import Any, Callable, Iterator
 import redis
 
 from nanogrid.config import Settings
-from nanogrid.errors import NotFound, Unavailable
+from nanogrid.errors import Conflict, NotFound, Unavailable
 from nanogrid.functions import tenant_of
 from nanogrid.jobs.events import JobEvents
 from nanogrid.jobs.index import JobIndex
@@ -43,6 +44,7 @@ from nanogrid.transport.broker import Broker
 
 log = logging.getLogger(__name__)
 MAX_REDISPATCH_INTERVAL_S = 3600
+IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key stands for its job
 # The table's indexes (nanogrid.storage.TABLES): unfinished jobs, and the history by tenant and function.
 DUE, TENANT_JOBS, FUNCTION_JOBS = "due", "tenant_jobs", "function_jobs"
 HISTORY_PAGE_MAX = 200
@@ -63,13 +65,15 @@ class JobStore:
 
     # -- creation and dispatch -----------------------------------------------------------------
 
-    def create(self, function: dict, run_input: Any, limits: dict | None = None) -> JobRecord:
-        """A PENDING job; limits: what this run asks for on top of the function's (already validated)."""
+    def create(self, function: dict, run_input: Any, limits: dict | None = None,
+               job_id: str | None = None) -> JobRecord:
+        """A PENDING job; limits: what this run asks for on top of the function's (already validated).
+        With job_id (an idempotent request's), Conflict when that job exists already."""
         tenant = tenant_of(function)
         self.index.check_quota(tenant)
         now = time.time()
         job: JobRecord = {
-            "job_id": str(uuid.uuid4()),
+            "job_id": job_id or str(uuid.uuid4()),
             "rev": 1,
             "tenant": tenant,
             "function_id": function["function_id"],
@@ -98,17 +102,57 @@ class JobStore:
             raise
         return job
 
-    def submit(self, function: dict, run_input: Any, limits: dict | None = None) -> JobRecord:
-        """Create the job and publish its run; a broker that refuses it ends the job FAILED
-        (enqueue_failed) and raises Unavailable, so nothing is left PENDING unpublished."""
-        job = self.create(function, run_input, limits)
+    def submit(self, function: dict, run_input: Any, limits: dict | None = None,
+               idempotency: tuple[str, str] | None = None) -> tuple[JobRecord, bool]:
+        """Create the job and publish its run; (the job, whether it is one an earlier request made).
+
+        idempotency: (the client's key, the request's fingerprint). The same key (per tenant, for
+        IDEMPOTENCY_TTL_S) gives the same job whichever API process answers, and with another
+        request IdempotencyConflict. A broker that refuses the run ends the job FAILED
+        (enqueue_failed) and raises Unavailable, so nothing is left PENDING unpublished.
+        """
+        job_id = None
+        if idempotency is not None:
+            job_id, earlier = self._idempotent_job(tenant_of(function), *idempotency)
+            if earlier is not None:
+                return earlier, True
+        try:
+            job = self.create(function, run_input, limits, job_id)
+        except Conflict:  # another request with the key made it just now
+            return self.get(job_id), True
         try:
             self.publish(job["job_id"])
         except Unavailable:
             self.finish(job["job_id"], None, Status.FAILED, error=error(
                 ErrorType.ENQUEUE_FAILED, "the job could not be queued; the broker is unavailable"))
             raise
-        return job
+        return job, False
+
+    def _idempotent_job(self, tenant: str, key: str, fingerprint: str) -> tuple[str, JobRecord | None]:
+        """The job id an idempotency key stands for, and its job if it was made already.
+
+        The key is claimed by a conditional insert of its own record, naming the job id before the
+        job exists, so two API processes racing with one key agree on one job; a request that claimed
+        the key and died before making the job leaves it to the next request with that key."""
+        record_id = idempotency_record_id(tenant, key)
+        claim = {"rev": 1, "job_id": str(uuid.uuid4()), "fingerprint": fingerprint,
+                 "expires_at": time.time() + IDEMPOTENCY_TTL_S}
+        try:
+            self.table.insert(record_id, claim)
+            return claim["job_id"], None
+        except Conflict:
+            existing = self.table.get(record_id)
+        if existing.get("expires_at", 0) <= time.time():  # an old key, not yet swept: claim it afresh
+            if self.table.replace(record_id, {**claim, "rev": existing["rev"] + 1}, existing["rev"]):
+                return claim["job_id"], None
+            existing = self.table.get(record_id)
+        if existing["fingerprint"] != fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was used for another request (a different function, "
+                                      "input or settings); use a new key for a new request")
+        try:
+            return existing["job_id"], self.get(existing["job_id"])
+        except NotFound:
+            return existing["job_id"], None
 
     def publish(self, job_id: str) -> None:
         self.broker.send(RUN_TASK, [job_id])
@@ -196,7 +240,7 @@ class JobStore:
 
     def expire(self) -> int:
         """Delete the records (and stored outputs) of jobs finished longer ago than the retention."""
-        expired = self.table.expire(time.time())
+        expired = [doc_id for doc_id in self.table.expire(time.time()) if is_job_id(doc_id)]  # not idempotency keys
         for job_id in expired:
             self.outputs.delete(output_key(job_id))
         if expired:
@@ -425,3 +469,12 @@ def function_partition(tenant: str, function_id: str) -> str:
 def output_key(job_id: str) -> str:
     """Where a job's result, stdout and stderr go when they are too large for its record."""
     return f"jobs/{job_id}/output.json"
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key sent again with a different request."""
+
+
+def idempotency_record_id(tenant: str, key: str) -> str:
+    """The job table's record of a tenant's Idempotency-Key (hashed: a key may be any text)."""
+    return f"idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
