@@ -22,16 +22,25 @@ from nanogrid.sandbox import Sandbox
 from nanogrid.transport.broker import Broker
 
 
+REDIS_TIMEOUT_S = 5
+REDIS_BACKGROUND_CONNECTIONS = 8
+
+
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=True,
-            health_check_interval=10,
-        )
+        # Sized to the process's threads: a request thread waiting on a run holds a subscription and
+        # borrows a second connection for its reads; the rest covers the background threads
+        # (heartbeats, leases, the reaper). A thread beyond that waits for a connection, briefly,
+        # instead of opening connections without bound.
+        pool = redis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=2 * self.settings.api_threads + REDIS_BACKGROUND_CONNECTIONS,
+            timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=2,
+            retry_on_timeout=True, health_check_interval=10)
+        return redis.Redis(connection_pool=pool)
 
     @functools.cached_property
     def functions(self) -> FunctionRegistry:

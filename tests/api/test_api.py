@@ -203,3 +203,37 @@ def test_cancel_a_queued_job(api, services):
     assert api.get(f"/jobs/{job_id}").get_json()["status"] == "FAILED"
     assert error_of(api.post(f"/jobs/{job_id}/cancel")) == (409, "conflict")
     assert error_of(api.post("/jobs/00000000-0000-4000-8000-000000000000/cancel"))[0] == 404
+
+
+def test_every_api_thread_waiting_at_once_gets_its_answer_on_a_bounded_redis_pool(services, api, redis_url):
+    """A request thread waiting on a run holds a Redis subscription: as many waits as the API has
+    threads all end with the result, on no more connections than the pool is sized to."""
+    import threading
+
+    import redis as redis_client
+
+    from nanogrid.worker import execute
+
+    threads = services.settings.api_threads
+    function_id = api.post("/functions", json={"name": "echo", "code": "def handler(e, c):\n    return e\n"}
+                           ).get_json()["function_id"]
+    job_id = api.post(f"/functions/{function_id}/run", json={"input": 7, "wait_s": 0}).get_json()["job_id"]
+    answers, started = [], threading.Barrier(threads + 1)
+
+    def wait():
+        started.wait()
+        answers.append(api.get(f"/jobs/{job_id}", query_string={"wait_s": 60}).get_json())
+
+    waiters = [threading.Thread(target=wait) for _ in range(threads)]
+    for waiter in waiters:
+        waiter.start()
+    started.wait()
+    execute.run(services, job_id)
+    for waiter in waiters:
+        waiter.join()
+    assert [answer["status"] for answer in answers] == ["SUCCESS"] * threads
+    assert [answer["result"] for answer in answers] == [7] * threads
+    pool = services.redis.connection_pool
+    assert pool.max_connections == 2 * threads + 8
+    held = redis_client.Redis.from_url(redis_url).info("clients")["connected_clients"] - 1  # not this probe
+    assert held <= pool.max_connections
