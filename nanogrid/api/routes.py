@@ -23,6 +23,7 @@ from nanogrid.api.errors import ApiError
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import TERMINAL, ErrorType, Status
 from nanogrid.jobs.index import WORKER_TTL_S, alive
+from nanogrid.jobs import retries
 from nanogrid.jobs.records import error
 from nanogrid.limits import LimitError, Limits
 from nanogrid.services import Services
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
-FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries"}
 RUN_FIELDS = {"input", "wait_s", "limits"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
@@ -129,6 +130,12 @@ def function_options(body: dict) -> dict:
         if env and len(json.dumps(env)) > MAX_ENV_BYTES:
             raise ApiError(f"env may hold at most {MAX_ENV_BYTES} bytes", status=413, code="too_large")
         options["env"] = env or {}
+    if "retries" in body:
+        policy = parse_json(body["retries"].encode()) if isinstance(body["retries"], str) else body["retries"]
+        try:
+            options["retries"] = retries.check(policy)
+        except retries.RetryPolicyError as exc:
+            raise ApiError(str(exc)) from None
     return options
 
 

@@ -19,7 +19,7 @@ import jsonschema
 from nanogrid import __version__
 from nanogrid.config import Settings
 from nanogrid.functions import ID_PATTERN, NAME_PATTERN
-from nanogrid.jobs import ErrorType, Status
+from nanogrid.jobs import ErrorType, Status, retries
 from nanogrid.limits import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
 
 JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -55,6 +55,18 @@ def env_schema() -> dict:
             "description": "Environment variables for every run (at most 16 KiB as JSON)."}
 
 
+def retries_schema() -> dict:
+    return {"type": ["object", "null"], "additionalProperties": False, "required": ["max"], "properties": {
+        "max": {"type": "integer", "minimum": 0, "maximum": retries.MAX_RETRIES,
+                "description": "retries after the first attempt (0: none)"},
+        "on": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(retries.RETRYABLE)},
+               "description": "the error types that are retried (default: all of these)"},
+        "backoff_s": {"type": "number", "minimum": 0, "maximum": retries.MAX_BACKOFF_S,
+                      "description": f"seconds before the first retry, doubled for each next "
+                                     f"(default {retries.DEFAULT_BACKOFF_S:g})"},
+    }, "description": "run the job again when it fails with one of `on`; null: never"}
+
+
 def request_schemas(settings: Settings) -> dict[str, dict]:
     """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
     limits = requested_limits(settings)
@@ -70,6 +82,7 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "memory_mb": memory,
         "limits": limits,
         "env": env_schema(),
+        "retries": retries_schema(),
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -100,6 +113,7 @@ def _form_schema(settings: Settings, create: bool) -> dict:
         "memory_mb": {"type": "string", "description": "a whole number, as text"},
         "limits": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.limits)"},
         "env": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.env)"},
+        "retries": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.retries)"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -122,6 +136,7 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "handler": {"type": ["string", "null"]},
             "timeout_s": {"type": ["number", "null"]},
             "memory_mb": {"type": ["integer", "null"]},
+            "retries": retries_schema(),
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
                        "properties": effective, "description": "the effective limits of a run"},
@@ -153,6 +168,14 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "ai_usage": {"type": ["object", "null"]},
             "peak_memory_bytes": {"type": ["integer", "null"]},
             "cpu_time_ms": {"type": ["integer", "null"]},
+            "attempt": {"type": "integer", "minimum": 1,
+                        "description": "which attempt this is (the function's retry policy runs a job again)"},
+            "attempts": {"type": "array", "description": "every attempt that failed, retried or final", "items": {
+                "type": "object", "required": ["attempt", "error"], "properties": {
+                    "attempt": {"type": "integer", "minimum": 1},
+                    "error": {"type": ["object", "null"]}, "exit_code": {"type": ["integer", "null"]},
+                    "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),
+                    "duration_ms": {"type": ["integer", "null"]}}}},
         }},
         "Limits": {"type": "object", "additionalProperties": False, "required": list(effective), "properties": {
             name: {"type": "object", "additionalProperties": False, "required": ["default", "ceiling"],
@@ -213,7 +236,7 @@ def _function_id(required: bool = True) -> dict:
 
 # The data of every event of a run's stream is a JSON object: status {"status"}, stdout and stderr
 # {"text"}, result {"item"}, end: the job's document.
-EVENT_DATA = {"type": "object", "description": "an event's data: status {status}, stdout/stderr {text}, "
+EVENT_DATA = {"type": "object", "description": "an event's data: status {status, attempt?}, stdout/stderr {text}, "
                                                "result {item}, end: the job document"}
 TIME_PARAMETER = {"type": "string", "description": "ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch"}
 HISTORY_PARAMETERS = [

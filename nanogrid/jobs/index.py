@@ -80,12 +80,16 @@ class JobIndex:
             pipe = self.redis.pipeline()
             pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
             if status != previous_status:
-                events.add_to(pipe, tenant, job_id, events.STATUS, {"status": status})
+                change = {"status": status}
+                if job.get("attempt", 1) > 1:  # a retry (nanogrid.jobs.retries): which attempt this is
+                    change["attempt"] = job["attempt"]
+                events.add_to(pipe, tenant, job_id, events.STATUS, change)
                 if status in TERMINAL:
                     events.add_to(pipe, tenant, job_id, events.END, {})
             if status == Status.PENDING:
                 # Counted as queued until the reaper gives up on it.
-                pipe.zadd(queued_key(tenant), {job_id: job["created_at"] + self.settings.pending_timeout_s})
+                queued_since = job.get("retry_at") or job["created_at"]
+                pipe.zadd(queued_key(tenant), {job_id: queued_since + self.settings.pending_timeout_s})
             else:
                 pipe.zrem(queued_key(tenant), job_id)
             if status == Status.PROCESSING:

@@ -5,7 +5,9 @@ its fields and their types. `Status` and `ErrorType` are string enums, so a stor
 compares equal to Status.FAILED and an enum member is written as its plain string.
 
 States: PENDING -> PROCESSING -> SUCCESS | FAILED (and PENDING -> FAILED for cancels,
-dispatch failures and redispatch exhaustion).
+dispatch failures and redispatch exhaustion). A failure the function's retry policy covers
+(nanogrid.jobs.retries) goes PROCESSING -> PENDING instead, with `attempt` counting on and the
+failed attempt kept in `attempts`.
 """
 
 from __future__ import annotations
@@ -79,13 +81,16 @@ class JobRecord(TypedDict, total=False):
     expires_at: float  # a finished job's record is removed after this (NANOGRID_JOB_RETENTION_DAYS)
     peak_memory_bytes: int | None
     cpu_time_ms: int | None
+    attempt: int  # from 1; a retried run is the same job, attempted again
+    attempts: list[dict]  # every attempt that failed (a retried one, and a final failure): error, times
+    retry_at: float | None  # a retried run is not dispatched before this
 
 
 # What GET /jobs/<id> shows of a record, in this order.
 PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
-    "peak_memory_bytes", "cpu_time_ms",
+    "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts",
 )
 OUTPUT_FIELDS = ("result", "stdout", "stderr")
 

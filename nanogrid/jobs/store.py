@@ -34,6 +34,7 @@ import redis
 from nanogrid.config import Settings
 from nanogrid.errors import Conflict, NotFound, Unavailable
 from nanogrid.functions import tenant_of
+from nanogrid.jobs.retries import delay_before_next
 from nanogrid.jobs.events import JobEvents
 from nanogrid.jobs.index import JobIndex
 from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
@@ -81,7 +82,7 @@ class JobStore:
             "status": Status.PENDING,
             "input": run_input,
             # What the run needs from the function at this version, so an update cannot change it.
-            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env")},
+            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env", "retries")},
                      # The requested limits: the function's (top-level shortcuts of older documents
                      # included), then this run's; the worker resolves them against the settings.
                      "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},
@@ -91,6 +92,7 @@ class JobStore:
             "created_at": now, "started_at": None, "finished_at": None,
             # The caller publishes right after this insert; if it dies first, the reaper redispatches.
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
+            "attempt": 1, "attempts": [],
         }
         self.table.insert(job["job_id"], job, self._entries(job))
         try:
@@ -154,8 +156,8 @@ class JobStore:
         except NotFound:
             return existing["job_id"], None
 
-    def publish(self, job_id: str) -> None:
-        self.broker.send(RUN_TASK, [job_id])
+    def publish(self, job_id: str, countdown_s: float = 0) -> None:
+        self.broker.send(RUN_TASK, [job_id], countdown_s)
 
     def redispatch(self, job_id: str) -> None:
         """Publish an unclaimed job's run again (a duplicate loses the claim) and count it."""
@@ -199,6 +201,9 @@ class JobStore:
         for name in ("created_at", "started_at", "finished_at"):
             if view[name] is not None:
                 view[name] = iso(view[name])
+        view["attempt"] = job.get("attempt", 1)
+        view["attempts"] = [{**attempt, **{name: iso(attempt[name]) for name in ("started_at", "finished_at")
+                                           if attempt.get(name) is not None}} for attempt in job.get("attempts", [])]
         return view
 
     def unfinished(self, status: Status, *, due_by: float | None = None, limit: int | None = None) -> Iterator[JobRecord]:
@@ -303,7 +308,8 @@ class JobStore:
             # A long queue is no fault: each check that finds the job unclaimed dispatches it again
             # (duplicates lose the claim) and waits twice as long before the next.
             backoff = self.settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
-            return {DUE: IndexEntry(status, time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S)), **history}
+            since = max(time.time(), job.get("retry_at") or 0)  # a retry is not overdue before its time
+            return {DUE: IndexEntry(status, since + min(backoff, MAX_REDISPATCH_INTERVAL_S)), **history}
         if status == Status.PROCESSING:
             return {DUE: IndexEntry(status, job["lease_until"]), **history}
         return {DUE: None, **history}
@@ -418,12 +424,18 @@ class JobStore:
         job is finished (cancel), or with only_if_lease_expired just a PROCESSING job whose
         holder stopped renewing (the reaper's worker_lost); then it keeps the output its run had
         streamed so far, since its worker will never report it.
+
+        A run's failure that the function's retry policy covers does not finish the job: it goes
+        back to PENDING for its next attempt, published to run after the policy's backoff, and
+        the job returned says so (status PENDING, attempt + 1).
         """
         if worker_id is None and "stdout" not in fields:
             fields = {**fields, **self._streamed_output(job_id)}
         spilled = self._spill_outputs(job_id, fields)
+        retry_in: list[float] = []
 
         def change(job: JobRecord) -> bool:
+            retry_in.clear()
             if job["status"] in TERMINAL:
                 return False
             if worker_id is not None and (job["status"] != Status.PROCESSING or job["worker_id"] != worker_id):
@@ -432,6 +444,16 @@ class JobStore:
                                               and job["lease_until"] <= time.time()):
                 return False
             now = time.time()
+            delay = None
+            if status == Status.FAILED and job["status"] == Status.PROCESSING:
+                delay = delay_before_next(job["spec"].get("retries"), job.get("attempt", 1),
+                                                  (fields.get("error") or {}).get("type"))
+            if delay is not None:
+                retry_in.append(delay)
+                self._retry(job, fields, now, delay)
+                return True
+            if status == Status.FAILED and job["status"] == Status.PROCESSING:
+                job.setdefault("attempts", []).append(_attempt(job, fields, now))
             job.update(spilled)
             job.update(status=status, finished_at=now, lease_until=None,
                        expires_at=now + self.settings.job_retention_days * 86400)
@@ -439,7 +461,25 @@ class JobStore:
                 job["duration_ms"] = int((now - job["started_at"]) * 1000)
             return True
 
-        return self.transition(job_id, change)
+        done = self.transition(job_id, change)
+        if done is not None and retry_in:
+            log.warning("attempt %d failed (%s); attempt %d in %g s", done["attempt"] - 1,
+                        done["attempts"][-1]["error"]["type"], done["attempt"], retry_in[0], extra={"job_id": job_id})
+            try:
+                self.publish(job_id, retry_in[0])
+            except Unavailable:  # the record is PENDING: the reaper's sweep dispatches it when due
+                log.warning("could not publish the retry; the reaper will", extra={"job_id": job_id})
+        return done
+
+    @staticmethod
+    def _retry(job: JobRecord, fields: dict, now: float, delay: float) -> None:
+        """PROCESSING -> PENDING for the next attempt, the failed one kept in `attempts`."""
+        job.setdefault("attempts", []).append(_attempt(job, fields, now))
+        job.update(status=Status.PENDING, attempt=job.get("attempt", 1) + 1, retry_at=now + delay,
+                   worker_id=None, started_at=None, lease_until=None, dispatch_attempts=1, engine_retries=0,
+                   result=None, stdout="", stderr="", exit_code=None, error=None, truncated=False, duration_ms=None)
+        for name in ("output_ref", "peak_memory_bytes", "cpu_time_ms", "ai_usage", "streamed"):
+            job.pop(name, None)
 
     def _streamed_output(self, job_id: str) -> dict:
         try:
@@ -460,6 +500,14 @@ class JobStore:
         self.outputs.put(key, encoded)
         rest = {k: v for k, v in fields.items() if k not in OUTPUT_FIELDS}
         return {**rest, "output_ref": key, "result": None, "stdout": "", "stderr": ""}
+
+
+def _attempt(job: JobRecord, fields: dict, now: float) -> dict:
+    """A failed attempt, as the job's `attempts` keeps it."""
+    started = job["started_at"]
+    return {"attempt": job.get("attempt", 1), "error": fields.get("error"), "exit_code": fields.get("exit_code"),
+            "started_at": started, "finished_at": now,
+            "duration_ms": fields.get("duration_ms") or (int((now - started) * 1000) if started else None)}
 
 
 def function_partition(tenant: str, function_id: str) -> str:

@@ -111,8 +111,10 @@ def _run(services: Services, job_id: str) -> str:
             fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
     done = services.jobs.finish(job_id, holder, **fields)
     status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
-    error_type = ((done or fields).get("error") or {}).get("type")
+    error_type = (fields.get("error") or {}).get("type")
     elapsed = time.monotonic() - started
+    if status == Status.PENDING:  # the retry policy runs it again (JobStore.finish)
+        status = "retrying"
     metrics.record_run(status, error_type, elapsed)
     log.info("run finished: %s%s", status, f" ({error_type})" if error_type else "",
              extra={"status": status, "error_type": error_type, "duration_ms": int(elapsed * 1000)})
@@ -146,7 +148,7 @@ def execute(services: Services, job: dict) -> dict:
                 version=job["function_version"], code_sha=sha,
                 tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
                 ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
-                on_output=publish,
+                on_output=publish, attempt=job.get("attempt", 1),
             )
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)

@@ -99,7 +99,7 @@ class Reaper:
         if job["status"] != Status.PENDING:
             return
         timeout_s = self.services.settings.pending_timeout_s
-        if time.time() - job["created_at"] >= timeout_s:
+        if time.time() - (job.get("retry_at") or job["created_at"]) >= timeout_s:  # queued since then
             jobs.finish(job["job_id"], None, Status.FAILED, error=error(
                 ErrorType.NOT_STARTED,
                 f"no worker started the job within {timeout_s:g} s ({job['dispatch_attempts']} dispatches)"))

@@ -18,7 +18,7 @@ class RecordingBroker:
     def __init__(self):
         self.dispatched: list[str] = []
 
-    def send(self, task: str, args: list) -> None:
+    def send(self, task: str, args: list, countdown_s: float = 0) -> None:
         self.dispatched.append(args[0])
 
 

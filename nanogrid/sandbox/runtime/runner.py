@@ -102,11 +102,12 @@ def prctl(option, value):
 class Context:
     """The second argument of handler(event, context)."""
 
-    def __init__(self, job_id, function_id, function_version, deadline):
+    def __init__(self, job_id, function_id, function_version, deadline, attempt=1):
         self.job_id = job_id
         self.function_id = function_id
         self.function_version = function_version
         self.deadline = deadline
+        self.attempt = attempt  # 1, then 2, ... when the function's retry policy runs the job again
 
     def remaining_time_ms(self):
         return max(0, int((self.deadline - time.time()) * 1000))
