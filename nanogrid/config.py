@@ -16,6 +16,7 @@ REDIS_HOST, the broker from SQS_QUEUE_URL) map onto it directly, without a new d
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -118,6 +119,17 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks (10.1.0.0/16, 127.0.0.1, fd00::/8), normalised."""
+    networks = []
+    for item in _names(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1)") from None
+    return tuple(networks)
+
+
 def _finite(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value):
@@ -141,7 +153,7 @@ def _choice(*options: str, fold_case: bool = False) -> Callable[[str], str]:
     return parse
 
 
-_SELF_EXPLAINING: set[Callable] = {RateLimit.parse}
+_SELF_EXPLAINING: set[Callable] = {RateLimit.parse, _networks}
 _KIND = {int: "a whole number", _finite: "a number", str: "text", _flag: "0 or 1", _path: "a path",
          _names: "a comma-separated list"}
 
@@ -264,6 +276,14 @@ class Settings:
     ai_max_tokens: int = _setting("NANOGRID_AI_MAX_TOKENS", 100_000, **_AT_LEAST_0)  # prompt + eval per run
     ai_max_request_bytes: int = _setting("NANOGRID_AI_MAX_REQUEST_BYTES", 4 * 1024 * 1024, **_AT_LEAST_1)
     ai_models: tuple[str, ...] = _setting("NANOGRID_AI_MODELS", (), _names)  # empty: every model the node serves
+
+    # Completion callbacks (nanogrid/callbacks.py): the networks they may reach beyond the public
+    # and private ones (loopback, link-local and the platform's own addresses are refused without
+    # this), the wait for the receiver, and how long to keep trying.
+    callback_allowed_networks: tuple[str, ...] = _setting("NANOGRID_CALLBACK_ALLOWED_NETWORKS", (), _networks)
+    callback_timeout_s: float = _setting("NANOGRID_CALLBACK_TIMEOUT_S", 10.0, **_POSITIVE)
+    callback_max_attempts: int = _setting("NANOGRID_CALLBACK_MAX_ATTEMPTS", 8, **_AT_LEAST_1)
+    callback_backoff_s: float = _setting("NANOGRID_CALLBACK_BACKOFF_S", 2.0, **_POSITIVE)  # doubled each attempt
 
     # Operations: logs, the Prometheus multiprocess directory, the worker's exporter
     log_format: str = _setting("NANOGRID_LOG_FORMAT", "json", _choice("json", "text", fold_case=True))

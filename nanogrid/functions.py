@@ -28,10 +28,10 @@ from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
-SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries")
+SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url")
 PUBLIC_FIELDS = (
-    "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "created_at",
-    "updated_at",
+    "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "callback_url",
+    "created_at", "updated_at",
 )
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
 
@@ -60,7 +60,8 @@ class FunctionRegistry:
         doc = {
             "function_id": function_id, "rev": 1, "tenant": tenant, "name": name, "version": 1,
             "code_sha256": bundle.sha256, "handler": bundle.handler,
-            "env": options.get("env") or {}, "retries": options.get("retries"), "created_at": now, "updated_at": now,
+            "env": options.get("env") or {}, "retries": options.get("retries"),
+            "callback_url": options.get("callback_url"), "created_at": now, "updated_at": now,
         }
         _set_limits(doc, options, {})
         try:
@@ -103,8 +104,9 @@ class FunctionRegistry:
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
-        if "retries" in options and options["retries"] != current.get("retries"):
-            doc["retries"] = options["retries"]
+        for name in ("retries", "callback_url"):
+            if name in options and options[name] != current.get(name):
+                doc[name] = options[name]
         if any(name in options for name in ("limits", *LIMIT_SHORTCUTS)):
             _set_limits(doc, options, requested_limits(current))
         if bundle is not None and (bundle.sha256 != doc["code_sha256"] or bundle.handler != doc["handler"]):

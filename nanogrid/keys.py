@@ -74,7 +74,11 @@ class KeyStore:
         raise RuntimeError("could not pick an unused key id")
 
     def list(self) -> list[dict]:
-        return sorted(self.table.scan(), key=lambda d: d["created_at"])
+        return sorted(self._keys(), key=lambda d: d["created_at"])
+
+    def _keys(self) -> list[dict]:
+        """The key documents (the table also holds the tenants' signing secrets)."""
+        return [doc for doc in self.table.scan() if "secret_sha256" in doc]
 
     def revoke(self, key_id: str) -> dict:
         """Mark a key revoked (NotFound when there is no such key); revoking twice changes nothing."""
@@ -103,7 +107,7 @@ class KeyStore:
                 return True
             if now < self._no_keys_until:
                 return False
-        exist = bool(self.table.scan())
+        exist = bool(self._keys())
         with self._lock:
             if exist:
                 self._keys_exist = True
@@ -135,6 +139,48 @@ class KeyStore:
                 self._verified.clear()
             self._verified[key_id] = (now + VERIFIED_CACHE_S, digest, principal)
         return principal
+
+
+class SigningSecrets:
+    """Each tenant's secret for signing its completion callbacks (nanogrid.jobs.callbacks).
+
+    Unlike a key's, the secret is stored as it is: signing needs it, and the tenant reads it
+    (GET /callbacks/signing-secret) to check signatures. Made on first use; rotating replaces it,
+    so signatures made before no longer verify.
+    """
+
+    def __init__(self, table: DocumentTable):
+        self.table = table
+
+    def get(self, tenant: str) -> dict:
+        """{"tenant", "secret", "created_at"}, made now if the tenant has none yet."""
+        try:
+            return self.table.get(_signing_id(tenant))
+        except NotFound:
+            pass
+        doc = {"rev": 1, "tenant": tenant, "signing_secret": _new_signing_secret(), "created_at": time.time()}
+        try:
+            self.table.insert(_signing_id(tenant), doc)
+            return doc
+        except Conflict:  # another process made it first
+            return self.table.get(_signing_id(tenant))
+
+    def rotate(self, tenant: str) -> dict:
+        for _ in range(10):
+            current = self.get(tenant)
+            doc = {**current, "rev": current["rev"] + 1, "signing_secret": _new_signing_secret(),
+                   "created_at": time.time()}
+            if self.table.replace(_signing_id(tenant), doc, current["rev"]):
+                return doc
+        raise Conflict(f"the signing secret of {tenant} is being changed concurrently; retry")
+
+
+def _signing_id(tenant: str) -> str:
+    return f"signing:{tenant}"
+
+
+def _new_signing_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def public(doc: dict) -> dict:

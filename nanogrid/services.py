@@ -17,7 +17,10 @@ import redis
 from nanogrid import storage
 from nanogrid.config import Settings
 from nanogrid.functions import FunctionRegistry
+from nanogrid.callbacks import Guard
 from nanogrid.jobs import JobStore
+from nanogrid.jobs.callbacks import Callbacks
+from nanogrid.keys import SigningSecrets
 from nanogrid.sandbox import Sandbox
 from nanogrid.transport.broker import Broker
 
@@ -50,6 +53,18 @@ class Services:
     def jobs(self) -> JobStore:
         return JobStore(self.settings, storage.job_table(self.settings), self.redis,
                         storage.output_store(self.settings), self.broker)
+
+    @functools.cached_property
+    def signing_secrets(self) -> SigningSecrets:
+        return SigningSecrets(storage.key_table(self.settings))
+
+    @functools.cached_property
+    def callback_guard(self) -> Guard:
+        return Guard(self.settings)
+
+    @functools.cached_property
+    def callbacks(self) -> Callbacks:
+        return Callbacks(self.settings, self.jobs, self.signing_secrets, self.callback_guard)
 
     @functools.cached_property
     def archive(self) -> storage.Archive | None:

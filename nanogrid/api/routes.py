@@ -20,6 +20,7 @@ from nanogrid import bundles, functions
 from nanogrid.ai import client as ai_client
 from nanogrid.api import auth, ratelimit, schema, streams
 from nanogrid.api.errors import ApiError
+from nanogrid.callbacks import CallbackRefused
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import TERMINAL, ErrorType, Status
 from nanogrid.jobs.index import WORKER_TTL_S, alive
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
-FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries"}
-RUN_FIELDS = {"input", "wait_s", "limits"}
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url"}
+RUN_FIELDS = {"input", "wait_s", "limits", "callback_url"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 JSON_WHITESPACE = b" \t\r\n"  # what JSON allows around a value (not every byte Python calls space)
@@ -136,7 +137,19 @@ def function_options(body: dict) -> dict:
             options["retries"] = retries.check(policy)
         except retries.RetryPolicyError as exc:
             raise ApiError(str(exc)) from None
+    if "callback_url" in body:
+        options["callback_url"] = callback_url(body["callback_url"] or None)
     return options
+
+
+def callback_url(url) -> str | None:
+    """A callback URL the guard lets through (nanogrid/callbacks.py), or None for none."""
+    if url is None:
+        return None
+    try:
+        return services().callback_guard.check_url(url)
+    except CallbackRefused as exc:
+        raise ApiError(str(exc), code="callback_refused") from None
 
 
 def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | None]:
@@ -358,11 +371,12 @@ def run_function(function_id: str):
         run_limits = Limits.check(settings, body.get("limits"))  # this run only, within the ceilings
     except LimitError as exc:
         raise ApiError(str(exc)) from None
+    run_callback = callback_url(body.get("callback_url"))
     check_schema("RunRequest", body)
-    idempotency = idempotency_of(function_id, run_input, run_limits)
+    idempotency = idempotency_of(function_id, run_input, run_limits, run_callback)
     # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
     # message, after the job was recorded FAILED/enqueue_failed; IdempotencyConflict (422).
-    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency)
+    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency, run_callback)
     if wants_event_stream():
         response = streams.response(streams.job_events(svc, job, auth.tenant(), None))
     else:
@@ -378,15 +392,15 @@ def run_function(function_id: str):
     return response
 
 
-def idempotency_of(function_id: str, run_input, run_limits: dict) -> tuple[str, str] | None:
+def idempotency_of(function_id: str, run_input, run_limits: dict, run_callback: str | None) -> tuple[str, str] | None:
     """(Idempotency-Key, the request's fingerprint), or None without the header."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
     if not IDEMPOTENCY_KEY.match(key):
         raise ApiError("Idempotency-Key must be 1 to 255 printable ASCII characters")
-    fingerprint = hashlib.sha256(json.dumps({"function_id": function_id, "input": run_input, "limits": run_limits},
-                                            sort_keys=True).encode()).hexdigest()
+    request_said = {"function_id": function_id, "input": run_input, "limits": run_limits, "callback_url": run_callback}
+    fingerprint = hashlib.sha256(json.dumps(request_said, sort_keys=True).encode()).hexdigest()
     return key, fingerprint
 
 
@@ -510,6 +524,23 @@ def wait_seconds(value, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
         raise ApiError(f"wait_s must be a number from 0 to {maximum:g}")
     return value
+
+
+@bp.get("/callbacks/signing-secret")
+def get_signing_secret():
+    """The tenant's secret for checking its callbacks' X-NanoGrid-Signature (made on first use)."""
+    return jsonify(signing_secret_view(services().signing_secrets.get(auth.tenant())))
+
+
+@bp.post("/callbacks/signing-secret/rotate")
+def rotate_signing_secret():
+    """A new signing secret; callbacks signed from now on verify only with it."""
+    return jsonify(signing_secret_view(services().signing_secrets.rotate(auth.tenant())))
+
+
+def signing_secret_view(doc: dict) -> dict:
+    return {"tenant": doc["tenant"], "secret": doc["signing_secret"],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc["created_at"]))}
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -67,6 +67,11 @@ def retries_schema() -> dict:
     }, "description": "run the job again when it fails with one of `on`; null: never"}
 
 
+CALLBACK_URL = {"type": ["string", "null"], "maxLength": 2048, "pattern": "^https?://",
+                "description": "POST the job document here when the job ends, signed (X-NanoGrid-Signature); "
+                               "loopback, link-local and the platform's own addresses are refused"}
+
+
 def request_schemas(settings: Settings) -> dict[str, dict]:
     """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
     limits = requested_limits(settings)
@@ -83,6 +88,7 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "limits": limits,
         "env": env_schema(),
         "retries": retries_schema(),
+        "callback_url": {**CALLBACK_URL, "description": "the default callback_url of the function's runs"},
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -98,6 +104,7 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                        "description": f"seconds to wait for the result (default {settings.default_wait_s:g}); "
                                       "0 returns 202 with the PENDING job at once"},
             "limits": limits,
+            "callback_url": CALLBACK_URL,
         }},
     }
 
@@ -114,6 +121,7 @@ def _form_schema(settings: Settings, create: bool) -> dict:
         "limits": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.limits)"},
         "env": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.env)"},
         "retries": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.retries)"},
+        "callback_url": {"type": "string", "description": "see FunctionCreate.callback_url"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -137,6 +145,7 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "timeout_s": {"type": ["number", "null"]},
             "memory_mb": {"type": ["integer", "null"]},
             "retries": retries_schema(),
+            "callback_url": {"type": ["string", "null"]},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
                        "properties": effective, "description": "the effective limits of a run"},
@@ -176,7 +185,18 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                     "error": {"type": ["object", "null"]}, "exit_code": {"type": ["integer", "null"]},
                     "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),
                     "duration_ms": {"type": ["integer", "null"]}}}},
+            "callback_url": {"type": ["string", "null"]},
+            "callbacks": {"type": "array", "description": "each callback's delivery", "items": {
+                "type": "object", "required": ["url", "attempts", "status"], "properties": {
+                    "url": {"type": "string"}, "attempts": {"type": "integer", "minimum": 0},
+                    "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                    "last_error": {"type": ["string", "null"]}, "last_status_code": {"type": ["integer", "null"]},
+                    "delivered_at": TIMESTAMP}}},
         }},
+        "SigningSecret": {"type": "object", "additionalProperties": False,
+                          "required": ["tenant", "secret", "created_at"], "properties": {
+                              "tenant": {"type": "string"}, "secret": {"type": "string"},
+                              "created_at": TIMESTAMP}},
         "Limits": {"type": "object", "additionalProperties": False, "required": list(effective), "properties": {
             name: {"type": "object", "additionalProperties": False, "required": ["default", "ceiling"],
                    "properties": {"default": {"type": "number"}, "ceiling": {"type": "number"}}}
@@ -370,6 +390,15 @@ def _document(settings: Settings) -> dict:
                      "responses": {"200": {"description": "the cancelled job", **job_response},
                                    **_errors(404, 409, *GUARDED)}},
         },
+        "/callbacks/signing-secret": {"get": {
+            "operationId": "getSigningSecret",
+            "summary": "The tenant's secret for checking its callbacks' signatures (made on first use)",
+            "responses": {"200": {"description": "the secret", "content": _json("SigningSecret")},
+                          **_errors(*GUARDED)}}},
+        "/callbacks/signing-secret/rotate": {"post": {
+            "operationId": "rotateSigningSecret", "summary": "Replace the tenant's signing secret",
+            "responses": {"200": {"description": "the new secret", "content": _json("SigningSecret")},
+                          **_errors(*GUARDED)}}},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics (never rate limited)",
             "responses": {"200": {"description": "the metrics", "content": {

@@ -84,20 +84,28 @@ class JobRecord(TypedDict, total=False):
     attempt: int  # from 1; a retried run is the same job, attempted again
     attempts: list[dict]  # every attempt that failed (a retried one, and a final failure): error, times
     retry_at: float | None  # a retried run is not dispatched before this
+    callback_url: str | None  # where the job document is POSTed when the job ends (nanogrid.jobs.callbacks)
+    callbacks: list[dict]  # each callback's delivery: url, attempts, status, last_error, last_status_code
 
 
 # What GET /jobs/<id> shows of a record, in this order.
 PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
-    "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts",
+    "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts", "callback_url", "callbacks",
 )
+CALLBACK_PENDING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "delivered", "failed"
 OUTPUT_FIELDS = ("result", "stdout", "stderr")
 
 
 def error(error_type: ErrorType, message: str, **details) -> dict:
     """A job's error field."""
     return {"type": error_type, "message": message, **details}
+
+
+def pending_callback(url: str) -> dict:
+    """A job's callback before its first attempt."""
+    return {"url": url, "attempts": 0, "status": CALLBACK_PENDING, "last_error": None, "last_status_code": None}
 
 
 def is_job_id(value: str) -> bool:

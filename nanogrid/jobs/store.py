@@ -38,9 +38,9 @@ from nanogrid.jobs.retries import delay_before_next
 from nanogrid.jobs.events import JobEvents
 from nanogrid.jobs.index import JobIndex
 from nanogrid.jobs.records import (OUTPUT_FIELDS, PUBLIC_FIELDS, TERMINAL, ErrorType, JobRecord, Status, error,
-                                   is_job_id, iso)
+                                   is_job_id, iso, pending_callback)
 from nanogrid.storage import BlobStore, DocumentTable, IndexEntry, cursor_after
-from nanogrid.task_names import RUN_TASK
+from nanogrid.task_names import CALLBACK_TASK, RUN_TASK
 from nanogrid.transport.broker import Broker
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ class JobStore:
     # -- creation and dispatch -----------------------------------------------------------------
 
     def create(self, function: dict, run_input: Any, limits: dict | None = None,
-               job_id: str | None = None) -> JobRecord:
-        """A PENDING job; limits: what this run asks for on top of the function's (already validated).
+               job_id: str | None = None, callback_url: str | None = None) -> JobRecord:
+        """A PENDING job; limits: what this run asks for on top of the function's (already validated);
+        callback_url: where to POST the job when it ends (else the function's, if any).
         With job_id (an idempotent request's), Conflict when that job exists already."""
         tenant = tenant_of(function)
         self.index.check_quota(tenant)
@@ -92,7 +93,7 @@ class JobStore:
             "created_at": now, "started_at": None, "finished_at": None,
             # The caller publishes right after this insert; if it dies first, the reaper redispatches.
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
-            "attempt": 1, "attempts": [],
+            "attempt": 1, "attempts": [], "callback_url": callback_url or function.get("callback_url"),
         }
         self.table.insert(job["job_id"], job, self._entries(job))
         try:
@@ -105,7 +106,8 @@ class JobStore:
         return job
 
     def submit(self, function: dict, run_input: Any, limits: dict | None = None,
-               idempotency: tuple[str, str] | None = None) -> tuple[JobRecord, bool]:
+               idempotency: tuple[str, str] | None = None,
+               callback_url: str | None = None) -> tuple[JobRecord, bool]:
         """Create the job and publish its run; (the job, whether it is one an earlier request made).
 
         idempotency: (the client's key, the request's fingerprint). The same key (per tenant, for
@@ -119,7 +121,7 @@ class JobStore:
             if earlier is not None:
                 return earlier, True
         try:
-            job = self.create(function, run_input, limits, job_id)
+            job = self.create(function, run_input, limits, job_id, callback_url)
         except Conflict:  # another request with the key made it just now
             return self.get(job_id), True
         try:
@@ -201,6 +203,9 @@ class JobStore:
         for name in ("created_at", "started_at", "finished_at"):
             if view[name] is not None:
                 view[name] = iso(view[name])
+        view["callbacks"] = [{**callback, **({"delivered_at": iso(callback["delivered_at"])}
+                                             if callback.get("delivered_at") else {})}
+                             for callback in job.get("callbacks", [])]
         view["attempt"] = job.get("attempt", 1)
         view["attempts"] = [{**attempt, **{name: iso(attempt[name]) for name in ("started_at", "finished_at")
                                            if attempt.get(name) is not None}} for attempt in job.get("attempts", [])]
@@ -295,6 +300,19 @@ class JobStore:
             job["rev"] = current["rev"] + 1
             if self.table.replace(job_id, job, current["rev"], self._entries(job)):
                 self._write_index(job, current["status"])
+                return job
+        raise Unavailable(f"job {job_id}: too much contention on its record")
+
+    def update_finished(self, job_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Like transition, for a finished job's bookkeeping (its callbacks): the status stays, so
+        nothing in Redis changes."""
+        for _ in range(20):
+            current = self.table.get(job_id)
+            job = copy.deepcopy(current)
+            if current["status"] not in TERMINAL or not change(job):
+                return None
+            job["rev"] = current["rev"] + 1
+            if self.table.replace(job_id, job, current["rev"], self._entries(job)):
                 return job
         raise Unavailable(f"job {job_id}: too much contention on its record")
 
@@ -457,11 +475,18 @@ class JobStore:
             job.update(spilled)
             job.update(status=status, finished_at=now, lease_until=None,
                        expires_at=now + self.settings.job_retention_days * 86400)
+            if job.get("callback_url"):  # delivered after this write (nanogrid.jobs.callbacks)
+                job["callbacks"] = [pending_callback(job["callback_url"])]
             if job["started_at"] is not None and job.get("duration_ms") is None:
                 job["duration_ms"] = int((now - job["started_at"]) * 1000)
             return True
 
         done = self.transition(job_id, change)
+        if done is not None and done.get("callbacks"):
+            try:
+                self.broker.send(CALLBACK_TASK, [job_id])
+            except Unavailable:
+                log.warning("could not queue the job's callback; it stays pending", extra={"job_id": job_id})
         if done is not None and retry_in:
             log.warning("attempt %d failed (%s); attempt %d in %g s", done["attempt"] - 1,
                         done["attempts"][-1]["error"]["type"], done["attempt"], retry_in[0], extra={"job_id": job_id})

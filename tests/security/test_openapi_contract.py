@@ -32,7 +32,7 @@ CONFIG = {
         # are still refused with 400 (syntax error) or 404, so acceptance of valid data is not checked.
         "positive_data_acceptance": {"enabled": False},
         # Data the document rejects must be refused; 413 is a refusal too (a too-large body).
-        "negative_data_rejection": {"expected-statuses": ["400", "401", "404", "405", "409", "413", "415", "429"]},
+        "negative_data_rejection": {"expected-statuses": ["400", "401", "404", "405", "409", "413", "415", "422", "429"]},
     },
 }
 HEALTH_PATHS = ("/health", "/health/live")  # open probes, answering 503 with the health document
