@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     worker.set_defaults(run=cmd_worker)
 
+    scheduler = sub.add_parser("scheduler", help="fire the functions' schedules (run one on each controller; "
+                                                 "several fire every tick once)")
+    scheduler.set_defaults(run=cmd_scheduler)
+
     status = sub.add_parser("status", help="queue depth, workers, active runs and recent failures")
     status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for workers to answer")
@@ -182,6 +186,14 @@ def cmd_worker(_args, extra) -> int:
     metrics.prepare_multiproc_dir(settings, os.environ)  # shared by the pool children and the main process
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
                               *extra])
+
+
+def cmd_scheduler(_args, _extra) -> int:
+    from nanogrid import logs, scheduler
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_format)
+    return scheduler.run(settings)
 
 
 def cmd_status(args, _extra) -> int:

@@ -120,7 +120,8 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
     # Through `nanogrid worker`, which prepares the worker's own metrics directory before celery
     # imports prometheus_client.
     worker = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "worker", "-n", worker_name], **child)
-    children = [api, worker]
+    scheduler = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "scheduler"], **child)
+    children = [api, worker, scheduler]
     stopping = False
 
     def stop(*_):
@@ -147,7 +148,7 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
         say("nanogrid dev: stopping...")
         # gunicorn's quick shutdown (SIGINT) does not wait for requests that wait for runs; the
         # worker's warm shutdown (SIGTERM) stops its runs at once (NANOGRID_SHUTDOWN_GRACE_S=0).
-        for process, stop_signal in ((api, signal.SIGINT), (worker, signal.SIGTERM)):
+        for process, stop_signal in ((api, signal.SIGINT), (worker, signal.SIGTERM), (scheduler, signal.SIGTERM)):
             if process.poll() is None:
                 process.send_signal(stop_signal)
         deadline = time.monotonic() + STOP_WITHIN_S

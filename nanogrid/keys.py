@@ -74,11 +74,7 @@ class KeyStore:
         raise RuntimeError("could not pick an unused key id")
 
     def list(self) -> list[dict]:
-        return sorted(self._keys(), key=lambda d: d["created_at"])
-
-    def _keys(self) -> list[dict]:
-        """The key documents (the table also holds the tenants' signing secrets)."""
-        return [doc for doc in self.table.scan() if "secret_sha256" in doc]
+        return sorted(self.table.scan(), key=lambda d: d["created_at"])
 
     def revoke(self, key_id: str) -> dict:
         """Mark a key revoked (NotFound when there is no such key); revoking twice changes nothing."""
@@ -107,7 +103,7 @@ class KeyStore:
                 return True
             if now < self._no_keys_until:
                 return False
-        exist = bool(self._keys())
+        exist = bool(self.table.scan())
         with self._lock:
             if exist:
                 self._keys_exist = True
@@ -145,15 +141,22 @@ class SigningSecrets:
     """Each tenant's secret for signing its completion callbacks (nanogrid.jobs.callbacks).
 
     Unlike a key's, the secret is stored as it is: signing needs it, and the tenant reads it
-    (GET /callbacks/signing-secret) to check signatures. Made on first use; rotating replaces it,
-    so signatures made before no longer verify.
+    (GET /callbacks/signing-secret) to check signatures. It lives in the functions table, which
+    the workers that sign already read (they have no grant on the keys table). The API makes it
+    when it first accepts a callback URL (or is asked for it); rotating replaces it, so signatures
+    made before no longer verify.
     """
 
     def __init__(self, table: DocumentTable):
         self.table = table
 
+    def existing(self, tenant: str) -> dict:
+        """The tenant's secret document; NotFound if it has none (the workers' read)."""
+        return self.table.get(_signing_id(tenant))
+
     def get(self, tenant: str) -> dict:
-        """{"tenant", "secret", "created_at"}, made now if the tenant has none yet."""
+        """The tenant's secret document ({"tenant", "signing_secret", "created_at"}), made now if
+        it has none yet."""
         try:
             return self.table.get(_signing_id(tenant))
         except NotFound:

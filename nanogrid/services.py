@@ -21,6 +21,7 @@ from nanogrid.callbacks import Guard
 from nanogrid.jobs import JobStore
 from nanogrid.jobs.callbacks import Callbacks
 from nanogrid.keys import SigningSecrets
+from nanogrid.schedules import ScheduleStore
 from nanogrid.sandbox import Sandbox
 from nanogrid.transport.broker import Broker
 
@@ -55,8 +56,12 @@ class Services:
                         storage.output_store(self.settings), self.broker)
 
     @functools.cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(storage.function_table(self.settings))
+
+    @functools.cached_property
     def signing_secrets(self) -> SigningSecrets:
-        return SigningSecrets(storage.key_table(self.settings))
+        return SigningSecrets(storage.function_table(self.settings))
 
     @functools.cached_property
     def callback_guard(self) -> Guard:

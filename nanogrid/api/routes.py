@@ -16,7 +16,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from nanogrid import bundles, functions
+from nanogrid import bundles, functions, schedules
 from nanogrid.ai import client as ai_client
 from nanogrid.api import auth, ratelimit, schema, streams
 from nanogrid.api.errors import ApiError
@@ -147,9 +147,11 @@ def callback_url(url) -> str | None:
     if url is None:
         return None
     try:
-        return services().callback_guard.check_url(url)
+        accepted = services().callback_guard.check_url(url)
     except CallbackRefused as exc:
         raise ApiError(str(exc), code="callback_refused") from None
+    services().signing_secrets.get(auth.tenant())  # made now, so the workers that sign find it
+    return accepted
 
 
 def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | None]:
@@ -347,8 +349,73 @@ def update_function(function_id: str):
 
 @bp.delete("/functions/<function_id>")
 def delete_function(function_id: str):
-    services().functions.delete(function_id, auth.tenant())
+    svc = services()
+    svc.functions.delete(function_id, auth.tenant())
+    svc.schedules.delete_all(function_id)  # after the function: a tick meanwhile finds no function
     return "", 204
+
+
+# -- schedules (nanogrid/schedules.py; fired by nanogrid/scheduler.py) -------------------------
+
+@bp.post("/functions/<function_id>/schedules")
+def create_schedule(function_id: str):
+    svc = services()
+    function = svc.functions.get(function_id, auth.tenant())
+    body = json_object(svc.settings.max_input_bytes + 4096, set(schedules.FIELDS))
+    check_schedule_input(body, svc.settings.max_input_bytes)
+    try:
+        schedules.check(body)  # the specific message first, then the document's schema
+        check_schema("ScheduleCreate", body)
+        doc = svc.schedules.create(function, body)
+    except schedules.ScheduleError as exc:
+        raise ApiError(str(exc)) from None
+    response = jsonify(schedules.public(doc))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_schedule", function_id=function_id,
+                                           schedule_id=doc["schedule_id"])
+    return response
+
+
+@bp.get("/functions/<function_id>/schedules")
+def list_schedules(function_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    return jsonify({"schedules": [schedules.public(doc) for doc in svc.schedules.list(function_id)]})
+
+
+@bp.get("/functions/<function_id>/schedules/<schedule_id>")
+def get_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    return jsonify(schedules.public(svc.schedules.get(schedule_id, function_id)))
+
+
+@bp.patch("/functions/<function_id>/schedules/<schedule_id>")
+def update_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    body = json_object(svc.settings.max_input_bytes + 4096, set(schedules.FIELDS))
+    check_schedule_input(body, svc.settings.max_input_bytes)
+    try:
+        schedules.check(body, svc.schedules.get(schedule_id, function_id))
+        check_schema("ScheduleUpdate", body)
+        doc = svc.schedules.update(schedule_id, function_id, body)
+    except schedules.ScheduleError as exc:
+        raise ApiError(str(exc)) from None
+    return jsonify(schedules.public(doc))
+
+
+@bp.delete("/functions/<function_id>/schedules/<schedule_id>")
+def delete_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    svc.schedules.delete(schedule_id, function_id)
+    return "", 204
+
+
+def check_schedule_input(body: dict, max_bytes: int) -> None:
+    if "input" in body and len(json.dumps(body["input"])) > max_bytes:
+        raise ApiError(f"input exceeds {max_bytes} bytes", status=413, code="too_large")
 
 
 @bp.post("/functions/<function_id>/run")

@@ -16,7 +16,7 @@ import functools
 
 import jsonschema
 
-from nanogrid import __version__
+from nanogrid import __version__, schedules
 from nanogrid.config import Settings
 from nanogrid.functions import ID_PATTERN, NAME_PATTERN
 from nanogrid.jobs import ErrorType, Status, retries
@@ -72,6 +72,20 @@ CALLBACK_URL = {"type": ["string", "null"], "maxLength": 2048, "pattern": "^http
                                "loopback, link-local and the platform's own addresses are refused"}
 
 
+def schedule_request_schemas() -> dict[str, dict]:
+    fields = {
+        "cron": {"type": ["string", "null"], "description": "five fields: minute hour day-of-month month day-of-week"},
+        "interval_s": {"type": ["number", "null"], "minimum": 1, "maximum": 366 * 86400},
+        "timezone": {"type": "string", "description": "IANA time zone of the cron expression (default UTC)"},
+        "input": {"description": "the event of every run (default {})"},
+        "overlap": {"type": "string", "enum": list(schedules.OVERLAP),
+                    "description": "skip: no new run while the previous one has not finished (default allow)"},
+        "enabled": {"type": "boolean"},
+    }
+    return {"ScheduleCreate": {"type": "object", "additionalProperties": False, "properties": fields},
+            "ScheduleUpdate": {"type": "object", "additionalProperties": False, "properties": fields}}
+
+
 def request_schemas(settings: Settings) -> dict[str, dict]:
     """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
     limits = requested_limits(settings)
@@ -97,6 +111,7 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                            "properties": {**function_fields,
                                           "name": {**function_fields["name"],
                                                    "description": "must be the function's current name"}}},
+        **schedule_request_schemas(),
         "RunRequest": {"type": "object", "additionalProperties": False, "properties": {
             "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON; "
                                      "absent: {}"},
@@ -186,6 +201,7 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                     "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),
                     "duration_ms": {"type": ["integer", "null"]}}}},
             "callback_url": {"type": ["string", "null"]},
+            "trigger": {"type": ["object", "null"], "description": "a schedule's run: {schedule_id, tick}"},
             "callbacks": {"type": "array", "description": "each callback's delivery", "items": {
                 "type": "object", "required": ["url", "attempts", "status"], "properties": {
                     "url": {"type": "string"}, "attempts": {"type": "integer", "minimum": 0},
@@ -193,6 +209,18 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                     "last_error": {"type": ["string", "null"]}, "last_status_code": {"type": ["integer", "null"]},
                     "delivered_at": TIMESTAMP}}},
         }},
+        "Schedule": {"type": "object", "additionalProperties": False, "required": [
+            "schedule_id", "function_id", "cron", "interval_s", "timezone", "input", "overlap", "enabled",
+            "created_at", "updated_at", "next_run_at"], "properties": {
+            "schedule_id": {"type": "string", "pattern": schedules.ID_PATTERN.pattern},
+            "function_id": {"type": "string", "pattern": ID_PATTERN.pattern},
+            "cron": {"type": ["string", "null"]}, "interval_s": {"type": ["number", "null"]},
+            "timezone": {"type": "string"}, "input": {}, "overlap": {"type": "string", "enum": list(schedules.OVERLAP)},
+            "enabled": {"type": "boolean"}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+            "next_run_at": _nullable(TIMESTAMP), "last_run_at": _nullable(TIMESTAMP),
+            "last_job_id": {"type": ["string", "null"]}}},
+        "ScheduleList": {"type": "object", "additionalProperties": False, "required": ["schedules"], "properties": {
+            "schedules": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}}}},
         "SigningSecret": {"type": "object", "additionalProperties": False,
                           "required": ["tenant", "secret", "created_at"], "properties": {
                               "tenant": {"type": "string"}, "secret": {"type": "string"},
@@ -354,6 +382,30 @@ def _document(settings: Settings) -> dict:
                           "parameters": [_function_id(required=False), *HISTORY_PARAMETERS],
                           "responses": {"200": {"description": "a page of jobs", "content": _json("JobList")},
                                         **_errors(400, 404, *GUARDED)}}},
+        "/functions/{function_id}/schedules": {
+            "parameters": [_function_id()],
+            "post": {"operationId": "createSchedule", "summary": "Run the function on a cron expression or interval",
+                     "requestBody": {"required": True, "content": _json("ScheduleCreate")},
+                     "responses": {"201": {"description": "the schedule", "content": _json("Schedule"),
+                                           "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                                   **_errors(400, 404, 413, 415, *GUARDED)}},
+            "get": {"operationId": "listSchedules", "summary": "The function's schedules",
+                    "responses": {"200": {"description": "the schedules", "content": _json("ScheduleList")},
+                                  **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/schedules/{schedule_id}": {
+            "parameters": [_function_id(), {"name": "schedule_id", "in": "path", "required": True,
+                                            "schema": {"type": "string", "pattern": schedules.ID_PATTERN.pattern}}],
+            "get": {"operationId": "getSchedule", "summary": "A schedule",
+                    "responses": {"200": {"description": "the schedule", "content": _json("Schedule")},
+                                  **_errors(404, *GUARDED)}},
+            "patch": {"operationId": "updateSchedule", "summary": "Change a schedule (a new rhythm starts now)",
+                      "requestBody": {"required": True, "content": _json("ScheduleUpdate")},
+                      "responses": {"200": {"description": "the schedule", "content": _json("Schedule")},
+                                    **_errors(400, 404, 409, 413, 415, *GUARDED)}},
+            "delete": {"operationId": "deleteSchedule", "summary": "Delete a schedule: it fires no more",
+                       "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
+        },
         "/functions/{function_id}/jobs": {
             "parameters": [_function_id()],
             "get": {"operationId": "listFunctionJobs", "summary": "A function's jobs, newest first, a page at a time",

@@ -86,6 +86,7 @@ class JobRecord(TypedDict, total=False):
     retry_at: float | None  # a retried run is not dispatched before this
     callback_url: str | None  # where the job document is POSTed when the job ends (nanogrid.jobs.callbacks)
     callbacks: list[dict]  # each callback's delivery: url, attempts, status, last_error, last_status_code
+    trigger: dict | None  # what started the run when no request did: {"schedule_id", "tick"}
 
 
 # What GET /jobs/<id> shows of a record, in this order.
@@ -93,6 +94,7 @@ PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
     "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts", "callback_url", "callbacks",
+    "trigger",
 )
 CALLBACK_PENDING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "delivered", "failed"
 OUTPUT_FIELDS = ("result", "stdout", "stderr")

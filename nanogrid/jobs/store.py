@@ -66,11 +66,12 @@ class JobStore:
 
     # -- creation and dispatch -----------------------------------------------------------------
 
-    def create(self, function: dict, run_input: Any, limits: dict | None = None,
-               job_id: str | None = None, callback_url: str | None = None) -> JobRecord:
+    def create(self, function: dict, run_input: Any, limits: dict | None = None, job_id: str | None = None,
+               callback_url: str | None = None, trigger: dict | None = None) -> JobRecord:
         """A PENDING job; limits: what this run asks for on top of the function's (already validated);
-        callback_url: where to POST the job when it ends (else the function's, if any).
-        With job_id (an idempotent request's), Conflict when that job exists already."""
+        callback_url: where to POST the job when it ends (else the function's, if any); trigger:
+        what started it other than a request (a schedule's tick).
+        With job_id (an idempotent request's, a tick's), Conflict when that job exists already."""
         tenant = tenant_of(function)
         self.index.check_quota(tenant)
         now = time.time()
@@ -94,6 +95,7 @@ class JobStore:
             # The caller publishes right after this insert; if it dies first, the reaper redispatches.
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
             "attempt": 1, "attempts": [], "callback_url": callback_url or function.get("callback_url"),
+            "trigger": trigger,
         }
         self.table.insert(job["job_id"], job, self._entries(job))
         try:

@@ -39,6 +39,12 @@ PROCESSES = {
         "unit": "controller/templates/nanogrid-api.service.j2", "exec": "/bin/nanogrid api",
         "iam": "controller",
     },
+    "scheduler": {
+        "entries": ["nanogrid.scheduler"],
+        "role": "controller", "env": "controller.env.j2",
+        "unit": "controller/templates/nanogrid-scheduler.service.j2", "exec": "/bin/nanogrid scheduler",
+        "iam": "controller",
+    },
     "publisher": {
         "entries": ["nanogrid.scaling.__main__"],
         "role": "controller", "env": "controller.env.j2",
@@ -156,6 +162,12 @@ OPTIONAL_EVERYWHERE = {
                                    "test_the_job_retention_is_the_same_in_terraform_and_the_code)",
     "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
                             "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
+    "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "set only when nanogrid_callback_allowed_networks lists networks; unset, "
+                                          "callbacks reach every address but loopback, link-local and the platform's",
+    "NANOGRID_CALLBACK_TIMEOUT_S": "how long a callback waits for its receiver; the 10 s default is what receivers "
+                                   "are told to answer within (README)",
+    "NANOGRID_CALLBACK_MAX_ATTEMPTS": "callback attempts; 8, from 2 s doubled, spans about 4 minutes (README)",
+    "NANOGRID_CALLBACK_BACKOFF_S": "the first wait between callback attempts; default 2 s, doubled each time",
     "NANOGRID_SHUTDOWN_GRACE_S": "unset: a worker's warm shutdown lets the runs in progress finish (the drain hook "
                                  "waits for them); `nanogrid dev` sets it to stop quickly",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
@@ -221,6 +233,7 @@ OPTIONAL_BY_PROCESS = {
 }
 OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
 OPTIONAL_BY_PROCESS["publisher"] = OPTIONAL_BY_PROCESS["flower"]
+OPTIONAL_BY_PROCESS["scheduler"] = OPTIONAL_BY_PROCESS["flower"]
 # Names the production templates must set whatever the code does: the backends.
 ALWAYS_REQUIRED = {"NANOGRID_STORAGE", "NANOGRID_ARCHIVE", "AWS_REGION"}
 PUBLISHER_REQUIRED = {"NANOGRID_WORKER_ASG"}
