@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
                                              "from the durable job store, after a Redis loss")
     reindex.set_defaults(run=cmd_reindex)
 
+    dlq = sub.add_parser("dlq", help="messages no worker could process (the dead letters): list them, or send "
+                                     "them back to the task queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="the dead letters: why each is there, its task and body")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    dlq_list.set_defaults(run=cmd_dlq_list)
+    dlq_redrive = dlq_sub.add_parser("redrive", help="send the dead letters back to the task queue (after the "
+                                                     "cause was fixed, e.g. a worker that knows the task)")
+    dlq_redrive.add_argument("--limit", type=int, default=1000)
+    dlq_redrive.set_defaults(run=cmd_dlq_redrive)
+
     for name, help_text, handler in (
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
         ("invoke", "run a function and print its result", cmd_invoke),
@@ -384,6 +396,46 @@ def cmd_reindex(_args, _extra) -> int:
         return 1
     print(f"reindexed {done['unfinished_jobs']} unfinished jobs from the job store; removed "
           f"{done['stale_entries_removed']} stale quota entries")
+    return 0
+
+
+def _dead_letters():
+    from nanogrid.transport.broker import Broker
+
+    settings = Settings.from_env()
+    where = settings.dead_letter_queue if settings.uses_sqs else f"{settings.broker_url} (queue {settings.queue_name})"
+    return Broker(settings), where
+
+
+def cmd_dlq_list(args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+
+    broker, where = _dead_letters()
+    try:
+        letters = [letter.document() for letter in broker.dead_letters().list(max(1, args.limit))]
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return 0
+    print(f"dead letters of {where}: {len(letters)}{' (at most --limit)' if len(letters) >= args.limit else ''}")
+    for letter in letters:
+        print(f"  {letter['at']}  {letter['reason']}  task={letter['task'] or '-'}  {letter['error']}")
+        print(f"    {letter['body']}")
+    return 0
+
+
+def cmd_dlq_redrive(args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+
+    broker, where = _dead_letters()
+    try:
+        moved = broker.dead_letters().redrive(broker.publish_raw, max(1, args.limit))
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {moved} dead letters of {where} back to the task queue")
     return 0
 
 

@@ -216,6 +216,9 @@ class Settings:
     aws_region: str = _derived("ap-northeast-2")
     aws_endpoint_url: str | None = _setting("AWS_ENDPOINT_URL", None)
     sqs_visibility_timeout: int = _setting("NANOGRID_SQS_VISIBILITY_TIMEOUT", 3600, **_AT_LEAST_1)
+    # Where messages no worker can process go (nanogrid/transport/deadletters.py); empty: the task
+    # queue's URL with "-dlq" appended, the queue deploy/terraform makes beside it.
+    dead_letter_queue_url: str = _setting("NANOGRID_DEAD_LETTER_QUEUE_URL", "")
     worker_concurrency: int = _setting("NANOGRID_WORKER_CONCURRENCY", 2, **_AT_LEAST_1)
 
     # Storage backends: "local" keeps everything under data_dir; "aws" uses S3 and DynamoDB.
@@ -316,6 +319,11 @@ class Settings:
         if self.sqs_queue_url:
             return urlparse(self.sqs_queue_url).path.rstrip("/").rsplit("/", 1)[-1]
         return "nanogrid"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """The SQS dead-letter queue's URL (SQS brokers only)."""
+        return self.dead_letter_queue_url or f"{self.sqs_queue_url}-dlq"
 
     @property
     def uses_sqs(self) -> bool:

@@ -13,6 +13,7 @@ from celery import Celery
 
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
+from nanogrid.transport.deadletters import DeadLetter, DeadLetters
 from nanogrid.transport.depth import Depth, queue_depth
 from nanogrid.transport.app import make_celery
 
@@ -33,6 +34,19 @@ class Broker:
             self.app.send_task(task, args=args, ignore_result=True, countdown=countdown_s or None)
         except Exception as exc:  # noqa: BLE001 - kombu, redis, botocore: every way a publish fails
             raise Unavailable(f"broker: {exc}") from exc
+
+    def publish_raw(self, letter: DeadLetter) -> None:
+        """Publish a message body as it was first delivered (a dead letter sent back, on Redis)."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(letter.body, exchange="", routing_key=self.settings.queue_name,
+                                 content_type=letter.content_type, content_encoding=letter.content_encoding,
+                                 headers=letter.headers, retry=True, **letter.properties)
+        except Exception as exc:  # noqa: BLE001 - as in send
+            raise Unavailable(f"broker: {exc}") from exc
+
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.settings)
 
     def broadcast(self, command: str, arguments: dict) -> None:
         """A remote control command to every worker, without waiting for replies."""
