@@ -51,6 +51,8 @@ def resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise CallbackRefused(f"the callback host {host!r} does not resolve ({exc.strerror})") from None
+    except UnicodeError:
+        raise CallbackRefused(f"the callback host {host!r} is not a valid host name") from None
     return sorted({info[4][0] for info in infos})
 
 
@@ -112,7 +114,10 @@ class Guard:
         if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
             raise CallbackRefused(f"callback_url must be an http:// or https:// URL of at most {MAX_URL_CHARS} "
                                   "characters")
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError:
+            raise CallbackRefused("callback_url is not a valid URL") from None
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise CallbackRefused("callback_url must be an http:// or https:// URL with a host")
         if parsed.username or parsed.password:

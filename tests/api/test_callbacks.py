@@ -187,6 +187,8 @@ def test_a_function_default_callback_applies_to_its_runs(open_to_loopback, recei
     ("ftp://example.org/", "http:// or https://"),
     ("http://user:pw@example.org/", "user name or password"),
     ("http://no-such-host.invalid/", "does not resolve"),
+    ("https://[5z", "not a valid URL"),
+    ("http://a..b/", "not a valid host name"),
 ])
 def test_callbacks_to_forbidden_places_are_refused_at_request_time(local_settings, url, reason):
     services, api = platform(local_settings)

@@ -162,6 +162,8 @@ OPTIONAL_EVERYWHERE = {
                                    "test_the_job_retention_is_the_same_in_terraform_and_the_code)",
     "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
                             "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
+    "NANOGRID_DEAD_LETTER_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-dlq', the name Terraform gives the dead-letter "
+                                      "queue (checked by test_the_dead_letter_queue_is_the_one_terraform_makes)",
     "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "set only when nanogrid_callback_allowed_networks lists networks; unset, "
                                           "callbacks reach every address but loopback, link-local and the platform's",
     "NANOGRID_CALLBACK_TIMEOUT_S": "how long a callback waits for its receiver; the 10 s default is what receivers "
@@ -824,3 +826,18 @@ def test_the_job_retention_is_the_same_in_terraform_and_the_code():
         "jobs/": "${ceil(var.job_retention_days)}"}
     for process in PROCESSES:
         assert "NANOGRID_JOB_RETENTION_DAYS" not in render_env(process), process
+
+
+def test_the_dead_letter_queue_is_the_one_terraform_makes():
+    """Unset, NANOGRID_DEAD_LETTER_QUEUE_URL is the task queue's URL with '-dlq': the queue Terraform
+    creates as the task queue's redrive target, where SQS itself also moves a message received
+    too often."""
+    from nanogrid.config import Settings
+
+    sqs = tf_module("modules/data")
+    assert sqs.resource("aws_sqs_queue", "dlq")["name"] == "${var.task_queue_name}-dlq"
+    assert "aws_sqs_queue.dlq.arn" in sqs.resource("aws_sqs_queue", "tasks")["redrive_policy"]
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/nanogrid-task-queue"
+    assert Settings.from_env({"SQS_QUEUE_URL": url}).dead_letter_queue == url + "-dlq"
+    for process in PROCESSES:
+        assert "NANOGRID_DEAD_LETTER_QUEUE_URL" not in render_env(process), process
