@@ -70,14 +70,14 @@ class RunSpec:
     ai_channel: Any = None
     ai_timeout_s: float = 0.0
 
-    def request(self, ai_socket: str | None = None) -> bytes:
-        """The runner's request frame for this run; the context's deadline starts now."""
+    def request(self, nonce: bytes, ai_socket: str | None = None) -> bytes:
+        """The runner's request (and nonce) frames for this run; the context's deadline starts now."""
         spec = {"handler": self.handler, "env": dict(self.env),
                 "context": {"job_id": self.job_id, "function_id": self.function_id,
                             "function_version": self.version, "deadline": time.time() + self.limits.timeout_s}}
         if ai_socket is not None:
             spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
-        return request_frame(spec, self.input_json)
+        return request_frame(spec, self.input_json, nonce)
 
 
 @dataclass
