@@ -19,9 +19,10 @@ moments before:
 - then the same warm latency with SQS as the broker (moto server), Redis for job state, and
   `nanogrid api` + `nanogrid worker` as separate processes;
 - then the sandbox's OCI runtimes side by side (runc, crun, runsc: those the engine has; --runtimes
-  chooses): for each, a bare `docker run --rm --runtime X --network none`, and a `nanogrid dev
-  --runtime X` stack of its own for cold runs, warm runs (p50/p99), throughput at concurrency 8 and
-  the memory an idle warm container holds (its cgroup, gVisor's kernel included).
+  chooses): a bare `docker run --rm --runtime X --network none` for each, then a `nanogrid dev
+  --runtime X` stack of its own for each, all up at once and measured in turns: cold runs, warm
+  runs (p50/p99), throughput at concurrency 8, and the memory an idle warm container holds (its
+  cgroup, gVisor's kernel included).
 
 Targets (2-core machine; reported, never asserted): warm p50 <= 15 ms and <= 3x the Celery round
 trip; cold p50 <= 1.3x bare docker run; >= 150 warm runs/s at concurrency 32 with zero errors;
@@ -427,42 +428,73 @@ def idle_container_mib(instance: str) -> float | None:
 
 
 def compare_runtimes(args, image: str, workdir: Path) -> dict:
-    """Each runtime with a stack of its own: the bare docker run floor, cold, warm, throughput, memory."""
+    """Every runtime with a stack of its own, all up at once and measured in turns (a machine whose
+    load changes meanwhile changes every runtime's figures alike): the bare docker run floor, cold
+    runs, warm runs, throughput, the memory of an idle warm container."""
+    from contextlib import ExitStack
+
     from nanogrid.config import Settings
     from nanogrid.sandbox import instance_id
 
     quick = args.quick
     docker = shutil.which("docker")
-    compared: dict = {runtime: {"docker_run_none": []} for runtime in args.runtimes}
-    say(f"bare docker run under {', '.join(args.runtimes)}, taking turns ...")
-    for round_ in range(1 + (5 if quick else 15)):  # in turns: a machine whose load changes meanwhile
-        for runtime in args.runtimes:              # changes every runtime's figure alike
+    runtimes = args.runtimes
+    compared: dict = {runtime: {"docker_run_none": [], "cold": [], "warm": []} for runtime in runtimes}
+    say(f"bare docker run under {', '.join(runtimes)}, taking turns ...")
+    for round_ in range(1 + (5 if quick else 15)):
+        for runtime in runtimes:
             times = timed(lambda: subprocess.run([docker, "run", "--rm", "--runtime", runtime, "--network", "none",
                                                   image, "python3", "-c", "pass"], check=True,
                                                  stdout=subprocess.DEVNULL), 1)
             if round_:  # the first round warms up
                 compared[runtime]["docker_run_none"] += times
-    for runtime in args.runtimes:
-        entry = compared[runtime]
-        say(f"runtime {runtime}: nanogrid dev --runtime {runtime} ...")
-        with dev_stack(workdir, args.worker_concurrency, runtime) as stack:
-            client = Client(stack["url"])
-            function_id = client.deploy(f"bench-{runtime}-cold", HANDLER)
-            wait_ready(client, function_id)
-            cold = []
-            for n in range(5 if quick else 15):
-                client.update(function_id, HANDLER + f"# version {n}\n")
-                started = time.perf_counter()
-                client.run(function_id)
-                cold.append((time.perf_counter() - started) * 1000)
-            entry["cold"] = cold
-            warm_id = client.deploy(f"bench-{runtime}-warm", HANDLER)
-            entry["warm"] = timed(lambda: client.run(warm_id), 100 if quick else 500, warmup=20)
-            redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
-            entry["throughput"] = throughput(stack["url"], warm_id, 8, 5 if quick else args.runtime_seconds, [0],
-                                             stack["pid"], redis_port)
-            entry["idle_container_mib"] = idle_container_mib(instance_id(Settings.from_env(stack["operator"])))
+    with ExitStack() as stacks:
+        say(f"starting nanogrid dev --runtime X for {', '.join(runtimes)} ...")
+        up = {runtime: stacks.enter_context(dev_stack(workdir, args.worker_concurrency, runtime)) for runtime in runtimes}
+        clients = {runtime: Client(stack["url"]) for runtime, stack in up.items()}
+        cold_ids, warm_ids = {}, {}
+        for runtime, client in clients.items():
+            cold_ids[runtime] = client.deploy(f"bench-{runtime}-cold", HANDLER)
+            warm_ids[runtime] = client.deploy(f"bench-{runtime}-warm", HANDLER)
+            wait_ready(client, cold_ids[runtime])
+            timed(lambda: client.run(warm_ids[runtime]), 0, warmup=20)
+        say("cold runs, taking turns ...")
+        for n in range(5 if quick else 15):
+            for runtime, client in clients.items():
+                client.update(cold_ids[runtime], HANDLER + f"# version {n}\n")
+                compared[runtime]["cold"] += timed(lambda: client.run(cold_ids[runtime]), 1)
+        say("warm runs, taking turns ...")
+        for _ in range(100 if quick else 500):
+            for runtime, client in clients.items():
+                compared[runtime]["warm"] += timed(lambda: client.run(warm_ids[runtime]), 1)
+        rounds = 1 if quick else 3
+        phase = (5 if quick else args.runtime_seconds) / rounds
+        say(f"throughput at concurrency 8, {rounds} x {phase:g} s each, taking turns ...")
+        flows: dict = {runtime: [] for runtime in runtimes}
+        for _ in range(rounds):
+            for runtime, stack in up.items():
+                redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+                flows[runtime].append(throughput(stack["url"], warm_ids[runtime], 8, phase, [0], stack["pid"],
+                                                 redis_port))
+        for runtime, stack in up.items():
+            compared[runtime]["throughput"] = _combined(flows[runtime])
+            compared[runtime]["idle_container_mib"] = idle_container_mib(
+                instance_id(Settings.from_env(stack["operator"])))
     return compared
+
+
+def _combined(flows: list[dict]) -> dict:
+    """Throughput phases of one runtime as one: runs per second overall, CPU per run weighted by runs."""
+    runs, seconds = sum(f["runs"] for f in flows), sum(f["seconds"] for f in flows)
+    result = {"concurrency": flows[0]["concurrency"], "seconds": seconds, "runs": runs,
+              "errors": sum(f["errors"] for f in flows), "per_s": runs / seconds if seconds else 0.0,
+              "first_error": next((f["first_error"] for f in flows if f["first_error"]), None)}
+    measured = [f for f in flows if f.get("cpu_ms_per_run")]
+    if measured and runs:
+        keys = measured[0]["cpu_ms_per_run"]
+        result["cpu_ms_per_run"] = {k: sum(f["cpu_ms_per_run"][k] * f["runs"] for f in measured)
+                                       / sum(f["runs"] for f in measured) for k in keys}
+    return result
 
 
 # -- the benchmark -------------------------------------------------------------------------------
@@ -608,7 +640,8 @@ def table(results: dict) -> str:
             f"latency p50 {entry['p50']:.1f}, p99 {entry['p99']:.1f} ms", target)
     cpu = results["throughput"][-1].get("cpu_ms_per_run")
     if cpu:
-        names = ("api", "worker", "redis", "runners", *(("gvisor",) if cpu.get("gvisor") else ()), "docker", "client")
+        names = ("api", "worker", "redis", "runners", *(("gvisor",) if cpu.get("gvisor", 0) >= 0.05 else ()), "docker",
+                 "client")
         ours = sum(cpu[name] for name in names)
         parts = ", ".join(f"{name} {cpu[name]:.1f}" for name in names)
         row("CPU per run at concurrency 32 (ms)", f"{ours:.1f} (machine {cpu['machine']:.1f})",
@@ -661,7 +694,7 @@ def runtimes_table(compared: dict) -> str:
                       f"docker {cpu['docker']:.1f})") if cpu else "",
                      f"{memory:.0f} MiB" if memory is not None else "?"))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["OCI runtimes of the sandbox, side by side (a stack of its own each):", "",
+    lines = ["OCI runtimes of the sandbox, side by side (a stack of its own each, measured in turns):", "",
              "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
