@@ -398,13 +398,17 @@ def docker_floor(image: str, runs: int, execs: int) -> tuple[list[float], list[f
 
 
 def registered_runtimes() -> list[str]:
-    """The runtimes of RUNTIMES the engine has registered."""
-    output = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
-                            timeout=30).stdout
-    try:
-        registered = json.loads(output or "{}")
-    except ValueError:
-        registered = {}
+    """The runtimes of RUNTIMES the engine has registered (a failing `docker info` stops the benchmark)."""
+    for attempt in range(3):
+        answer = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
+                                timeout=60)
+        try:
+            registered = json.loads(answer.stdout)
+            break
+        except ValueError:
+            if attempt == 2:
+                raise SystemExit(f"cannot ask the engine for its runtimes: {answer.stderr.strip() or answer.stdout!r}")
+            time.sleep(2)
     return [name for name in RUNTIMES if name in registered]
 
 
