@@ -398,7 +398,7 @@ def docker_floor(image: str, runs: int, execs: int) -> tuple[list[float], list[f
 
 
 def registered_runtimes() -> list[str]:
-    """The runtimes of RUNTIMES the engine has registered (a failing `docker info` stops the benchmark)."""
+    """The runtimes the engine has registered (a failing `docker info` stops the benchmark)."""
     for attempt in range(3):
         answer = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
                                 timeout=60)
@@ -409,7 +409,7 @@ def registered_runtimes() -> list[str]:
             if attempt == 2:
                 raise SystemExit(f"cannot ask the engine for its runtimes: {answer.stderr.strip() or answer.stdout!r}")
             time.sleep(2)
-    return [name for name in RUNTIMES if name in registered]
+    return sorted(registered)
 
 
 def idle_container_mib(instance: str) -> float | None:
@@ -715,9 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="pool processes of the worker (default: the number of cores)")
     parser.add_argument("--memory-runs", type=int, default=5000, help="runs between the two memory figures")
     parser.add_argument("--skip-sqs", action="store_true", help="leave out the SQS stack")
-    parser.add_argument("--runtimes", default=None,
-                        help="OCI runtimes to compare, comma-separated (default: those of runc, crun, runsc the "
-                             "engine has registered); 'none' leaves the comparison out")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help="OCI runtimes to compare, comma-separated (default: runc,crun,runsc); 'none' leaves "
+                             "the comparison out")
     parser.add_argument("--runtime-seconds", type=float, default=15,
                         help="length of each runtime's throughput phase (default 15)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
@@ -726,13 +726,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(table(json.loads(args.render.read_text())))
         return 0
-    if args.runtimes is None:
-        args.runtimes = registered_runtimes()
-    else:
-        args.runtimes = [] if args.runtimes == "none" else [name.strip() for name in args.runtimes.split(",")]
-        unknown = sorted(set(args.runtimes) - set(RUNTIMES))
-        if unknown:
-            parser.error(f"unknown runtimes {', '.join(unknown)}: expected some of {', '.join(RUNTIMES)}")
+    args.runtimes = [] if args.runtimes == "none" else [name.strip() for name in args.runtimes.split(",")]
+    unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+    if unknown:
+        parser.error(f"unknown runtimes {', '.join(unknown)}: expected some of {', '.join(RUNTIMES)}")
+    if args.runtimes:
+        registered = registered_runtimes()
+        missing = [name for name in args.runtimes if name not in registered]
+        if missing:
+            parser.error(f"the Docker engine has no runtime {', '.join(missing)} (it has {', '.join(registered)}): "
+                         "register it (README: Sandbox runtimes) or choose others with --runtimes")
+        say(f"runtimes to compare at the end: {', '.join(args.runtimes)}")
     started = time.monotonic()
     results = measure(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
