@@ -19,6 +19,30 @@ from nanogrid.sandbox.image import build_image, image_status
 from services import free_port, gcs_emulator, moto_server  # noqa: F401 - session fixtures
 
 
+# The Docker sandbox's OCI runtimes (README: Sandbox runtimes). A module names the ones its tests
+# run under with `pytest.mark.runtimes(...)` (default: runc alone); every test that takes the
+# fixture `docker_runtime`, or one built on it (`docker_settings`), then runs once per runtime,
+# module by module (a module-scoped stack is started once per runtime). NANOGRID_TEST_RUNTIMES
+# (comma-separated) narrows that down for a quick local run; CI runs them all.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runtimes(*names): the OCI runtimes the module's Docker tests run under")
+
+
+def pytest_generate_tests(metafunc):
+    if "docker_runtime" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("runtimes")
+        runtimes = list(marker.args) if marker else ["runc"]
+        if os.environ.get("NANOGRID_TEST_RUNTIMES"):
+            runtimes = [name for name in runtimes if name in os.environ["NANOGRID_TEST_RUNTIMES"].split(",")]
+        metafunc.parametrize("docker_runtime", runtimes, scope="module")
+
+
+@pytest.fixture
+def docker_settings(runtime_image, docker_runtime) -> Settings:
+    """runtime_image's settings with the test's OCI runtime."""
+    return runtime_image.replace(docker_runtime=docker_runtime)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """A real redis-server (Debian's) on a free port; fails, never skips, when it is missing."""

@@ -73,15 +73,15 @@ class RunSpec:
     on_output: Callable[[str, object], None] | None = None
     attempt: int = 1  # which attempt of the job this run is (the function's retry policy)
 
-    def request(self, ai_socket: str | None = None) -> bytes:
-        """The runner's request frame for this run; the context's deadline starts now."""
+    def request(self, nonce: bytes, ai_socket: str | None = None) -> bytes:
+        """The runner's request (and nonce) frames for this run; the context's deadline starts now."""
         spec = {"handler": self.handler, "env": dict(self.env),
                 "context": {"job_id": self.job_id, "function_id": self.function_id,
                             "function_version": self.version, "attempt": self.attempt,
                             "deadline": time.time() + self.limits.timeout_s}}
         if ai_socket is not None:
             spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
-        return request_frame(spec, self.input_json)
+        return request_frame(spec, self.input_json, nonce)
 
 
 @dataclass

@@ -18,7 +18,13 @@ disabled (NANOGRID_WARM_POOL_SIZE=0) each run gets a container of its own, label
 as before. Leftovers are found by their labels (the reaper): nanogrid.job for single-use
 containers, nanogrid.warm (the owning worker process) for warm ones. Peak memory and CPU time of
 a run come from the runner's accounting of the user process (a warm container's cgroup spans
-many runs); whether the kernel OOM-killed it, from the cgroup's oom_kill counter.
+many runs); whether the kernel OOM-killed it, from the cgroup's oom_kill counter (the runner's
+view from inside, and the worker's from the host, which is the only one under gVisor).
+
+The OCI runtime is the setting NANOGRID_DOCKER_RUNTIME: runc, crun or runsc (gVisor). Under runsc
+the pids limit is the sandbox kernel's RLIMIT_NPROC and the pids cgroup only bounds gVisor's own
+host threads (GVISOR_HOST_PIDS_*); every exit frame carries the run's nonce (protocol.py), since
+gVisor lets a function open its runner's descriptors. README: Sandbox runtimes.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from nanogrid.errors import Unavailable
 from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
                               EngineUnavailable, RawRun, RunSpec, instance_id)
 from nanogrid.sandbox.janitor import DOCKER_ERRORS, STATE_DIR_PREFIX, ContainerJanitor
-from nanogrid.sandbox.protocol import FrameReader
+from nanogrid.sandbox.protocol import FrameReader, new_nonce
 from nanogrid.sandbox.warm import Key, Slot, WarmPool
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,16 @@ READ_CHUNK = 64 * 1024
 MUX_HEADER = struct.Struct(">BxxxI")
 MUX_STDOUT, MUX_STDERR = 1, 2
 SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# gVisor (runsc) runs the function's processes on its own kernel, whose ptrace platform takes host
+# threads of its own: about 38 for an idle sandbox and 5 to 6 more per process of the function. The
+# pids cgroup counts those, so under runsc it cannot be the function's limit (at pids=32 gVisor
+# could not even start). There the limit is the sandbox kernel's RLIMIT_NPROC, which gVisor
+# counts per sandbox (processes and threads, as the pids cgroup does under runc), and the cgroup
+# keeps this bound on gVisor's host threads, for the host's sake. README: Sandbox runtimes.
+GVISOR_HOST_PIDS_BASE = 1024
+GVISOR_HOST_PIDS_PER_PROCESS = 8
+# runsc flags that let the sandbox connect to a host Unix socket (the AI channel's).
+GVISOR_HOST_UDS_FLAGS = ("--host-uds=open", "--host-uds=all", "--fsgofer-host-uds")
 
 
 def connect(timeout: float = API_TIMEOUT_S) -> docker.DockerClient:
@@ -110,6 +126,7 @@ class _Usage:
         self.container_id = container_id
         self.memory_file: Path | None = None
         self.cpu_file: Path | None = None
+        self.oom_file: Path | None = None
         self.located = False
         self.peak_memory_bytes: int | None = None
         self.cpu_ns: int | None = None
@@ -122,11 +139,13 @@ class _Usage:
             if memory.exists():
                 cpus = (CGROUP_ROOT / name / leaf / "cpuacct.usage" for name in ("cpuacct", "cpu,cpuacct"))
                 self.memory_file, self.cpu_file = memory, next((p for p in cpus if p.exists()), None)
+                self.oom_file = memory.with_name("memory.oom_control")
                 break
             unified = CGROUP_ROOT / leaf
             if (unified / "cpu.stat").exists():
                 self.memory_file = unified / "memory.peak" if (unified / "memory.peak").exists() else None
                 self.cpu_file = unified / "cpu.stat"
+                self.oom_file = unified / "memory.events"
                 break
         self.located = True
 
@@ -151,6 +170,26 @@ class _Usage:
                 self.cpu_ns = max(value, self.cpu_ns or 0)
         except (OSError, ValueError, StopIteration, IndexError):
             pass  # the container is gone (or the layout is unknown): keep what was read so far
+
+    def oom_kills(self) -> int | None:
+        """The container's oom_kill counter, seen from the host (None when it cannot be read).
+
+        The runner reads the same counter from inside; under gVisor it cannot (the sandbox has no
+        cgroup files), and the host's OOM killer may take one of gVisor's processes and spare its
+        kernel, which then reports the function's process killed by SIGKILL: only this tells why."""
+        with self.lock:
+            try:
+                if not self.located:
+                    self._locate()
+                if self.oom_file is None:
+                    return None
+                for line in self.oom_file.read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+            except (OSError, ValueError):
+                pass
+            return None
 
 
 class _Supervisor:
@@ -323,6 +362,13 @@ class DockerSandbox:
             raise Unavailable(f"NANOGRID_DOCKER_RUNTIME={runtime} is not registered with the Docker engine (it has "
                               f"{', '.join(registered) or 'none'}): add it to the engine's daemon.json \"runtimes\" "
                               "and reload dockerd (README: Sandbox runtimes)")
+        if runtime == "runsc" and self.settings.ai_endpoint:
+            arguments = (self.client.info().get("Runtimes") or {}).get("runsc", {}).get("runtimeArgs") or []
+            if not any(argument in GVISOR_HOST_UDS_FLAGS for argument in arguments):
+                # Not a refusal: a wrapper script registered as runsc may pass the flag itself.
+                log.warning("AI_ENDPOINT is set but the engine's runsc is registered without --host-uds=open "
+                            "(runtimeArgs %s): functions' AI calls will fail with EPERM (README: Sandbox runtimes)",
+                            arguments)
 
     def engine_ok(self) -> bool:
         """Whether dockerd answers within ENGINE_CHECK_S (a client of its own: the runs' may be busy)."""
@@ -400,7 +446,8 @@ class DockerSandbox:
         """Hand one run to the slot's runner and read its frames; (what happened, reusable)."""
         limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes, on_output=spec.on_output)
+        nonce = new_nonce()
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output, nonce=nonce)
         runner_stderr = bytearray()
         usage = _Usage(slot.container.id)
         supervisor = _Supervisor(self, slot.container, usage)
@@ -416,11 +463,12 @@ class DockerSandbox:
             ai_socket = f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}"
         first_run = slot.runs == 0
         self._register(spec.job_id, slot, supervisor)
+        oom_before = usage.oom_kills()
         started = time.monotonic()
         request_sent = False
         try:
             try:
-                slot.sock.sendall(spec.request(ai_socket))
+                slot.sock.sendall(spec.request(nonce, ai_socket))
                 request_sent = True
             except OSError:
                 if not first_run:
@@ -433,6 +481,9 @@ class DockerSandbox:
         raw.duration_ms = int((time.monotonic() - started) * 1000)
         slot.runs += 1
         raw.add_frames(frames)
+        if frames.exit is not None and oom_before is not None:
+            oom_after = usage.oom_kills()
+            raw.oom_killed = raw.oom_killed or (oom_after is not None and oom_after > oom_before)
         raw.timed_out = supervisor.reason == "timeout"
         if frames.exit is not None and supervisor.reason is None and not frames.over_cap and not frames.garbled:
             # The runner reported the run and has cleaned up: the container lives on.
@@ -650,6 +701,9 @@ class DockerSandbox:
             auto_remove=False,  # its exit state is read after an abnormal end; then it is removed
         )
         options["runtime"] = self.settings.docker_runtime
+        if self.settings.docker_runtime == "runsc":
+            options["pids_limit"] = GVISOR_HOST_PIDS_BASE + GVISOR_HOST_PIDS_PER_PROCESS * limits.pids
+            options["ulimits"].append(Ulimit(name="nproc", soft=limits.pids, hard=limits.pids))
         ai_mount = ai_dir or spec.ai_socket_dir
         if ai_mount is not None:
             # The AI channel's directory: it holds only the channel's Unix socket, read-only.

@@ -27,7 +27,7 @@ from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.limits import Limits
 from nanogrid.sandbox import RUNTIME_DIR, RawRun, RunSpec
-from nanogrid.sandbox.protocol import FrameReader
+from nanogrid.sandbox.protocol import FrameReader, new_nonce
 
 MiB = 1024 * 1024
 READ_CHUNK = 64 * 1024
@@ -137,6 +137,7 @@ class ProcessSandbox:
             environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
                            "LANG": "C.UTF-8"}
             started = time.monotonic()
+            nonce = new_nonce()
             process = subprocess.Popen(
                 [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), "--scrub", scratch],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -149,11 +150,11 @@ class ProcessSandbox:
             try:
                 try:
                     # Stdin stays open while the run lasts: its end tells the runner the worker is gone.
-                    process.stdin.write(spec.request(ai_socket))
+                    process.stdin.write(spec.request(nonce, ai_socket))
                     process.stdin.flush()
                 except OSError:
                     pass  # the runner died at once: its exit status says why
-                raw = self._supervise(process, spec, started)
+                raw = self._supervise(process, spec, started, nonce)
             finally:
                 # Also ends whatever the user code left running in the background.
                 _kill_group(process)
@@ -197,10 +198,10 @@ class ProcessSandbox:
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         return 0  # runs leave no containers; their processes die with the run
 
-    def _supervise(self, process: subprocess.Popen, spec: RunSpec, started: float) -> RawRun:
+    def _supervise(self, process: subprocess.Popen, spec: RunSpec, started: float, nonce: bytes) -> RawRun:
         limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes, on_output=spec.on_output)
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output, nonce=nonce)
         runner_stderr = bytearray()
         deadline = started + limits.timeout_s
         with selectors.DefaultSelector() as selector:

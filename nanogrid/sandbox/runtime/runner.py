@@ -5,7 +5,12 @@ Usage: python3 -I -B runner.py CODE_DIR [--scrub DIR]... [--scrub-ipc]
 CODE_DIR holds one function version's bundle (main.py, ...), read-only and shared by every run
 of that version. Requests arrive on stdin as frames with the same header as the output frames:
 type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "context", "ai"},
-"input": "<the event as JSON text>"}. Each request runs in a freshly forked child whose stdin is
+"input": "<the event as JSON text>"}, followed by a frame of type b"n" holding the run's nonce
+(16 random bytes the worker chose for this run). The exit frame carries the nonce back; the run's
+own processes never know it (it is read into one buffer, which the child wipes before anything
+else), so no process of the run can forge the end of its run, even where it can write into the
+runner's stdout (gVisor's /proc lets it open another process's descriptors; Linux's does not for
+a non-dumpable one). Each request runs in a freshly forked child whose stdin is
 the input and whose stdout and stderr are pipes; this process relays them as frames on its own
 stdout, then reports the handler's result and the child's exit status, so the worker gets
 binary-safe output, a result channel that print() cannot corrupt, and the exit status even when
@@ -29,8 +34,17 @@ worker is gone) kills the run and ends the runner.
 The runner makes itself non-dumpable, so the user code (same uid) can neither ptrace it nor open
 its file descriptors through /proc to read requests or forge frames; in a container it is PID 1
 (no init in between holding the same pipes), which also makes it immune to the user code's
-signals. It is a child subreaper, so processes the user code double-forks into the background
-stay its descendants. Standard library only: it runs on the bare Python of the runtime image.
+signals (on Linux: gVisor delivers them, so there a function can kill its own runner, which ends
+its own run and container). It is a child subreaper, so processes the user code double-forks into
+the background stay its descendants.
+
+Before the user code starts, the child installs a seccomp filter of its own (on x86-64 and
+arm64): no new namespaces (unshare, setns, clone with CLONE_NEW*; clone3 is ENOSYS so the C
+library falls back to clone), which Docker's default profile also refuses but gVisor does not
+apply, and, with --scrub-ipc, none of the IPC objects this runner could not find again to remove
+them (System V IPC without /proc/sysvipc, POSIX message queues without /dev/mqueue: gVisor has
+both kinds but neither listing) are ENOSYS. Standard library only: it runs on the bare Python of
+the runtime image.
 """
 
 import gc
@@ -55,13 +69,28 @@ REQUEST = b"q"
 # Records the child writes on its result pipe, framed like the runner's own output: each item a
 # streaming handler yields (forwarded at once), then the result.
 ITEM, RESULT = b"i", b"r"
+NONCE = b"n"
+NONCE_SIZE = 16
 CHUNK = 64 * 1024
 RESULT_CAP = 8 * 1024 * 1024
 REQUEST_CAP = 1024 * 1024 * 1024
 DRAIN_S = 0.2
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 IPC_RMID = 0
+# seccomp: the architecture's AUDIT_ARCH value and the numbers of the calls the filter looks at.
+SYSCALLS = {
+    "x86_64": (0xC000003E, {"clone": 56, "unshare": 272, "setns": 308, "clone3": 435, "mknod": 133,
+                            "mknodat": 259, "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240}),
+    "aarch64": (0xC00000B7, {"clone": 220, "unshare": 97, "setns": 268, "clone3": 435, "mknodat": 33,
+                             "shmget": 194, "semget": 190, "msgget": 186, "mq_open": 180}),
+}
+S_IFMT, S_IFCHR, S_IFBLK = 0o170000, 0o020000, 0o060000
+# CLONE_NEWNS, CLONE_NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET: what Docker's profile refuses.
+CLONE_NEW_FLAGS = 0x7E020000
 # How long the runner keeps killing leftover background processes (a fork bomb may race it).
 ORPHAN_KILL_S = 1.0
 # The cgroup files whose oom_kill counter tells an OOM kill from any other SIGKILL (v1, v2).
@@ -75,6 +104,12 @@ class ProtocolError(Exception):
 class Stop(Exception):
     """Stdin ended (the worker is gone) or sent something during a run: stop everything."""
 
+
+# The current run's nonce: read straight into this one buffer (no other copy of it is ever made
+# before the run's process is forked), wiped in that process, sent back in the exit frame.
+nonce = bytearray(NONCE_SIZE)
+# The seccomp program every run's process installs (see seccomp_filter), or None without one.
+_filter = []
 
 _libc = []
 
@@ -140,8 +175,21 @@ def read_exactly(fd, size):
     return b"".join(chunks)
 
 
+def read_nonce(fd):
+    """The run's nonce frame, read into `nonce` itself."""
+    header = read_exactly(fd, HEADER.size)
+    if header is None or HEADER.unpack(header) != (NONCE, NONCE_SIZE):
+        raise ProtocolError("a request must be followed by its nonce frame")
+    view, got = memoryview(nonce), 0
+    while got < NONCE_SIZE:
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            raise ProtocolError("stdin ended in the middle of a nonce")
+        got += count
+
+
 def read_request(fd):
-    """The next request from fd, or None at the end of the stream."""
+    """The next request from fd (its nonce read into `nonce`), or None at the end of the stream."""
     header = read_exactly(fd, HEADER.size)
     if header is None:
         return None
@@ -158,7 +206,76 @@ def read_request(fd):
     if (not isinstance(request, dict) or not isinstance(request.get("spec"), dict)
             or not isinstance(request.get("input", ""), str)):
         raise ProtocolError("the request must be {\"spec\": {...}, \"input\": \"<JSON text>\"}")
+    read_nonce(fd)
     return request
+
+
+def seccomp_filter(enosys):
+    """The run's seccomp program (classic BPF) for this machine, or None on another architecture.
+
+    New namespaces are refused (EPERM) as Docker's default profile refuses them to a container
+    without CAP_SYS_ADMIN: unshare, setns, clone with a CLONE_NEW* flag; clone3, whose flags a
+    filter cannot read, is ENOSYS, so the C library falls back to clone. So are device nodes
+    (mknod of a character or block device), which Linux refuses without CAP_MKNOD and gVisor does
+    not. The calls in `enosys`, and every call of another ABI (x32, i386), are ENOSYS. Everything
+    else is allowed.
+    """
+    arch = SYSCALLS.get(os.uname().machine)
+    if arch is None or sys.byteorder != "little":
+        return None
+    audit_arch, numbers = arch
+    load, jeq, jge, jset, ret, and_ = 0x20, 0x15, 0x35, 0x45, 0x06, 0x54
+    code = [(load, 4, None, None),  # seccomp_data.arch
+            (jeq, audit_arch, None, "enosys"),
+            (load, 0, None, None),  # seccomp_data.nr
+            (jge, 0x40000000, "enosys", None)]  # x32
+    code += [(jeq, numbers[name], "eperm", None) for name in ("unshare", "setns")]
+    code += [(jeq, numbers[name], "enosys", None) for name in ("clone3", *enosys)]
+    code += [(jeq, numbers[name], f"mode{argument}", None)
+             for name, argument in (("mknod", 1), ("mknodat", 2)) if name in numbers]
+    code += [(jeq, numbers["clone"], None, "allow"),
+             (load, 16, None, None),  # the low half of args[0]: clone's flags
+             (jset, CLONE_NEW_FLAGS, "eperm", None),
+             (ret, 0x7FFF0000, None, None)]
+    labels = {}
+    for argument in (1, 2):  # mknod's mode is args[1], mknodat's args[2]: refused for devices
+        labels[f"mode{argument}"] = len(code)
+        code += [(load, 16 + 8 * argument, None, None), (and_, S_IFMT, None, None),
+                 (jeq, S_IFCHR, "eperm", None), (jeq, S_IFBLK, "eperm", "allow")]
+    errno_eperm, errno_enosys = 1, 38
+    labels.update({"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2})
+    code += [(ret, 0x7FFF0000, None, None), (ret, 0x00050000 | errno_eperm, None, None),
+             (ret, 0x00050000 | errno_enosys, None, None)]
+    program = b"".join(
+        struct.pack("=HBBI", op, labels[true] - at - 1 if true else 0, labels[false] - at - 1 if false else 0, k)
+        for at, (op, k, true, false) in enumerate(code))
+    import ctypes
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    return Program(len(code), program)
+
+
+def install_filter():
+    """Install the run's seccomp filter in this process; False if there is none or it failed."""
+    if not _filter or _filter[0] is None or libc() is None:
+        return False
+    import ctypes
+
+    ulong = ctypes.c_ulong
+    return (libc().prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) == 0
+            and libc().prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(_filter[0]), ulong(0),
+                             ulong(0)) == 0)
+
+
+def filter_works():
+    """Whether a forked process can install the filter (tried once, when the runner starts)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if install_filter() else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def input_descriptor(text):
@@ -279,6 +396,8 @@ def _async_items(generator):
 
 
 def child(code_dir, spec, input_fd, pipes, out_fd):
+    nonce[:] = bytes(NONCE_SIZE)  # before anything else: the run's own processes never know it
+    install_filter()
     # The user code gets an ordinary process: readable /proc/self, core-dump rules as usual.
     prctl(PR_SET_DUMPABLE, 1)
     (r_out, w_out), (r_err, w_err), (r_res, w_res) = pipes
@@ -529,8 +648,11 @@ def relay(pid, pipes, out_fd, control_fd):
     return status, usage, records.final()
 
 
-def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc):
-    """One run, start to exit frame; returns whether the sandbox is clean for the next run."""
+def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable=True):
+    """One run, start to exit frame; returns whether the sandbox is clean for the next run.
+
+    ipc_verifiable is False where IPC objects can be neither listed nor refused (no listing and no
+    seccomp filter): then no run is clean, and the sandbox serves only one."""
     spec = request["spec"]
     oom_before = oom_kills()
     input_fd = input_descriptor(request.get("input") or "null")
@@ -555,14 +677,14 @@ def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc):
     clean = kill_orphans()
     clean = scrub(scrub_dirs) and clean
     if ipc:
-        clean = scrub_ipc() and clean
+        clean = scrub_ipc() and ipc_verifiable and clean
     oom_after = oom_kills()
     # The user process's own accounting (its waited-for descendants included): per run, where
     # the container's cgroup figures would span every run the container served.
     exit_info = {"exit_code": None, "signal": None, "memory_error": False,
                  "max_rss_kb": usage.ru_maxrss, "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
                  "oom_kill": None if oom_before is None or oom_after is None else oom_after > oom_before,
-                 "clean": clean}
+                 "clean": clean, "nonce": nonce.hex()}
     if os.WIFSIGNALED(status):
         exit_info["signal"] = os.WTERMSIG(status)
     else:
@@ -598,8 +720,19 @@ def main():
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     code_dir, scrub_dirs, ipc = parse_arguments(sys.argv[1:])
+    unlisted = []  # the IPC calls whose objects this runner could not find again to remove them
     if ipc:
-        scrub_dirs.append("/dev/mqueue")  # POSIX message queues: files of the namespace's mqueue fs
+        if os.path.isdir("/dev/mqueue"):
+            scrub_dirs.append("/dev/mqueue")  # POSIX message queues: files of the namespace's mqueue fs
+        else:
+            unlisted.append("mq_open")  # gVisor: queues exist, but no mqueue fs lists them
+        if not os.path.isdir("/proc/sysvipc"):
+            unlisted += ["shmget", "semget", "msgget"]  # gVisor: no /proc/sysvipc
+    try:
+        _filter.append(seccomp_filter(unlisted))
+    except (ImportError, OSError):
+        _filter.append(None)
+    ipc_verifiable = not unlisted or filter_works()
     out_fd = os.dup(1)
     control_fd = 0
     # Everything loaded so far stays out of the collector's way: a collection in a run's process
@@ -614,7 +747,7 @@ def main():
         if request is None:
             return 0
         try:
-            clean = run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc)
+            clean = run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable)
         except Stop as exc:
             print(f"runner: {exc}; the run was killed", file=sys.stderr, flush=True)
             return 3
