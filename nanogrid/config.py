@@ -16,6 +16,7 @@ REDIS_HOST, the broker from SQS_QUEUE_URL) map onto it directly, without a new d
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -118,6 +119,17 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks (10.1.0.0/16, 127.0.0.1, fd00::/8), normalised."""
+    networks = []
+    for item in _names(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1)") from None
+    return tuple(networks)
+
+
 def _finite(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value):
@@ -141,7 +153,7 @@ def _choice(*options: str, fold_case: bool = False) -> Callable[[str], str]:
     return parse
 
 
-_SELF_EXPLAINING: set[Callable] = {RateLimit.parse}
+_SELF_EXPLAINING: set[Callable] = {RateLimit.parse, _networks}
 _KIND = {int: "a whole number", _finite: "a number", str: "text", _flag: "0 or 1", _path: "a path",
          _names: "a comma-separated list"}
 
@@ -160,6 +172,7 @@ def _derived(default: Any, **options) -> Any:
     return field(default=default, metadata={"derived": True}, **options)
 
 
+DOCKER_RUNTIMES = ("runc", "crun", "runsc")
 _AT_LEAST_0 = {"accepts": lambda v: v >= 0, "rule": "0 or more"}
 _AT_LEAST_1 = {"accepts": lambda v: v >= 1, "rule": "at least 1"}
 _POSITIVE = {"accepts": lambda v: v > 0, "rule": "positive"}
@@ -182,6 +195,8 @@ class Settings:
     max_compression_ratio: int = _setting("NANOGRID_MAX_COMPRESSION_RATIO", 100, **_AT_LEAST_1)
     default_wait_s: float = _setting("NANOGRID_DEFAULT_WAIT_S", 30.0, **_AT_LEAST_0)
     max_wait_s: float = _setting("NANOGRID_MAX_WAIT_S", 300.0, **_AT_LEAST_0)
+    # The longest one event stream (SSE) stays open; then the client reconnects with Last-Event-ID.
+    max_stream_s: float = _setting("NANOGRID_MAX_STREAM_S", 3600.0, **_POSITIVE)
 
     # API security (README: API security): keys and tenants, rate limits, quotas, backpressure
     keys_table: str = _setting("NANOGRID_KEYS_TABLE", "NanoGridApiKeys")
@@ -201,6 +216,9 @@ class Settings:
     aws_region: str = _derived("ap-northeast-2")
     aws_endpoint_url: str | None = _setting("AWS_ENDPOINT_URL", None)
     sqs_visibility_timeout: int = _setting("NANOGRID_SQS_VISIBILITY_TIMEOUT", 3600, **_AT_LEAST_1)
+    # Where messages no worker can process go (nanogrid/transport/deadletters.py); empty: the task
+    # queue's URL with "-dlq" appended, the queue deploy/terraform makes beside it.
+    dead_letter_queue_url: str = _setting("NANOGRID_DEAD_LETTER_QUEUE_URL", "")
     worker_concurrency: int = _setting("NANOGRID_WORKER_CONCURRENCY", 2, **_AT_LEAST_1)
 
     # Storage backends: "local" keeps everything under data_dir; "aws" uses S3 and DynamoDB.
@@ -217,7 +235,9 @@ class Settings:
     # Sandbox
     sandbox: str = _setting("NANOGRID_SANDBOX", "docker", _choice("docker", "process"))
     runtime_image: str = _setting("NANOGRID_RUNTIME_IMAGE", "nanogrid-runtime:latest")
-    docker_runtime: str | None = _setting("NANOGRID_DOCKER_RUNTIME", None)
+    # The OCI runtime of the sandbox containers: runc (Docker's default), crun, or runsc (gVisor);
+    # it must be registered with the engine (README: Sandbox runtimes).
+    docker_runtime: str = _setting("NANOGRID_DOCKER_RUNTIME", "runc", _choice(*DOCKER_RUNTIMES))
     timeout_s: Limit = _setting("TIMEOUT_S", Limit(30, 86400))
     memory_mb: Limit = _setting("MEMORY_MB", Limit(256, 4096))
     cpus: Limit = _setting("CPUS", Limit(1.0, 2.0))
@@ -236,11 +256,20 @@ class Settings:
     # Celery task events from the start (Flower turns them on itself; README: Performance).
     task_events: bool = _setting("NANOGRID_TASK_EVENTS", False)
 
+    # Which installation this is, for its sandboxes' labels (default: the Redis it uses).
+    instance_id: str = _setting("NANOGRID_INSTANCE_ID", "")
+    # How long a worker's warm shutdown waits for runs in progress before it stops them (FAILED,
+    # worker_lost, with the output they had printed); unset: as long as they take.
+    shutdown_grace_s: float | None = _setting("NANOGRID_SHUTDOWN_GRACE_S", None, _finite, **_AT_LEAST_0)
+
     # Exactly-once and crash recovery (README: How it works)
     lease_s: float = _setting("NANOGRID_LEASE_S", 30.0, accepts=lambda v: v >= 1, rule="at least 1 (seconds)")
     reaper_interval_s: float = _setting("NANOGRID_REAPER_INTERVAL_S", 5.0, **_POSITIVE)
     redispatch_after_s: float = _setting("NANOGRID_REDISPATCH_AFTER_S", 300.0, **_POSITIVE)
     pending_timeout_s: float = _setting("NANOGRID_PENDING_TIMEOUT_S", 6 * 3600.0, **_POSITIVE)
+    # How long a finished job's record stays findable (GET /jobs/<id>, the history); Redis keeps
+    # its own copy of a job's status for a day either way.
+    job_retention_days: float = _setting("NANOGRID_JOB_RETENTION_DAYS", 7.0, **_POSITIVE)
 
     # Private AI: the Ollama node runs reach through a per-run, allow-listed channel (nanogrid/ai)
     ai_endpoint: str = _setting("AI_ENDPOINT", "")
@@ -250,6 +279,14 @@ class Settings:
     ai_max_tokens: int = _setting("NANOGRID_AI_MAX_TOKENS", 100_000, **_AT_LEAST_0)  # prompt + eval per run
     ai_max_request_bytes: int = _setting("NANOGRID_AI_MAX_REQUEST_BYTES", 4 * 1024 * 1024, **_AT_LEAST_1)
     ai_models: tuple[str, ...] = _setting("NANOGRID_AI_MODELS", (), _names)  # empty: every model the node serves
+
+    # Completion callbacks (nanogrid/callbacks.py): the networks they may reach beyond the public
+    # and private ones (loopback, link-local and the platform's own addresses are refused without
+    # this), the wait for the receiver, and how long to keep trying.
+    callback_allowed_networks: tuple[str, ...] = _setting("NANOGRID_CALLBACK_ALLOWED_NETWORKS", (), _networks)
+    callback_timeout_s: float = _setting("NANOGRID_CALLBACK_TIMEOUT_S", 10.0, **_POSITIVE)
+    callback_max_attempts: int = _setting("NANOGRID_CALLBACK_MAX_ATTEMPTS", 8, **_AT_LEAST_1)
+    callback_backoff_s: float = _setting("NANOGRID_CALLBACK_BACKOFF_S", 2.0, **_POSITIVE)  # doubled each attempt
 
     # Operations: logs, the Prometheus multiprocess directory, the worker's exporter
     log_format: str = _setting("NANOGRID_LOG_FORMAT", "json", _choice("json", "text", fold_case=True))
@@ -271,6 +308,8 @@ class Settings:
     api_key: str = _setting("NANOGRID_API_KEY", "", repr=False)
 
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # The variables of the table that the environment set (the CLI refuses to guess an installation).
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     # Variables of other programs, passed along as they are.
     EXTRA = ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "FLOWER_BASIC_AUTH", "FLOWER_AUTH")
@@ -280,6 +319,11 @@ class Settings:
         if self.sqs_queue_url:
             return urlparse(self.sqs_queue_url).path.rstrip("/").rsplit("/", 1)[-1]
         return "nanogrid"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """The SQS dead-letter queue's URL (SQS brokers only)."""
+        return self.dead_letter_queue_url or f"{self.sqs_queue_url}-dlq"
 
     @property
     def uses_sqs(self) -> bool:
@@ -323,6 +367,7 @@ class Settings:
         archive_default = "gcs" if env.get("GCP_BUCKET_NAME") else "local"
         values["archive"] = _Env("NANOGRID_ARCHIVE", _choice("local", "gcs", "none")).read(env, archive_default)
         values["extra"] = {name: env[name] for name in cls.EXTRA if name in env}
+        values["given"] = frozenset(name for name in cls.environment_names() if env.get(name))
         settings = cls(**values)
         settings.validate()
         return settings

@@ -28,9 +28,10 @@ from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
-SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env")
+SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url")
 PUBLIC_FIELDS = (
-    "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "created_at", "updated_at",
+    "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "callback_url",
+    "created_at", "updated_at",
 )
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
 
@@ -59,10 +60,15 @@ class FunctionRegistry:
         doc = {
             "function_id": function_id, "rev": 1, "tenant": tenant, "name": name, "version": 1,
             "code_sha256": bundle.sha256, "handler": bundle.handler,
-            "env": options.get("env") or {}, "created_at": now, "updated_at": now,
+            "env": options.get("env") or {}, "retries": options.get("retries"),
+            "callback_url": options.get("callback_url"), "created_at": now, "updated_at": now,
         }
         _set_limits(doc, options, {})
-        self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
+        try:
+            self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
+        except Conflict:
+            raise Conflict(f"a function named {name!r} already exists; update it with PUT /functions/<id> "
+                           "(or `nanogrid deploy`, which does), or choose another name") from None
         try:
             self.code.put(code_key(tenant, function_id, 1), bundle.data)
             self.table.insert(function_id, doc)
@@ -98,6 +104,9 @@ class FunctionRegistry:
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
+        for name in ("retries", "callback_url"):
+            if name in options and options[name] != current.get(name):
+                doc[name] = options[name]
         if any(name in options for name in ("limits", *LIMIT_SHORTCUTS)):
             _set_limits(doc, options, requested_limits(current))
         if bundle is not None and (bundle.sha256 != doc["code_sha256"] or bundle.handler != doc["handler"]):

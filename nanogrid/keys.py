@@ -137,6 +137,55 @@ class KeyStore:
         return principal
 
 
+class SigningSecrets:
+    """Each tenant's secret for signing its completion callbacks (nanogrid.jobs.callbacks).
+
+    Unlike a key's, the secret is stored as it is: signing needs it, and the tenant reads it
+    (GET /callbacks/signing-secret) to check signatures. It lives in the functions table, which
+    the workers that sign already read (they have no grant on the keys table). The API makes it
+    when it first accepts a callback URL (or is asked for it); rotating replaces it, so signatures
+    made before no longer verify.
+    """
+
+    def __init__(self, table: DocumentTable):
+        self.table = table
+
+    def existing(self, tenant: str) -> dict:
+        """The tenant's secret document; NotFound if it has none (the workers' read)."""
+        return self.table.get(_signing_id(tenant))
+
+    def get(self, tenant: str) -> dict:
+        """The tenant's secret document ({"tenant", "signing_secret", "created_at"}), made now if
+        it has none yet."""
+        try:
+            return self.table.get(_signing_id(tenant))
+        except NotFound:
+            pass
+        doc = {"rev": 1, "tenant": tenant, "signing_secret": _new_signing_secret(), "created_at": time.time()}
+        try:
+            self.table.insert(_signing_id(tenant), doc)
+            return doc
+        except Conflict:  # another process made it first
+            return self.table.get(_signing_id(tenant))
+
+    def rotate(self, tenant: str) -> dict:
+        for _ in range(10):
+            current = self.get(tenant)
+            doc = {**current, "rev": current["rev"] + 1, "signing_secret": _new_signing_secret(),
+                   "created_at": time.time()}
+            if self.table.replace(_signing_id(tenant), doc, current["rev"]):
+                return doc
+        raise Conflict(f"the signing secret of {tenant} is being changed concurrently; retry")
+
+
+def _signing_id(tenant: str) -> str:
+    return f"signing:{tenant}"
+
+
+def _new_signing_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
 def public(doc: dict) -> dict:
     """What `nanogrid keys list` shows: never the hash."""
     return {"key_id": doc["key_id"], "tenant": doc["tenant"], "label": doc.get("label") or "",

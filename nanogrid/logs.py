@@ -162,6 +162,15 @@ def formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
+def configure(fmt: str) -> None:
+    """A plain process's root logger (the scheduler's): INFO and up to stderr, in fmt."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
 # --- gunicorn -------------------------------------------------------------------------------------
 
 def gunicorn_logconfig(fmt: str) -> dict:

@@ -20,7 +20,7 @@ Serving them: the API's /metrics (nanogrid/api/metrics.py), the worker's exporte
 API:     nanogrid_http_requests_total{method,route,status}, nanogrid_http_request_duration_seconds
 Worker:  nanogrid_runs_total{status,error_type}, nanogrid_run_duration_seconds{status},
          nanogrid_sandbox_overhead_seconds{sandbox}, nanogrid_active_sandboxes,
-         nanogrid_messages_dropped_total{reason}, nanogrid_queue_messages{queue,state},
+         nanogrid_messages_dropped_total{reason}, nanogrid_dead_letters_total{reason}, nanogrid_queue_messages{queue,state},
          nanogrid_queue_depth_ok
 """
 
@@ -166,6 +166,9 @@ def worker_metrics() -> SimpleNamespace:
                      multiprocess_mode="livesum"),
         dropped=Counter("nanogrid_messages_dropped", "Run messages dropped without running: the job was "
                         "already claimed or finished (duplicate) or does not exist (unknown)", ["reason"]),
+        dead_letters=Counter("nanogrid_dead_letters", "Messages a worker could not process and moved to the "
+                             "dead letters (nanogrid dlq list): undecodable, unknown_message, unknown_task, "
+                             "invalid_task", ["reason"]),
     )
 
 
@@ -191,6 +194,10 @@ def record_run(status: str, error_type: str | None, seconds: float) -> None:
 
 def record_dropped(reason: str) -> None:
     worker_metrics().dropped.labels(reason=reason).inc()
+
+
+def record_dead_letter(reason: str) -> None:
+    worker_metrics().dead_letters.labels(reason=reason).inc()
 
 
 @contextlib.contextmanager

@@ -40,6 +40,12 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
 
     if raw.cancelled:
         return failed(ErrorType.CANCELLED, "the run was cancelled")
+    if raw.interrupted:
+        return failed(ErrorType.WORKER_LOST, "the worker was stopped while the run was in progress; the output it "
+                                             "had printed is kept")
+    if raw.engine_lost:
+        return failed(ErrorType.SANDBOX_ERROR, "the sandbox engine (dockerd) stopped answering while the run was in "
+                                               "progress; the output it had printed is kept")
     if raw.timed_out:
         return failed(ErrorType.TIMEOUT, f"the run exceeded its timeout of {limits.timeout_s:g} s and was killed")
     if raw.output_truncated:
@@ -75,5 +81,7 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
         claimed = raw.result.get("error")
         error_type = ErrorType(claimed) if isinstance(claimed, str) and claimed in RESULT_ERRORS else ErrorType.INVALID_RESULT
         return failed(error_type, str(raw.result.get("message", "invalid result"))[:1000])
+    if raw.result is not None and "streamed" in raw.result:  # a streaming handler: its items are the result
+        return Outcome(Status.SUCCESS, result=raw.items or [], exit_code=raw.exit_code)
     value = raw.result.get("value") if raw.result else None
     return Outcome(Status.SUCCESS, result=value, exit_code=raw.exit_code)

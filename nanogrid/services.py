@@ -17,9 +17,17 @@ import redis
 from nanogrid import storage
 from nanogrid.config import Settings
 from nanogrid.functions import FunctionRegistry
+from nanogrid.callbacks import Guard
 from nanogrid.jobs import JobStore
+from nanogrid.jobs.callbacks import Callbacks
+from nanogrid.keys import SigningSecrets
+from nanogrid.schedules import ScheduleStore
 from nanogrid.sandbox import Sandbox
 from nanogrid.transport.broker import Broker
+
+
+REDIS_TIMEOUT_S = 5
+REDIS_BACKGROUND_CONNECTIONS = 8
 
 
 class Services:
@@ -28,10 +36,15 @@ class Services:
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=True,
-            health_check_interval=10,
-        )
+        # Sized to the process's threads: a request thread waiting on a run holds a subscription and
+        # borrows a second connection for its reads; the rest covers the background threads
+        # (heartbeats, leases, the reaper). A thread beyond that waits for a connection, briefly,
+        # instead of opening connections without bound.
+        pool = redis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=2 * self.settings.api_threads + REDIS_BACKGROUND_CONNECTIONS,
+            timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=2,
+            retry_on_timeout=True, health_check_interval=10)
+        return redis.Redis(connection_pool=pool)
 
     @functools.cached_property
     def functions(self) -> FunctionRegistry:
@@ -41,6 +54,22 @@ class Services:
     def jobs(self) -> JobStore:
         return JobStore(self.settings, storage.job_table(self.settings), self.redis,
                         storage.output_store(self.settings), self.broker)
+
+    @functools.cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(storage.function_table(self.settings))
+
+    @functools.cached_property
+    def signing_secrets(self) -> SigningSecrets:
+        return SigningSecrets(storage.function_table(self.settings))
+
+    @functools.cached_property
+    def callback_guard(self) -> Guard:
+        return Guard(self.settings)
+
+    @functools.cached_property
+    def callbacks(self) -> Callbacks:
+        return Callbacks(self.settings, self.jobs, self.signing_secrets, self.callback_guard)
 
     @functools.cached_property
     def archive(self) -> storage.Archive | None:

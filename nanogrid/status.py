@@ -36,14 +36,10 @@ def workers(svc: Services, timeout_s: float) -> list[dict]:
 
 def active_runs(svc: Services, now: float) -> dict:
     """The runs holding a lease now, oldest first."""
-    leases = svc.jobs.running()
+    running = svc.jobs.running()
     names: dict[str, str | None] = {}
     runs = []
-    for job_id, lease_until in leases[:MAX_ACTIVE_SHOWN]:
-        try:
-            job = svc.jobs.get(job_id)
-        except NotFound:
-            continue
+    for job in running[:MAX_ACTIVE_SHOWN]:
         function_id = job["function_id"]
         if function_id not in names:
             try:
@@ -52,12 +48,12 @@ def active_runs(svc: Services, now: float) -> dict:
                 names[function_id] = None
         started = job.get("started_at")
         runs.append({
-            "job_id": job_id, "function_id": function_id, "function": names[function_id],
+            "job_id": job["job_id"], "function_id": function_id, "function": names[function_id],
             "worker": job.get("worker_id"), "age_s": round(now - started, 1) if started else None,
-            "lease_expires_in_s": round(lease_until - now, 1),
+            "lease_expires_in_s": round(job["lease_until"] - now, 1),
         })
     runs.sort(key=lambda r: -(r["age_s"] or 0))
-    return {"count": len(leases), "runs": runs}
+    return {"count": len(running), "runs": runs}
 
 
 def recent_failures(svc: Services, limit: int) -> list[dict]:

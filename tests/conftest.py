@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 
 from support import needs
-from support.fixtures import (app, gcs_emulator, local_settings, make_app, moto_server,  # noqa: F401 - fixtures
-                              processes, redis_url, runtime_image)
+from support.fixtures import (app, docker_settings, gcs_emulator, local_settings, make_app,  # noqa: F401 - fixtures
+                              moto_server, processes, redis_url, runtime_image, store_settings)
+from support.runtimes import parametrize_runtimes
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_runtimes(metafunc)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -32,6 +32,7 @@ module "data" {
   account_id                       = local.account_id
   code_bucket_name                 = var.code_bucket_name
   user_data_bucket_prefix          = var.user_data_bucket_prefix
+  job_retention_days               = var.job_retention_days
   functions_table_name             = var.functions_table_name
   jobs_table_name                  = var.jobs_table_name
   keys_table_name                  = var.keys_table_name
@@ -77,6 +78,7 @@ module "compute" {
 
   controller_instance_type = var.controller_instance_type
   worker_instance_type     = var.worker_instance_type
+  worker_docker_runtime    = var.worker_docker_runtime
   ai_instance_type         = var.ai_instance_type
   ai_volume_size_gb        = var.ai_volume_size_gb
 

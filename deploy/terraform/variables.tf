@@ -167,6 +167,23 @@ variable "worker_instance_type" {
   default     = "t3.small"
 }
 
+variable "job_retention_days" {
+  description = "Days a finished job's record (DynamoDB TTL) and stored output (S3 lifecycle) are kept; NANOGRID_JOB_RETENTION_DAYS, whose default is the same, says the applications the same."
+  type        = number
+  default     = 7
+}
+
+variable "worker_docker_runtime" {
+  description = "OCI runtime of the workers' sandbox containers: runc (Docker's default), crun, or runsc (gVisor: a kernel of its own per sandbox, slower runs; README: Sandbox runtimes)."
+  type        = string
+  default     = "runc"
+
+  validation {
+    condition     = contains(["runc", "crun", "runsc"], var.worker_docker_runtime)
+    error_message = "worker_docker_runtime must be runc, crun or runsc."
+  }
+}
+
 variable "ai_instance_type" {
   description = "Instance type of the AI node."
   type        = string

@@ -1,6 +1,6 @@
 """Who a request acts for, whether it may, and the headers every answer carries.
 
-Before each request (but /health): the bearer key is verified (nanogrid.keys), the
+Before each request (but /health and /health/live): the bearer key is verified (nanogrid.keys), the
 request is counted against the rate limit of its key, or of its client address when it has no
 valid key, and then refused with 401 if the installation has keys and this request has none that
 is valid. The tenant of the key (or `default` while no key exists) is in `principal()` for the
@@ -28,7 +28,8 @@ from nanogrid.api.ratelimit import QueueDepth, RateLimiter
 from nanogrid.config import Settings
 
 log = logging.getLogger(__name__)
-OPEN_ENDPOINTS = frozenset({"api.health"})  # no key and no rate limit: the load balancer's probe
+# No key and no rate limit: the readiness probe and the load balancer's liveness probe.
+OPEN_ENDPOINTS = frozenset({"api.health", "api.health_live"})
 # A scraper needs a key like any client once keys exist (metrics name functions and tenants' activity),
 # but is never rate limited.
 UNLIMITED_ENDPOINTS = frozenset({"metrics"})

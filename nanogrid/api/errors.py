@@ -8,7 +8,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nanogrid.errors import Conflict, NotFound, Unavailable
-from nanogrid.jobs import QuotaExceeded
+from nanogrid.jobs import IdempotencyConflict, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(Conflict)
     def conflict(exc: Conflict):
         return error_response(409, "conflict", str(exc))
+
+    @app.errorhandler(IdempotencyConflict)
+    def idempotency_conflict(exc: IdempotencyConflict):
+        return error_response(422, "idempotency_conflict", str(exc))
 
     @app.errorhandler(QuotaExceeded)
     def quota_exceeded(exc: QuotaExceeded):

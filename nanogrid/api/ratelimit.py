@@ -4,9 +4,42 @@ Rate limit (NANOGRID_RATE_LIMIT, "1000 per 5 minutes" like the founding document
 sliding-window counter per key, or per client address for requests without a valid key, kept in
 Redis by one Lua script, so every gunicorn worker on every API host counts against the same
 number and the clock is Redis's. The counter of the previous window is weighed by how much of it
-the sliding window still covers, so a burst at a window boundary cannot double the limit. Refused
+the sliding window still covers, so a burst at a window boundary cannot double the limit (it
+assumes the previous window's requests were spread evenly: a client that times a burst just before
+a window ends gets close to twice the limit in one period-long span, see the table). Refused
 requests are not counted. When Redis cannot be reached the request is let through (logged): the
 routes that need Redis answer 503 on their own, and the others keep working.
+
+Why ours and not flask-limiter (measured against flask-limiter 4.1.1 with limits 5.8.0 on Redis
+storage; one redis-server 7.0, a 2-core machine, each variant in its own process, alternating, 7
+rounds, medians; the limiter step timed 5000 times inside a request, GET /limits 2500 times through
+the Flask test client):
+
+| | ours | flask-limiter sliding-window-counter | flask-limiter moving-window |
+|---|---|---|---|
+| limiter step, allowed, p50 / p99 | 140 / 292 us | 291 / 585 us | 339 / 782 us |
+| limiter step, refused, p50 / p99 | 139 / 259 us | 456 / 1532 us | 471 / 1803 us |
+| GET /limits req/s allowed (refused); no limit: ~2800 | 1508 (1813) | 1051 (913) | 1091 (866) |
+| scripts per request (commands run), allowed / refused | 1 (4) / 1 (4) | 1 (7) / 2 (9) | 1 (4) / 2 (3) |
+| Redis memory per identity after 1000 requests | 104 B | 104 B | 20232 B |
+| most allowed in one 2 s span, 20 per 2 s, timed burst | 37 | 38 | 20 |
+| Redis down: log records for 20 requests | 1 warning | 20 tracebacks | 20 tracebacks |
+
+flask-limiter does what we need once wired around it (its hook between our key check and our
+401, request_filter for /health and /metrics, a request_identifier so unrouted 404s are counted,
+swallow_errors to fail open, an on_breach callback and an error handler for our JSON 429 with
+Retry-After): the rate-limit tests pass with both strategies, refused requests are not counted and
+a client waiting Retry-After was never refused again (0 of 17 and 0 of 6 retries). But its limiter
+step costs about twice ours when the request is allowed and over three times when it is refused
+(the path an abusive client keeps us on): Python of its own per request, and two Redis scripts per
+refusal, because hit() answers only yes or no and Retry-After needs a second window read. Its
+sliding-window counter is the same approximation as ours (a burst timed just before a window ends,
+then a steady stream, gets 37-38 requests into one 2 s span at 20 per 2 s); its moving window is
+exact (20) but keeps one timestamp per counted request (about 20 KB per client at the default
+limit) on each API host's clock, not Redis's; it logs a traceback per request while Redis is down.
+The `limits` library alone (our hook, its sliding-window counter) costs the same as ours when
+allowed (133 us) but also two scripts when refused (304 us). So the counter stays this one Lua
+script.
 
 Backpressure (NANOGRID_MAX_QUEUE_DEPTH): the broker's waiting messages, read at most every
 QUEUE_DEPTH_CACHE_S per process; a run request over the maximum gets 503 before anything is
@@ -83,7 +116,7 @@ class RateLimiter:
         self.client = client
         self.limit = limit
         self.script = client.register_script(SLIDING_WINDOW)
-        self._warned = 0.0
+        self._warned = -math.inf  # the first failure warns, however young the monotonic clock
 
     def hit(self, identity: str) -> Decision:
         """Count one request of identity ("key:<id>" or "addr:<address>") unless over the limit."""

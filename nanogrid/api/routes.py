@@ -6,18 +6,25 @@ NotFound, the same 404 as an unknown id.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import json
 import logging
 import re
+import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from nanogrid import bundles, functions
+from nanogrid import bundles, functions, schedules
 from nanogrid.ai import client as ai_client
-from nanogrid.api import auth, ratelimit, schema
+from nanogrid.api import auth, ratelimit, schema, streams
 from nanogrid.api.errors import ApiError
-from nanogrid.errors import NotFound
+from nanogrid.callbacks import CallbackRefused
+from nanogrid.errors import NotFound, Unavailable
 from nanogrid.jobs import TERMINAL, ErrorType, Status
+from nanogrid.jobs.index import WORKER_TTL_S, alive
+from nanogrid.jobs import retries
 from nanogrid.jobs.records import error
 from nanogrid.limits import LimitError, Limits
 from nanogrid.services import Services
@@ -26,9 +33,12 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
-FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env"}
-RUN_FIELDS = {"input", "wait_s", "limits"}
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url"}
+RUN_FIELDS = {"input", "wait_s", "limits", "callback_url"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+JSON_WHITESPACE = b" \t\r\n"  # what JSON allows around a value (not every byte Python calls space)
+CURSOR = re.compile(r"^\d{13}\.\d{6}\|[0-9a-f-]{36}$")  # a history position: created_at|job_id
 
 
 def services() -> Services:
@@ -81,7 +91,7 @@ def check_schema(name: str, body: dict) -> None:
 
 def json_object(limit: int, allowed: set[str], *, empty_ok: bool = False) -> dict:
     data = read_body(limit)
-    if empty_ok and not data.strip():
+    if empty_ok and not data.strip(JSON_WHITESPACE):
         return {}
     if request.mimetype != "application/json":
         raise ApiError("send a JSON body with Content-Type: application/json", status=415, code="unsupported_media_type")
@@ -121,7 +131,27 @@ def function_options(body: dict) -> dict:
         if env and len(json.dumps(env)) > MAX_ENV_BYTES:
             raise ApiError(f"env may hold at most {MAX_ENV_BYTES} bytes", status=413, code="too_large")
         options["env"] = env or {}
+    if "retries" in body:
+        policy = parse_json(body["retries"].encode()) if isinstance(body["retries"], str) else body["retries"]
+        try:
+            options["retries"] = retries.check(policy)
+        except retries.RetryPolicyError as exc:
+            raise ApiError(str(exc)) from None
+    if "callback_url" in body:
+        options["callback_url"] = callback_url(body["callback_url"] or None)
     return options
+
+
+def callback_url(url) -> str | None:
+    """A callback URL the guard lets through (nanogrid/callbacks.py), or None for none."""
+    if url is None:
+        return None
+    try:
+        accepted = services().callback_guard.check_url(url)
+    except CallbackRefused as exc:
+        raise ApiError(str(exc), code="callback_refused") from None
+    services().signing_secrets.get(auth.tenant())  # made now, so the workers that sign find it
+    return accepted
 
 
 def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | None]:
@@ -129,6 +159,9 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
     settings = services().settings
     if request.mimetype == "multipart/form-data":
         form = request.form.to_dict()
+        if not form and not request.files:
+            raise ApiError("the multipart body holds no fields: send the code as a form file named 'file' "
+                           "and the settings as form fields")
         unknown = set(form) - (FUNCTION_FIELDS - {"code"})
         if unknown:
             raise ApiError(f"unknown form field(s): {', '.join(sorted(unknown))}")
@@ -186,7 +219,28 @@ def _bundle(code: tuple[str, str | bytes], handler: str | None) -> bundles.Bundl
 
 @bp.get("/health")
 def health():
+    """Ready to run functions: the API's own dependencies, a live worker, a sandbox engine that
+    answers (from the workers' heartbeats). 503 names what is missing."""
     svc = services()
+    components = _own_components(svc)
+    beats = _live_workers(svc, components)
+    components["worker"] = ({"status": "ok", "workers": len(beats)} if beats else
+                            {"status": "down", "workers": 0, "message": "no worker has sent a heartbeat in the "
+                             f"last {WORKER_TTL_S:g} s: runs wait in the queue until one does"})
+    components["sandbox"] = _sandbox_component(svc, beats)
+    # The AI node is optional: functions that use it fail without it, the platform does not.
+    components["ai"] = ai_client.health(svc.settings)
+    return _health_answer(components)
+
+
+@bp.get("/health/live")
+def health_live():
+    """The API process and what it needs itself (Redis, the tables, the broker): the load balancer's
+    and the deployment's check, which must not depend on the workers."""
+    return _health_answer(_own_components(services()))
+
+
+def _own_components(svc: Services) -> dict[str, dict]:
     components: dict[str, dict] = {}
     checks = {
         "redis": lambda: svc.redis.ping(),
@@ -201,12 +255,36 @@ def health():
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means the component is down
             log.warning("health: %s failed: %s", name, exc)
             components[name] = {"status": "down"}
-    sandbox = {"status": "ok", "mode": svc.settings.sandbox, "isolated": svc.settings.sandbox == "docker"}
+    return components
+
+
+def _live_workers(svc: Services, components: dict) -> list[dict]:
+    if components["redis"]["status"] != "ok":
+        return []
+    try:
+        beats = svc.jobs.index.workers().values()
+    except Unavailable:
+        return []
+    now = time.time()
+    return [beat for beat in beats if alive(beat, now)]
+
+
+def _sandbox_component(svc: Services, beats: list[dict]) -> dict:
+    sandbox = {"mode": svc.settings.sandbox, "isolated": svc.settings.sandbox == "docker"}
     if svc.settings.sandbox == "process":
         sandbox["warning"] = "process sandbox: user code runs as a plain child process and is NOT isolated"
-    components["sandbox"] = sandbox
-    # The AI node is optional: functions that use it fail without it, the platform does not.
-    components["ai"] = ai_client.health(svc.settings)
+    runtimes = sorted({beat.get("runtime") for beat in beats if beat.get("sandbox") == "ok" and beat.get("runtime")})
+    if runtimes:
+        sandbox["runtime"] = ", ".join(runtimes)
+    if not beats:
+        return {"status": "unknown", "optional": True, **sandbox, "message": "no worker to ask"}
+    if any(beat.get("sandbox") == "ok" for beat in beats):
+        return {"status": "ok", **sandbox}
+    return {"status": "down", **sandbox, "message": "the workers' sandbox engine (dockerd) does not answer: "
+                                                    "runs wait in the queue until it does"}
+
+
+def _health_answer(components: dict[str, dict]):
     down = [n for n, c in components.items() if c["status"] != "ok" and not c.get("optional")]
     body = {"status": "ok" if not down else "unavailable", "components": components}
     if down:
@@ -271,8 +349,73 @@ def update_function(function_id: str):
 
 @bp.delete("/functions/<function_id>")
 def delete_function(function_id: str):
-    services().functions.delete(function_id, auth.tenant())
+    svc = services()
+    svc.functions.delete(function_id, auth.tenant())
+    svc.schedules.delete_all(function_id)  # after the function: a tick meanwhile finds no function
     return "", 204
+
+
+# -- schedules (nanogrid/schedules.py; fired by nanogrid/scheduler.py) -------------------------
+
+@bp.post("/functions/<function_id>/schedules")
+def create_schedule(function_id: str):
+    svc = services()
+    function = svc.functions.get(function_id, auth.tenant())
+    body = json_object(svc.settings.max_input_bytes + 4096, set(schedules.FIELDS))
+    check_schedule_input(body, svc.settings.max_input_bytes)
+    try:
+        schedules.check(body)  # the specific message first, then the document's schema
+        check_schema("ScheduleCreate", body)
+        doc = svc.schedules.create(function, body)
+    except schedules.ScheduleError as exc:
+        raise ApiError(str(exc)) from None
+    response = jsonify(schedules.public(doc))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_schedule", function_id=function_id,
+                                           schedule_id=doc["schedule_id"])
+    return response
+
+
+@bp.get("/functions/<function_id>/schedules")
+def list_schedules(function_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    return jsonify({"schedules": [schedules.public(doc) for doc in svc.schedules.list(function_id)]})
+
+
+@bp.get("/functions/<function_id>/schedules/<schedule_id>")
+def get_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    return jsonify(schedules.public(svc.schedules.get(schedule_id, function_id)))
+
+
+@bp.patch("/functions/<function_id>/schedules/<schedule_id>")
+def update_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    body = json_object(svc.settings.max_input_bytes + 4096, set(schedules.FIELDS))
+    check_schedule_input(body, svc.settings.max_input_bytes)
+    try:
+        schedules.check(body, svc.schedules.get(schedule_id, function_id))
+        check_schema("ScheduleUpdate", body)
+        doc = svc.schedules.update(schedule_id, function_id, body)
+    except schedules.ScheduleError as exc:
+        raise ApiError(str(exc)) from None
+    return jsonify(schedules.public(doc))
+
+
+@bp.delete("/functions/<function_id>/schedules/<schedule_id>")
+def delete_schedule(function_id: str, schedule_id: str):
+    svc = services()
+    svc.functions.get(function_id, auth.tenant())
+    svc.schedules.delete(schedule_id, function_id)
+    return "", 204
+
+
+def check_schedule_input(body: dict, max_bytes: int) -> None:
+    if "input" in body and len(json.dumps(body["input"])) > max_bytes:
+        raise ApiError(f"input exceeds {max_bytes} bytes", status=413, code="too_large")
 
 
 @bp.post("/functions/<function_id>/run")
@@ -286,33 +429,185 @@ def run_function(function_id: str):
                        status=503, code="overloaded",
                        headers={"Retry-After": str(ratelimit.BACKPRESSURE_RETRY_AFTER_S)})
     body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
-    run_input = body.get("input")
+    # No input at all is an empty event (as Lambda has it); "input": null is null.
+    run_input = body.get("input", {})
     if len(json.dumps(run_input)) > settings.max_input_bytes:
         raise ApiError(f"input exceeds {settings.max_input_bytes} bytes", status=413, code="too_large")
-    wait_s = body.get("wait_s", settings.default_wait_s)
-    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= settings.max_wait_s:
-        raise ApiError(f"wait_s must be a number from 0 to {settings.max_wait_s:g}")
+    wait_s = wait_seconds(body.get("wait_s"), settings.default_wait_s)
     try:
         run_limits = Limits.check(settings, body.get("limits"))  # this run only, within the ceilings
     except LimitError as exc:
         raise ApiError(str(exc)) from None
+    run_callback = callback_url(body.get("callback_url"))
     check_schema("RunRequest", body)
+    idempotency = idempotency_of(function_id, run_input, run_limits, run_callback)
     # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
-    # message, after the job was recorded FAILED/enqueue_failed.
-    job = svc.jobs.submit(function, run_input, run_limits)
-    if wait_s > 0:
-        job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
-    response = jsonify(svc.jobs.public(job))
-    if job["status"] not in TERMINAL:
-        response.status_code = 202
+    # message, after the job was recorded FAILED/enqueue_failed; IdempotencyConflict (422).
+    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency, run_callback)
+    if wants_event_stream():
+        response = streams.response(streams.job_events(svc, job, auth.tenant(), None))
+    else:
+        if wait_s > 0 and job["status"] not in TERMINAL:
+            job = svc.jobs.wait(job["job_id"], wait_s, auth.tenant())
+        response = jsonify(svc.jobs.public(job))
+        if job["status"] not in TERMINAL:
+            response.status_code = 202
+    if job["status"] not in TERMINAL or wants_event_stream():
         response.headers["Location"] = url_for("api.get_job", job_id=job["job_id"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def idempotency_of(function_id: str, run_input, run_limits: dict, run_callback: str | None) -> tuple[str, str] | None:
+    """(Idempotency-Key, the request's fingerprint), or None without the header."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    request_said = {"function_id": function_id, "input": run_input, "limits": run_limits, "callback_url": run_callback}
+    fingerprint = hashlib.sha256(json.dumps(request_said, sort_keys=True).encode()).hexdigest()
+    return key, fingerprint
+
+
+@bp.get("/jobs")
+def list_jobs():
+    """The tenant's jobs, newest first, a page at a time: ?function_id, status, since, until,
+    limit (default 50, at most 200), cursor (the previous page's next_cursor)."""
+    function_id = request.args.get("function_id")
+    if function_id is not None:
+        services().functions.get(function_id, auth.tenant())  # 404 for an unknown or another tenant's
+    return _history(function_id)
+
+
+@bp.get("/functions/<function_id>/jobs")
+def list_function_jobs(function_id: str):
+    services().functions.get(function_id, auth.tenant())
+    return _history(function_id)
+
+
+def only_parameters(*allowed: str) -> None:
+    """A query string names only what the route takes (a misspelt filter must not be ignored)."""
+    unknown = set(request.args) - set(allowed)
+    if unknown:
+        raise ApiError(f"unknown parameter(s): {', '.join(sorted(unknown))}; this route takes: "
+                       f"{', '.join(allowed) or 'none'}")
+
+
+def _history(function_id: str | None):
+    args = request.args
+    only_parameters("function_id", "status", "since", "until", "limit", "cursor")
+    status = args.get("status")
+    if status is not None and status not in Status.__members__:
+        raise ApiError(f"status must be one of {', '.join(Status)}")
+    try:
+        limit = int(args.get("limit", 50))
+    except ValueError:
+        raise ApiError("limit must be a whole number from 1 to 200") from None
+    if not 1 <= limit <= 200:
+        raise ApiError("limit must be a whole number from 1 to 200")
+    jobs, cursor = services().jobs.history(
+        auth.tenant(), function_id=function_id, status=Status(status) if status else None,
+        since=_time_arg("since"), until=_time_arg("until"), limit=limit, cursor=_decode_cursor(args.get("cursor")))
+    return jsonify({"jobs": [services().jobs.public(job) for job in jobs],
+                    "next_cursor": _encode_cursor(cursor) if cursor else None})
+
+
+def _time_arg(name: str) -> float | None:
+    """A time in the query: ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(f"{name} must be an ISO 8601 time (2026-12-01T10:00:00Z) or seconds since the epoch") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _encode_cursor(cursor: str) -> str:
+    return base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        cursor = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except ValueError:
+        cursor = ""
+    if not CURSOR.match(cursor):
+        raise ApiError("cursor is not one this API gave out (pass next_cursor as it came)")
+    return cursor
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """The run's live events (Server-Sent Events), from the start or after Last-Event-ID."""
+    svc = services()
+    only_parameters("last_event_id")
+    job = svc.jobs.get(job_id, auth.tenant())
+    given = [value for value in (request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
+             if value is not None]
+    if not all(streams.valid_id(value) for value in given):
+        raise ApiError("Last-Event-ID (and last_event_id) must be the id of an event of this stream")
+    last_id = given[0] if given else None  # the header first: EventSource sends it when it reconnects
+    return streams.response(streams.job_events(svc, job, auth.tenant(), last_id))
+
+
+def wants_event_stream() -> bool:
+    """A run request that asks for the run's events instead of its document (Accept)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream"
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
+    """The job; with ?wait_s=N, once it has ended or after N seconds (a long poll)."""
     svc = services()
-    return jsonify(svc.jobs.public(svc.jobs.get(job_id, auth.tenant())))
+    only_parameters("wait_s")
+    raw = request.args.get("wait_s")
+    try:
+        wait_s = wait_seconds(float(raw) if raw is not None else None, 0)
+    except ValueError:
+        raise ApiError(f"wait_s must be a number from 0 to {svc.settings.max_wait_s:g}") from None
+    job = svc.jobs.get(job_id, auth.tenant())
+    if wait_s > 0 and job["status"] not in TERMINAL:
+        job = svc.jobs.wait(job_id, wait_s, auth.tenant())
+    return jsonify(svc.jobs.public(job))
+
+
+def wait_seconds(value, default: float) -> float:
+    """A request's wait: a number from 0 to NANOGRID_MAX_WAIT_S; absent or null: the default."""
+    maximum = services().settings.max_wait_s
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
+        raise ApiError(f"wait_s must be a number from 0 to {maximum:g}")
+    return value
+
+
+@bp.get("/callbacks/signing-secret")
+def get_signing_secret():
+    """The tenant's secret for checking its callbacks' X-NanoGrid-Signature (made on first use)."""
+    return jsonify(signing_secret_view(services().signing_secrets.get(auth.tenant())))
+
+
+@bp.post("/callbacks/signing-secret/rotate")
+def rotate_signing_secret():
+    """A new signing secret; callbacks signed from now on verify only with it."""
+    return jsonify(signing_secret_view(services().signing_secrets.rotate(auth.tenant())))
+
+
+def signing_secret_view(doc: dict) -> dict:
+    return {"tenant": doc["tenant"], "secret": doc["signing_secret"],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc["created_at"]))}
 
 
 @bp.post("/jobs/<job_id>/cancel")

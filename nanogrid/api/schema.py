@@ -16,10 +16,10 @@ import functools
 
 import jsonschema
 
-from nanogrid import __version__
+from nanogrid import __version__, schedules
 from nanogrid.config import Settings
 from nanogrid.functions import ID_PATTERN, NAME_PATTERN
-from nanogrid.jobs import ErrorType, Status
+from nanogrid.jobs import ErrorType, Status, retries
 from nanogrid.limits import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
 
 JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -55,6 +55,37 @@ def env_schema() -> dict:
             "description": "Environment variables for every run (at most 16 KiB as JSON)."}
 
 
+def retries_schema() -> dict:
+    return {"type": ["object", "null"], "additionalProperties": False, "required": ["max"], "properties": {
+        "max": {"type": "integer", "minimum": 0, "maximum": retries.MAX_RETRIES,
+                "description": "retries after the first attempt (0: none)"},
+        "on": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(retries.RETRYABLE)},
+               "description": "the error types that are retried (default: all of these)"},
+        "backoff_s": {"type": "number", "minimum": 0, "maximum": retries.MAX_BACKOFF_S,
+                      "description": f"seconds before the first retry, doubled for each next "
+                                     f"(default {retries.DEFAULT_BACKOFF_S:g})"},
+    }, "description": "run the job again when it fails with one of `on`; null: never"}
+
+
+CALLBACK_URL = {"type": ["string", "null"], "maxLength": 2048, "pattern": "^https?://",
+                "description": "POST the job document here when the job ends, signed (X-NanoGrid-Signature); "
+                               "loopback, link-local and the platform's own addresses are refused"}
+
+
+def schedule_request_schemas() -> dict[str, dict]:
+    fields = {
+        "cron": {"type": ["string", "null"], "description": "five fields: minute hour day-of-month month day-of-week"},
+        "interval_s": {"type": ["number", "null"], "minimum": 1, "maximum": 366 * 86400},
+        "timezone": {"type": "string", "description": "IANA time zone of the cron expression (default UTC)"},
+        "input": {"description": "the event of every run (default {})"},
+        "overlap": {"type": "string", "enum": list(schedules.OVERLAP),
+                    "description": "skip: no new run while the previous one has not finished (default allow)"},
+        "enabled": {"type": "boolean"},
+    }
+    return {"ScheduleCreate": {"type": "object", "additionalProperties": False, "properties": fields},
+            "ScheduleUpdate": {"type": "object", "additionalProperties": False, "properties": fields}}
+
+
 def request_schemas(settings: Settings) -> dict[str, dict]:
     """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
     limits = requested_limits(settings)
@@ -70,6 +101,8 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "memory_mb": memory,
         "limits": limits,
         "env": env_schema(),
+        "retries": retries_schema(),
+        "callback_url": {**CALLBACK_URL, "description": "the default callback_url of the function's runs"},
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -78,12 +111,15 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                            "properties": {**function_fields,
                                           "name": {**function_fields["name"],
                                                    "description": "must be the function's current name"}}},
+        **schedule_request_schemas(),
         "RunRequest": {"type": "object", "additionalProperties": False, "properties": {
-            "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON"},
-            "wait_s": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s,
+            "input": {"description": "the event passed to the handler (or to the script on stdin); any JSON; "
+                                     "absent: {}"},
+            "wait_s": {"type": ["number", "null"], "minimum": 0, "maximum": settings.max_wait_s,
                        "description": f"seconds to wait for the result (default {settings.default_wait_s:g}); "
                                       "0 returns 202 with the PENDING job at once"},
             "limits": limits,
+            "callback_url": CALLBACK_URL,
         }},
     }
 
@@ -99,6 +135,8 @@ def _form_schema(settings: Settings, create: bool) -> dict:
         "memory_mb": {"type": "string", "description": "a whole number, as text"},
         "limits": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.limits)"},
         "env": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.env)"},
+        "retries": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.retries)"},
+        "callback_url": {"type": "string", "description": "see FunctionCreate.callback_url"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -121,6 +159,8 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "handler": {"type": ["string", "null"]},
             "timeout_s": {"type": ["number", "null"]},
             "memory_mb": {"type": ["integer", "null"]},
+            "retries": retries_schema(),
+            "callback_url": {"type": ["string", "null"]},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
                        "properties": effective, "description": "the effective limits of a run"},
@@ -128,6 +168,10 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
         "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
                          "properties": {"functions": {"type": "array",
                                                       "items": {"$ref": "#/components/schemas/Function"}}}},
+        "JobList": {"type": "object", "additionalProperties": False, "required": ["jobs", "next_cursor"],
+                    "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                                   "next_cursor": {"type": ["string", "null"],
+                                                   "description": "pass as cursor for the next page; null: the last"}}},
         "Job": {"type": "object", "additionalProperties": False, "required": [
             "job_id", "function_id", "function_version", "status", "created_at"], "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
@@ -148,7 +192,39 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "ai_usage": {"type": ["object", "null"]},
             "peak_memory_bytes": {"type": ["integer", "null"]},
             "cpu_time_ms": {"type": ["integer", "null"]},
+            "attempt": {"type": "integer", "minimum": 1,
+                        "description": "which attempt this is (the function's retry policy runs a job again)"},
+            "attempts": {"type": "array", "description": "every attempt that failed, retried or final", "items": {
+                "type": "object", "required": ["attempt", "error"], "properties": {
+                    "attempt": {"type": "integer", "minimum": 1},
+                    "error": {"type": ["object", "null"]}, "exit_code": {"type": ["integer", "null"]},
+                    "started_at": _nullable(TIMESTAMP), "finished_at": _nullable(TIMESTAMP),
+                    "duration_ms": {"type": ["integer", "null"]}}}},
+            "callback_url": {"type": ["string", "null"]},
+            "trigger": {"type": ["object", "null"], "description": "a schedule's run: {schedule_id, tick}"},
+            "callbacks": {"type": "array", "description": "each callback's delivery", "items": {
+                "type": "object", "required": ["url", "attempts", "status"], "properties": {
+                    "url": {"type": "string"}, "attempts": {"type": "integer", "minimum": 0},
+                    "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                    "last_error": {"type": ["string", "null"]}, "last_status_code": {"type": ["integer", "null"]},
+                    "delivered_at": TIMESTAMP}}},
         }},
+        "Schedule": {"type": "object", "additionalProperties": False, "required": [
+            "schedule_id", "function_id", "cron", "interval_s", "timezone", "input", "overlap", "enabled",
+            "created_at", "updated_at", "next_run_at"], "properties": {
+            "schedule_id": {"type": "string", "pattern": schedules.ID_PATTERN.pattern},
+            "function_id": {"type": "string", "pattern": ID_PATTERN.pattern},
+            "cron": {"type": ["string", "null"]}, "interval_s": {"type": ["number", "null"]},
+            "timezone": {"type": "string"}, "input": {}, "overlap": {"type": "string", "enum": list(schedules.OVERLAP)},
+            "enabled": {"type": "boolean"}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+            "next_run_at": _nullable(TIMESTAMP), "last_run_at": _nullable(TIMESTAMP),
+            "last_job_id": {"type": ["string", "null"]}}},
+        "ScheduleList": {"type": "object", "additionalProperties": False, "required": ["schedules"], "properties": {
+            "schedules": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}}}},
+        "SigningSecret": {"type": "object", "additionalProperties": False,
+                          "required": ["tenant", "secret", "created_at"], "properties": {
+                              "tenant": {"type": "string"}, "secret": {"type": "string"},
+                              "created_at": TIMESTAMP}},
         "Limits": {"type": "object", "additionalProperties": False, "required": list(effective), "properties": {
             name: {"type": "object", "additionalProperties": False, "required": ["default", "ceiling"],
                    "properties": {"default": {"type": "number"}, "ceiling": {"type": "number"}}}
@@ -180,6 +256,7 @@ ERROR_TEXT = {
     409: "the name is taken, or the job already ended",
     413: "the body, the code, the input or the unpacked zip is too large",
     415: "the body is not JSON (or multipart where the route takes it)",
+    422: "the Idempotency-Key was used before for a different request",
     429: "rate limit (per key, or per client address) or tenant quota exceeded",
     500: "internal error (no details are returned)",
     503: "a dependency is unavailable, or the queue is too deep (backpressure)",
@@ -199,9 +276,26 @@ def _errors(*codes: int) -> dict:
 GUARDED = (401, 405, 429, 500, 503)  # any route behind authentication and rate limiting may answer these
 
 
-def _function_id() -> dict:
-    return {"name": "function_id", "in": "path", "required": True,
+def _function_id(required: bool = True) -> dict:
+    """The function id: in the path, or (required=False) an optional query filter."""
+    return {"name": "function_id", "in": "path" if required else "query", "required": required,
             "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
+
+
+# The data of every event of a run's stream is a JSON object: status {"status"}, stdout and stderr
+# {"text"}, result {"item"}, end: the job's document.
+EVENT_DATA = {"type": "object", "description": "an event's data: status {status, attempt?}, stdout/stderr {text}, "
+                                               "result {item}, end: the job document"}
+TIME_PARAMETER = {"type": "string", "description": "ISO 8601 (2026-12-01T10:00:00Z) or seconds since the epoch"}
+HISTORY_PARAMETERS = [
+    {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": JOB_STATUSES}},
+    {"name": "since", "in": "query", "required": False, "description": "created at or after", "schema": TIME_PARAMETER},
+    {"name": "until", "in": "query", "required": False, "description": "created at or before", "schema": TIME_PARAMETER},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    {"name": "cursor", "in": "query", "required": False, "description": "the previous page's next_cursor",
+     "schema": {"type": "string"}},
+]
 
 
 def _job_id() -> dict:
@@ -219,7 +313,17 @@ def _document(settings: Settings) -> dict:
     job_response = {"content": _json("Job")}
     paths = {
         "/health": {"get": {
-            "operationId": "health", "summary": "Health of the API and its dependencies (never needs a key)",
+            "operationId": "health",
+            "summary": "Ready to run functions: the API's dependencies, a live worker and its sandbox engine "
+                       "(never needs a key)",
+            "security": [],
+            "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
+                          "503": {"description": "a required component is down", "content": _json("Health")},
+                          **_errors(405, 500)}}},
+        "/health/live": {"get": {
+            "operationId": "healthLive",
+            "summary": "The API process and its own dependencies, not the workers: the load balancer's check "
+                       "(never needs a key)",
             "security": [],
             "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
                           "503": {"description": "a required component is down", "content": _json("Health")},
@@ -258,18 +362,79 @@ def _document(settings: Settings) -> dict:
         },
         "/functions/{function_id}/run": {
             "parameters": [_function_id()],
-            "post": {"operationId": "runFunction", "summary": "Run a function; wait up to wait_s for the result",
+            "post": {"operationId": "runFunction",
+                     "summary": "Run a function; wait up to wait_s for the result, or (Accept: text/event-stream) "
+                                "stream the run's events until it ends",
+                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                     "description": "the same key (per tenant, for 24 hours) gives the same job, "
+                                                    "from any API process; the replay says Idempotent-Replayed",
+                                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e][\\x20-\\x7e]{0,254}$"}}],
                      "requestBody": {"required": False, "content": _json("RunRequest")},
-                     "responses": {"200": {"description": "the job ended within wait_s", **job_response},
+                     "responses": {"200": {"description": "the job ended within wait_s, or the run's events",
+                                           "content": {**job_response["content"],
+                                                       "text/event-stream": {"schema": EVENT_DATA}}},
                                    "202": {"description": "the job is queued or running", **job_response,
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
+                                   **_errors(400, 404, 413, 415, 422, *GUARDED)}},
+        },
+        "/jobs": {"get": {"operationId": "listJobs", "summary": "The tenant's jobs, newest first, a page at a time",
+                          "parameters": [_function_id(required=False), *HISTORY_PARAMETERS],
+                          "responses": {"200": {"description": "a page of jobs", "content": _json("JobList")},
+                                        **_errors(400, 404, *GUARDED)}}},
+        "/functions/{function_id}/schedules": {
+            "parameters": [_function_id()],
+            "post": {"operationId": "createSchedule", "summary": "Run the function on a cron expression or interval",
+                     "requestBody": {"required": True, "content": _json("ScheduleCreate")},
+                     "responses": {"201": {"description": "the schedule", "content": _json("Schedule"),
+                                           "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
                                    **_errors(400, 404, 413, 415, *GUARDED)}},
+            "get": {"operationId": "listSchedules", "summary": "The function's schedules",
+                    "responses": {"200": {"description": "the schedules", "content": _json("ScheduleList")},
+                                  **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/schedules/{schedule_id}": {
+            "parameters": [_function_id(), {"name": "schedule_id", "in": "path", "required": True,
+                                            "schema": {"type": "string", "pattern": schedules.ID_PATTERN.pattern}}],
+            "get": {"operationId": "getSchedule", "summary": "A schedule",
+                    "responses": {"200": {"description": "the schedule", "content": _json("Schedule")},
+                                  **_errors(404, *GUARDED)}},
+            "patch": {"operationId": "updateSchedule", "summary": "Change a schedule (a new rhythm starts now)",
+                      "requestBody": {"required": True, "content": _json("ScheduleUpdate")},
+                      "responses": {"200": {"description": "the schedule", "content": _json("Schedule")},
+                                    **_errors(400, 404, 409, 413, 415, *GUARDED)}},
+            "delete": {"operationId": "deleteSchedule", "summary": "Delete a schedule: it fires no more",
+                       "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/jobs": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "listFunctionJobs", "summary": "A function's jobs, newest first, a page at a time",
+                    "parameters": HISTORY_PARAMETERS,
+                    "responses": {"200": {"description": "a page of jobs", "content": _json("JobList")},
+                                  **_errors(400, 404, *GUARDED)}},
         },
         "/jobs/{job_id}": {
             "parameters": [_job_id()],
             "get": {"operationId": "getJob", "summary": "A job's state and outputs",
-                    "responses": {"200": {"description": "the job", **job_response}, **_errors(404, *GUARDED)}},
+                    "parameters": [{"name": "wait_s", "in": "query", "required": False,
+                                    "description": "wait until the job has ended, at most this many seconds",
+                                    "schema": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s}}],
+                    "responses": {"200": {"description": "the job", **job_response},
+                                  **_errors(400, 404, *GUARDED)}},
+        },
+        "/jobs/{job_id}/events": {
+            "parameters": [_job_id()],
+            "get": {"operationId": "jobEvents",
+                    "summary": "The run's live events (Server-Sent Events: status, stdout, stderr, result, end)",
+                    "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                                    "description": "continue after this event",
+                                    "schema": {"type": "string", "pattern": r"^\d+-\d+$"}},
+                                   {"name": "last_event_id", "in": "query", "required": False,
+                                    "description": "as Last-Event-ID, for clients that cannot set headers",
+                                    "schema": {"type": "string", "pattern": r"^\d+-\d+$"}}],
+                    "responses": {"200": {"description": "the events, until the end event",
+                                          "content": {"text/event-stream": {"schema": EVENT_DATA}}},
+                                  **_errors(400, 404, *GUARDED)}},
         },
         "/jobs/{job_id}/cancel": {
             "parameters": [_job_id()],
@@ -277,6 +442,15 @@ def _document(settings: Settings) -> dict:
                      "responses": {"200": {"description": "the cancelled job", **job_response},
                                    **_errors(404, 409, *GUARDED)}},
         },
+        "/callbacks/signing-secret": {"get": {
+            "operationId": "getSigningSecret",
+            "summary": "The tenant's secret for checking its callbacks' signatures (made on first use)",
+            "responses": {"200": {"description": "the secret", "content": _json("SigningSecret")},
+                          **_errors(*GUARDED)}}},
+        "/callbacks/signing-secret/rotate": {"post": {
+            "operationId": "rotateSigningSecret", "summary": "Replace the tenant's signing secret",
+            "responses": {"200": {"description": "the new secret", "content": _json("SigningSecret")},
+                          **_errors(*GUARDED)}}},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics (never rate limited)",
             "responses": {"200": {"description": "the metrics", "content": {

@@ -1,10 +1,12 @@
 """The Redis side of the jobs: what must be fast or shared between processes.
 
 Per job, a status key (24 h) and a channel that only hints "this job changed" (readers always
-re-read the durable record); the reaper's two indexes (leases of PROCESSING jobs, PENDING jobs
-due for a dispatch check); each tenant's queued and running jobs, counted against its quotas;
-and the capped list of recent failures for `nanogrid status`. A job's keys carry its tenant.
-Nothing outside nanogrid.jobs touches these keys.
+re-read the durable record); each tenant's queued and running jobs, counted against its quotas;
+the capped list of recent failures for `nanogrid status`; and the workers' heartbeats, each with
+the run messages the worker holds but has not claimed yet, so the reaper can dispatch them again
+within seconds of the worker's death. A job's keys carry its tenant. None of this is the source
+of truth: the reaper works from the durable job store, and everything here is rebuilt from it
+(`repair`, `nanogrid reindex`). Nothing outside nanogrid.jobs touches these keys.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ import redis
 
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
+from nanogrid.jobs import events
 from nanogrid.jobs.records import TERMINAL, JobRecord, Status
 
 STATUS_TTL_S = 24 * 3600
-MAX_REDISPATCH_INTERVAL_S = 3600
-LEASES = "nanogrid:leases"  # zset: PROCESSING job -> lease expiry
-UNCLAIMED = "nanogrid:unclaimed"  # zset: PENDING job -> when to check it was claimed
 FAILURES = "nanogrid:failures"  # list, newest first: the last FAILURES_KEPT failed jobs (`nanogrid status`)
 FAILURES_KEPT = 50
 QUOTA_RETRY_AFTER_S = 10
+# hash: worker node name -> JSON {"seen": epoch, "holds": [job ids], ...}: its heartbeat (see beat()).
+WORKERS = "nanogrid:workers"
+# A worker that has not beaten for this long is gone (it beats every 2 s: nanogrid/worker/heartbeat.py).
+WORKER_TTL_S = 10.0
+
+
+def alive(beat: dict, now: float) -> bool:
+    """Whether the worker whose last heartbeat this is still runs."""
+    return not beat.get("stopped") and beat.get("seen", 0) >= now - WORKER_TTL_S
 
 
 class QuotaExceeded(Exception):
@@ -63,28 +72,29 @@ class JobIndex:
         self.redis = client
         self._waiters = threading.local()  # each thread's pub/sub connection for watch(), kept between waits
 
-    def write(self, job: JobRecord, tenant: str) -> None:
-        """Bring every key of the job in line with its record (Unavailable when Redis is down)."""
+    def write(self, job: JobRecord, tenant: str, previous_status: str | None = None) -> None:
+        """Bring every key of the job in line with its record (Unavailable when Redis is down);
+        a change of status (from previous_status) is also an event of the job's stream."""
         job_id, status = job["job_id"], job["status"]
-        settings = self.settings
         try:
             pipe = self.redis.pipeline()
             pipe.set(status_key(tenant, job_id), status, ex=STATUS_TTL_S)
+            if status != previous_status:
+                change = {"status": status}
+                if job.get("attempt", 1) > 1:  # a retry (nanogrid.jobs.retries): which attempt this is
+                    change["attempt"] = job["attempt"]
+                events.add_to(pipe, tenant, job_id, events.STATUS, change)
+                if status in TERMINAL:
+                    events.add_to(pipe, tenant, job_id, events.END, {})
             if status == Status.PENDING:
-                # A long queue is no fault: each check that finds the job unclaimed dispatches it
-                # again (duplicates lose the claim) and waits twice as long before the next.
-                backoff = settings.redispatch_after_s * 2 ** max(job["dispatch_attempts"] - 1, 0)
-                pipe.zadd(UNCLAIMED, {job_id: time.time() + min(backoff, MAX_REDISPATCH_INTERVAL_S)})
                 # Counted as queued until the reaper gives up on it.
-                pipe.zadd(queued_key(tenant), {job_id: job["created_at"] + settings.pending_timeout_s})
+                queued_since = job.get("retry_at") or job["created_at"]
+                pipe.zadd(queued_key(tenant), {job_id: queued_since + self.settings.pending_timeout_s})
             else:
-                pipe.zrem(UNCLAIMED, job_id)
                 pipe.zrem(queued_key(tenant), job_id)
             if status == Status.PROCESSING:
-                pipe.zadd(LEASES, {job_id: job["lease_until"]})
                 pipe.zadd(running_key(tenant), {job_id: job["lease_until"]})
             else:
-                pipe.zrem(LEASES, job_id)
                 pipe.zrem(running_key(tenant), job_id)
             if status == Status.FAILED:  # a job enters FAILED once: every later transition is refused
                 pipe.lpush(FAILURES, json.dumps(_failure_summary(job)))
@@ -94,26 +104,71 @@ class JobIndex:
         except redis.RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
 
-    # -- the reaper's indexes and the operator's views ------------------------------------------
+    def drop_stale(self, tenants_jobs: dict[str, set[str]], tenants: set[str]) -> int:
+        """Remove from the tenants' queued and running sets every job not in tenants_jobs[tenant]
+        (the unfinished jobs the durable store knows); how many entries went."""
+        removed = 0
+        try:
+            for tenant in tenants:
+                for key in (queued_key(tenant), running_key(tenant)):
+                    stale = [m for m in self.redis.zrange(key, 0, -1) if m.decode() not in tenants_jobs.get(tenant, ())]
+                    if stale:
+                        removed += self.redis.zrem(key, *stale)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        return removed
 
-    def expired_leases(self, now: float) -> list[str]:
-        return [m.decode() for m in self.redis.zrangebyscore(LEASES, 0, now)]
+    def tenants_with_entries(self) -> set[str]:
+        """Tenants that have queued or running entries (for reindex)."""
+        found = set()
+        try:
+            for key in self.redis.scan_iter(match="nanogrid:*:queued", count=500):
+                found.add(key.decode().split(":")[1])
+            for key in self.redis.scan_iter(match="nanogrid:*:running", count=500):
+                found.add(key.decode().split(":")[1])
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        return found
 
-    def unclaimed_due(self, now: float) -> list[str]:
-        return [m.decode() for m in self.redis.zrangebyscore(UNCLAIMED, 0, now)]
+    # -- workers: heartbeats and the messages they hold ----------------------------------------
 
-    def leases(self) -> list[tuple[str, float]]:
-        """Every PROCESSING job's (id, lease expiry), the oldest lease first."""
-        return [(m.decode(), score) for m, score in self.redis.zrange(LEASES, 0, -1, withscores=True)]
+    def beat(self, node: str, holds: list[str], **facts) -> None:
+        """A worker says it is alive, which unclaimed run messages it holds, and facts about itself
+        (its sandbox's state, say) that /health and `nanogrid status` show."""
+        document = {"seen": time.time(), "holds": holds, **facts}
+        try:
+            self.redis.hset(WORKERS, node, json.dumps(document))
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
 
-    def forget(self, job_id: str) -> None:
-        self.redis.zrem(LEASES, job_id)
-        self.redis.zrem(UNCLAIMED, job_id)
+    def workers(self) -> dict[str, dict]:
+        """Every worker's last heartbeat, by node name."""
+        try:
+            raw = self.redis.hgetall(WORKERS)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        found = {}
+        for node, value in raw.items():
+            try:
+                found[node.decode()] = json.loads(value)
+            except ValueError:
+                continue
+        return found
+
+    def forget_worker(self, node: str) -> None:
+        try:
+            self.redis.hdel(WORKERS, node)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
 
     def recent_failures(self, limit: int) -> list[dict]:
         """The newest failed jobs: job_id, function_id, error_type, message, finished_at (epoch)."""
         found = []
-        for raw in self.redis.lrange(FAILURES, 0, max(0, limit - 1)):
+        try:
+            entries = self.redis.lrange(FAILURES, 0, max(0, limit - 1))
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        for raw in entries:
             try:
                 found.append(json.loads(raw))
             except ValueError:

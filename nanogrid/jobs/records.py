@@ -5,7 +5,9 @@ its fields and their types. `Status` and `ErrorType` are string enums, so a stor
 compares equal to Status.FAILED and an enum member is written as its plain string.
 
 States: PENDING -> PROCESSING -> SUCCESS | FAILED (and PENDING -> FAILED for cancels,
-dispatch failures and redispatch exhaustion).
+dispatch failures and redispatch exhaustion). A failure the function's retry policy covers
+(nanogrid.jobs.retries) goes PROCESSING -> PENDING instead, with `attempt` counting on and the
+failed attempt kept in `attempts`.
 """
 
 from __future__ import annotations
@@ -70,26 +72,42 @@ class JobRecord(TypedDict, total=False):
     started_at: float | None
     finished_at: float | None
     dispatch_attempts: int
+    engine_retries: int  # times the run went back to the queue because the sandbox engine refused it
     worker_id: str | None  # the lease holder (host:pid)
     lease_until: float | None
     output_ref: str  # where result/stdout/stderr went when they were too large to inline
     ai_usage: dict | None
+    streamed: bool  # a streaming handler's run: result is the list of the items it yielded
+    expires_at: float  # a finished job's record is removed after this (NANOGRID_JOB_RETENTION_DAYS)
     peak_memory_bytes: int | None
     cpu_time_ms: int | None
+    attempt: int  # from 1; a retried run is the same job, attempted again
+    attempts: list[dict]  # every attempt that failed (a retried one, and a final failure): error, times
+    retry_at: float | None  # a retried run is not dispatched before this
+    callback_url: str | None  # where the job document is POSTed when the job ends (nanogrid.jobs.callbacks)
+    callbacks: list[dict]  # each callback's delivery: url, attempts, status, last_error, last_status_code
+    trigger: dict | None  # what started the run when no request did: {"schedule_id", "tick"}
 
 
 # What GET /jobs/<id> shows of a record, in this order.
 PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
-    "peak_memory_bytes", "cpu_time_ms",
+    "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts", "callback_url", "callbacks",
+    "trigger",
 )
+CALLBACK_PENDING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "delivered", "failed"
 OUTPUT_FIELDS = ("result", "stdout", "stderr")
 
 
 def error(error_type: ErrorType, message: str, **details) -> dict:
     """A job's error field."""
     return {"type": error_type, "message": message, **details}
+
+
+def pending_callback(url: str) -> dict:
+    """A job's callback before its first attempt."""
+    return {"url": url, "attempts": 0, "status": CALLBACK_PENDING, "last_error": None, "last_status_code": None}
 
 
 def is_job_id(value: str) -> bool:

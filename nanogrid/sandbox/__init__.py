@@ -14,10 +14,11 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlparse
 
 from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
 from nanogrid.limits import Limits
 from nanogrid.sandbox.protocol import FrameReader, request_frame
 
@@ -32,12 +33,19 @@ LABEL_VERSION = "nanogrid.version"
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 
 
-def instance_id(settings: Settings) -> str:
-    """Which installation a sandbox belongs to: the Redis that holds its jobs' leases.
+class EngineUnavailable(Unavailable):
+    """The sandbox engine (dockerd) does not answer: nothing of the run was started."""
 
-    The reaper keeps the sandboxes of jobs that Redis lists as running and removes the others;
+
+def instance_id(settings: Settings) -> str:
+    """Which installation a sandbox belongs to: NANOGRID_INSTANCE_ID, else the Redis that holds
+    its jobs (`nanogrid dev` keeps an id in its data directory, since its Redis port changes).
+
+    The reaper keeps the sandboxes of jobs that are running and removes this installation's others;
     two installations (or test stacks) sharing one dockerd must not remove each other's.
     """
+    if settings.instance_id:
+        return hashlib.sha256(settings.instance_id.encode()).hexdigest()[:16]
     url = urlparse(settings.redis_url)
     where = f"{url.hostname}:{url.port or 6379}{url.path or '/0'}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
@@ -61,15 +69,19 @@ class RunSpec:
     # where the run can reach it (Docker: the container's own AI directory).
     ai_channel: Any = None
     ai_timeout_s: float = 0.0
+    # Sees the run's output as it arrives (FrameReader's on_output): the live event stream.
+    on_output: Callable[[str, object], None] | None = None
+    attempt: int = 1  # which attempt of the job this run is (the function's retry policy)
 
-    def request(self, ai_socket: str | None = None) -> bytes:
-        """The runner's request frame for this run; the context's deadline starts now."""
+    def request(self, nonce: bytes, ai_socket: str | None = None) -> bytes:
+        """The runner's request (and nonce) frames for this run; the context's deadline starts now."""
         spec = {"handler": self.handler, "env": dict(self.env),
                 "context": {"job_id": self.job_id, "function_id": self.function_id,
-                            "function_version": self.version, "deadline": time.time() + self.limits.timeout_s}}
+                            "function_version": self.version, "attempt": self.attempt,
+                            "deadline": time.time() + self.limits.timeout_s}}
         if ai_socket is not None:
             spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
-        return request_frame(spec, self.input_json)
+        return request_frame(spec, self.input_json, nonce)
 
 
 @dataclass
@@ -79,6 +91,7 @@ class RawRun:
     stdout: bytes = b""
     stderr: bytes = b""
     result: dict | None = None  # the runner's RESULT frame, handler mode only
+    items: list | None = None  # what a streaming handler yielded, in order
     exit_code: int | None = None  # of the user process, from the runner's EXIT frame
     exit_signal: int | None = None
     runner_exit_code: int | None = None  # of the runner (container's main process)
@@ -88,6 +101,8 @@ class RawRun:
     oom_killed: bool = False
     memory_error: bool = False  # the user process died of an uncaught MemoryError (rlimit, no cgroup)
     cancelled: bool = False
+    interrupted: bool = False  # stopped because the worker is shutting down
+    engine_lost: bool = False  # the sandbox engine stopped answering while the run was in progress
     duration_ms: int = 0
     peak_memory_bytes: int | None = None
     cpu_time_ms: int | None = None
@@ -96,6 +111,7 @@ class RawRun:
     def add_frames(self, frames: FrameReader) -> None:
         """What the runner's frames reported: output, result, and the user process's exit."""
         self.stdout, self.stderr, self.result = bytes(frames.stdout), bytes(frames.stderr), frames.result
+        self.items = frames.items
         self.output_truncated = self.output_truncated or frames.over_cap
         exit_info = frames.exit
         if exit_info is not None:
@@ -115,9 +131,23 @@ class Sandbox(Protocol):
     kind: str
     isolated: bool
 
-    def run(self, spec: RunSpec) -> RawRun: ...
+    def run(self, spec: RunSpec) -> RawRun:
+        """The run, start to end; EngineUnavailable when the engine refused it before it started."""
+        ...
 
     def kill(self, job_id: str) -> bool: ...
+
+    def interrupt(self) -> int:
+        """Stop every run of this process because the worker is shutting down; how many."""
+        ...
+
+    def engine_ok(self) -> bool:
+        """Whether the engine that makes sandboxes answers now (quickly: a heartbeat asks it)."""
+        ...
+
+    def check_runtime(self) -> None:
+        """Unavailable, saying what to do, when the configured runtime cannot run sandboxes."""
+        ...
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         """Remove leftover sandboxes labelled with a job: those in job_ids, or all but keep (the

@@ -18,7 +18,13 @@ disabled (NANOGRID_WARM_POOL_SIZE=0) each run gets a container of its own, label
 as before. Leftovers are found by their labels (the reaper): nanogrid.job for single-use
 containers, nanogrid.warm (the owning worker process) for warm ones. Peak memory and CPU time of
 a run come from the runner's accounting of the user process (a warm container's cgroup spans
-many runs); whether the kernel OOM-killed it, from the cgroup's oom_kill counter.
+many runs); whether the kernel OOM-killed it, from the cgroup's oom_kill counter (the runner's
+view from inside, and the worker's from the host, which is the only one under gVisor).
+
+The OCI runtime is the setting NANOGRID_DOCKER_RUNTIME: runc, crun or runsc (gVisor). Under runsc
+the pids limit is the sandbox kernel's RLIMIT_NPROC and the pids cgroup only bounds gVisor's own
+host threads (GVISOR_HOST_PIDS_*); every exit frame carries the run's nonce (protocol.py), since
+gVisor lets a function open its runner's descriptors. README: Sandbox runtimes.
 """
 
 from __future__ import annotations
@@ -40,15 +46,16 @@ from pathlib import Path
 import docker
 import docker.errors
 from docker.types import LogConfig, Mount, Ulimit
+from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import RequestException
 
 from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
-                              RawRun, RunSpec, instance_id)
+                              EngineUnavailable, RawRun, RunSpec, instance_id)
 from nanogrid.sandbox.janitor import DOCKER_ERRORS, STATE_DIR_PREFIX, ContainerJanitor
-from nanogrid.sandbox.protocol import FrameReader
+from nanogrid.sandbox.protocol import FrameReader, new_nonce
 from nanogrid.sandbox.warm import Key, Slot, WarmPool
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,7 @@ RUNNER_COMMAND = ["python3", "-I", "-B", "/opt/nanogrid/runner.py", CODE_MOUNT,
 SANDBOX_USER = "65534:65534"
 MiB = 1024 * 1024
 API_TIMEOUT_S = 60
+ENGINE_CHECK_S = 2  # a heartbeat's look at dockerd: longer than this is an engine that does not answer
 # After the output stream ends the container is exiting; longer than this means it is stuck.
 EXIT_WAIT_S = 5
 # After a kill, the container's output must end within this, or the container is force-removed.
@@ -75,16 +83,33 @@ READ_CHUNK = 64 * 1024
 MUX_HEADER = struct.Struct(">BxxxI")
 MUX_STDOUT, MUX_STDERR = 1, 2
 SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# gVisor (runsc) runs the function's processes on its own kernel, whose ptrace platform takes host
+# threads of its own: about 38 for an idle sandbox and 5 to 6 more per process of the function. The
+# pids cgroup counts those, so under runsc it cannot be the function's limit (at pids=32 gVisor
+# could not even start). There the limit is the sandbox kernel's RLIMIT_NPROC, which gVisor
+# counts per sandbox (processes and threads, as the pids cgroup does under runc), and the cgroup
+# keeps this bound on gVisor's host threads, for the host's sake. README: Sandbox runtimes.
+GVISOR_HOST_PIDS_BASE = 1024
+GVISOR_HOST_PIDS_PER_PROCESS = 8
+# runsc flags that let the sandbox connect to a host Unix socket (the AI channel's).
+GVISOR_HOST_UDS_FLAGS = ("--host-uds=open", "--host-uds=all", "--fsgofer-host-uds")
 
 
 def connect(timeout: float = API_TIMEOUT_S) -> docker.DockerClient:
-    """A client for the local dockerd (DOCKER_HOST etc. honoured), or Unavailable."""
+    """A client for the local dockerd (DOCKER_HOST etc. honoured), or EngineUnavailable."""
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except DOCKER_ERRORS as exc:
-        raise Unavailable(f"cannot reach dockerd: {exc}") from exc
+        raise EngineUnavailable(f"cannot reach dockerd: {exc}") from exc
     return client
+
+
+def _engine_error(what: str, exc: Exception) -> Unavailable:
+    """dockerd refused (it answered with an error) or could not be reached (the engine is gone)."""
+    if isinstance(exc, docker.errors.APIError):
+        return Unavailable(f"{what}: {exc}")
+    return EngineUnavailable(f"{what}: the Docker engine does not answer ({exc})")
 
 
 class _Usage:
@@ -101,6 +126,7 @@ class _Usage:
         self.container_id = container_id
         self.memory_file: Path | None = None
         self.cpu_file: Path | None = None
+        self.oom_file: Path | None = None
         self.located = False
         self.peak_memory_bytes: int | None = None
         self.cpu_ns: int | None = None
@@ -113,11 +139,13 @@ class _Usage:
             if memory.exists():
                 cpus = (CGROUP_ROOT / name / leaf / "cpuacct.usage" for name in ("cpuacct", "cpu,cpuacct"))
                 self.memory_file, self.cpu_file = memory, next((p for p in cpus if p.exists()), None)
+                self.oom_file = memory.with_name("memory.oom_control")
                 break
             unified = CGROUP_ROOT / leaf
             if (unified / "cpu.stat").exists():
                 self.memory_file = unified / "memory.peak" if (unified / "memory.peak").exists() else None
                 self.cpu_file = unified / "cpu.stat"
+                self.oom_file = unified / "memory.events"
                 break
         self.located = True
 
@@ -143,6 +171,26 @@ class _Usage:
         except (OSError, ValueError, StopIteration, IndexError):
             pass  # the container is gone (or the layout is unknown): keep what was read so far
 
+    def oom_kills(self) -> int | None:
+        """The container's oom_kill counter, seen from the host (None when it cannot be read).
+
+        The runner reads the same counter from inside; under gVisor it cannot (the sandbox has no
+        cgroup files), and the host's OOM killer may take one of gVisor's processes and spare its
+        kernel, which then reports the function's process killed by SIGKILL: only this tells why."""
+        with self.lock:
+            try:
+                if not self.located:
+                    self._locate()
+                if self.oom_file is None:
+                    return None
+                for line in self.oom_file.read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+            except (OSError, ValueError):
+                pass
+            return None
+
 
 class _Supervisor:
     """One run's kill (at most once, never blocking the stream reader) and the escalation when a
@@ -154,7 +202,7 @@ class _Supervisor:
         self.usage = usage
         self.lock = threading.Lock()
         self.ended = threading.Event()
-        self.reason: str | None = None  # "timeout", "output", "garbled" or "cancel"
+        self.reason: str | None = None  # "timeout", "output", "garbled", "cancel" or "shutdown"
         self.killed_at: float | None = None
         self.escalated = False
         self.stream = None
@@ -257,7 +305,9 @@ class DockerSandbox:
         # another process: the worker's control command, a test), and the containers' AI folders.
         self.state_dir = Path(tempfile.gettempdir()) / f"{STATE_DIR_PREFIX}{self.instance}"
         self._jobs_dir_made = False
-
+        self._pool_lock = threading.Lock()
+        # Containers that could not be removed (the engine was away): removed when it answers again.
+        self._leftovers: set[str] = set()
     @property
     def client(self) -> docker.DockerClient:
         # A client's connection pool must not cross a fork: the prefork worker makes one per child.
@@ -269,18 +319,19 @@ class DockerSandbox:
     @property
     def pool(self) -> WarmPool:
         """This process's warm pool (a forked child never uses its parent's containers)."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            pool = WarmPool(self.settings, self._discard)
-            pool.current_version = self.current_version
-            self._pool, self._pool_pid, self._running = pool, os.getpid(), {}
-            atexit.register(pool.close)
-            try:  # a prefork child ends with os._exit: atexit would not run there
-                from celery.signals import worker_process_shutdown
+        with self._pool_lock:  # runs of several threads may ask for it first at once
+            if self._pool is None or self._pool_pid != os.getpid():
+                pool = WarmPool(self.settings, self._discard, self._remove_leftovers)
+                pool.current_version = self.current_version
+                self._pool, self._pool_pid, self._running, self._leftovers = pool, os.getpid(), {}, set()
+                atexit.register(pool.close)
+                try:  # a prefork child ends with os._exit: atexit would not run there
+                    from celery.signals import worker_process_shutdown
 
-                worker_process_shutdown.connect(lambda **_: pool.close(), weak=False)
-            except ImportError:
-                pass
-        return self._pool
+                    worker_process_shutdown.connect(lambda **_: pool.close(), weak=False)
+                except ImportError:
+                    pass
+            return self._pool
 
     def watch_functions(self, current_version) -> None:
         """current_version(function_id) -> latest version, or None once the function is deleted."""
@@ -298,7 +349,41 @@ class DockerSandbox:
         try:
             self.client.ping()
         except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot reach dockerd: {exc}") from exc
+            raise EngineUnavailable(f"cannot reach dockerd: {exc}") from exc
+
+    def check_runtime(self) -> None:
+        """Unavailable (with what to do) unless the engine has the configured runtime registered."""
+        runtime = self.settings.docker_runtime
+        try:
+            registered = sorted(self.client.info().get("Runtimes") or {})
+        except DOCKER_ERRORS as exc:
+            raise EngineUnavailable(f"cannot ask dockerd for its runtimes: {exc}") from exc
+        if runtime not in registered:
+            raise Unavailable(f"NANOGRID_DOCKER_RUNTIME={runtime} is not registered with the Docker engine (it has "
+                              f"{', '.join(registered) or 'none'}): add it to the engine's daemon.json \"runtimes\" "
+                              "and reload dockerd (README: Sandbox runtimes)")
+        if runtime == "runsc" and self.settings.ai_endpoint:
+            arguments = (self.client.info().get("Runtimes") or {}).get("runsc", {}).get("runtimeArgs") or []
+            if not any(argument in GVISOR_HOST_UDS_FLAGS for argument in arguments):
+                # Not a refusal: a wrapper script registered as runsc may pass the flag itself.
+                log.warning("AI_ENDPOINT is set but the engine's runsc is registered without --host-uds=open "
+                            "(runtimeArgs %s): functions' AI calls will fail with EPERM (README: Sandbox runtimes)",
+                            arguments)
+
+    def engine_ok(self) -> bool:
+        """Whether dockerd answers within ENGINE_CHECK_S (a client of its own: the runs' may be busy)."""
+        try:
+            docker.from_env(timeout=ENGINE_CHECK_S).ping()
+        except DOCKER_ERRORS:
+            return False
+        return True
+
+    def interrupt(self) -> int:
+        """Stop this process's runs for a shutdown: each ends with what it had printed."""
+        running = list(self._running.values()) if self._pool_pid == os.getpid() else []
+        for supervisor in running:
+            supervisor.kill("shutdown")
+        return len(running)
 
     # -- a run -------------------------------------------------------------------------------------
 
@@ -351,7 +436,7 @@ class DockerSandbox:
             container.start()
         except DOCKER_ERRORS as exc:
             self._discard(slot)
-            raise Unavailable(f"cannot start the sandbox container: {exc}") from exc
+            raise _engine_error("cannot start the sandbox container", exc) from exc
         except BaseException:
             self._discard(slot)
             raise
@@ -361,7 +446,8 @@ class DockerSandbox:
         """Hand one run to the slot's runner and read its frames; (what happened, reusable)."""
         limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes)
+        nonce = new_nonce()
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output, nonce=nonce)
         runner_stderr = bytearray()
         usage = _Usage(slot.container.id)
         supervisor = _Supervisor(self, slot.container, usage)
@@ -376,12 +462,14 @@ class DockerSandbox:
         elif spec.ai_socket_dir is not None:
             ai_socket = f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}"
         first_run = slot.runs == 0
-        since = int(time.time()) - 1
         self._register(spec.job_id, slot, supervisor)
+        oom_before = usage.oom_kills()
         started = time.monotonic()
+        request_sent = False
         try:
             try:
-                slot.sock.sendall(spec.request(ai_socket))
+                slot.sock.sendall(spec.request(nonce, ai_socket))
+                request_sent = True
             except OSError:
                 if not first_run:
                     raise _Stale() from None
@@ -393,6 +481,9 @@ class DockerSandbox:
         raw.duration_ms = int((time.monotonic() - started) * 1000)
         slot.runs += 1
         raw.add_frames(frames)
+        if frames.exit is not None and oom_before is not None:
+            oom_after = usage.oom_kills()
+            raw.oom_killed = raw.oom_killed or (oom_after is not None and oom_after > oom_before)
         raw.timed_out = supervisor.reason == "timeout"
         if frames.exit is not None and supervisor.reason is None and not frames.over_cap and not frames.garbled:
             # The runner reported the run and has cleaned up: the container lives on.
@@ -404,7 +495,16 @@ class DockerSandbox:
         if first_run and raw.peak_memory_bytes is None and usage.peak_memory_bytes is not None:
             raw.peak_memory_bytes = usage.peak_memory_bytes  # its cgroup saw this run only
             raw.cpu_time_ms = raw.cpu_time_ms if usage.cpu_ns is None else usage.cpu_ns // 1_000_000
-        state = self._final_state(slot.container)
+        try:
+            state = self._final_state(slot.container)
+        except EngineUnavailable as exc:
+            if not request_sent:
+                raise  # nothing of the run started: the caller may run it again
+            # The engine went away during the run: what it had printed is all there is.
+            raw.engine_lost = True
+            runner_stderr += f"\n[nanogrid] {exc}".encode()
+            raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
+            return raw, False
         if state is None:
             runner_stderr += b"\n[nanogrid] the container was removed while the run was in progress"
         elif state.get("Running"):
@@ -413,13 +513,14 @@ class DockerSandbox:
             raw.runner_exit_code = state["ExitCode"]
             raw.oom_killed = raw.oom_killed or bool(state.get("OOMKilled"))
         raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
-        # A SIGKILL this run did not send, with no OOM and no exit report from the runner: either
-        # someone called kill(job_id) from another process (or `docker kill`ed it), which is a
-        # cancellation, or something else killed the runner, which is not. Only the first leaves
-        # a kill event in dockerd.
+        # A SIGKILL this run did not send, with no OOM and no exit report from the runner: a
+        # cancellation if kill(job_id) was called for it from another process of this host (it
+        # leaves a note first), else something else killed the runner (the function's own code,
+        # the engine stopping, someone on the host), which is not.
         killed = (supervisor.reason is None and frames.exit is None and not raw.oom_killed
                   and raw.runner_exit_code == SIGKILL_EXIT_CODE)
-        raw.cancelled = supervisor.reason == "cancel" or (killed and self._kill_requested(slot.container, since))
+        raw.cancelled = supervisor.reason == "cancel" or (killed and self._cancel_noted(spec.job_id))
+        raw.interrupted = supervisor.reason == "shutdown"
         return raw, False
 
     def _read(self, slot: Slot, frames: FrameReader, runner_stderr: bytearray, supervisor: "_Supervisor",
@@ -487,6 +588,23 @@ class DockerSandbox:
             except OSError:
                 pass
 
+    def _note_cancel(self, job_id: str) -> None:
+        if SAFE_JOB_ID.match(job_id):
+            try:
+                (_private_dir(self.state_dir / "cancelled") / job_id).touch()
+            except OSError as exc:
+                log.warning("cannot note the cancel of %s: %s", job_id, exc)
+
+    def _cancel_noted(self, job_id: str) -> bool:
+        """Whether another process of this host cancelled job_id (the note is used up)."""
+        if not SAFE_JOB_ID.match(job_id):
+            return False
+        try:
+            (self.state_dir / "cancelled" / job_id).unlink()
+        except OSError:
+            return False
+        return True
+
     def running_container(self, job_id: str) -> str | None:
         """The id of the warm container running job_id on this host, if one does."""
         if not SAFE_JOB_ID.match(job_id):
@@ -503,6 +621,8 @@ class DockerSandbox:
         supervisor = self._running.get(job_id) if self._pool_pid == os.getpid() else None
         if supervisor is not None:
             supervisor.kill("cancel")
+        else:
+            self._note_cancel(job_id)  # the process running it reads the note when its run is killed
         try:
             running = [s["Id"] for s in self.client.api.containers(filters={"label": f"{LABEL_JOB}={job_id}"})]
         except DOCKER_ERRORS as exc:
@@ -580,8 +700,10 @@ class DockerSandbox:
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             auto_remove=False,  # its exit state is read after an abnormal end; then it is removed
         )
-        if self.settings.docker_runtime:
-            options["runtime"] = self.settings.docker_runtime
+        options["runtime"] = self.settings.docker_runtime
+        if self.settings.docker_runtime == "runsc":
+            options["pids_limit"] = GVISOR_HOST_PIDS_BASE + GVISOR_HOST_PIDS_PER_PROCESS * limits.pids
+            options["ulimits"].append(Ulimit(name="nproc", soft=limits.pids, hard=limits.pids))
         ai_mount = ai_dir or spec.ai_socket_dir
         if ai_mount is not None:
             # The AI channel's directory: it holds only the channel's Unix socket, read-only.
@@ -593,20 +715,11 @@ class DockerSandbox:
         except docker.errors.ImageNotFound as exc:
             raise Unavailable(f"the runtime image {self.settings.runtime_image} does not exist; {BUILD_HINT}") from exc
         except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot create the sandbox container: {exc}") from exc
-
-    def _kill_requested(self, container, since: int) -> bool:
-        """Whether dockerd was asked to kill the container (by anyone) since `since`."""
-        try:
-            events = self.client.api.events(since=since, until=time.time(), decode=True,
-                                            filters={"container": container.id, "event": "kill"})
-            return any(True for _ in events)
-        except DOCKER_ERRORS as exc:
-            log.warning("cannot read dockerd's events for %s: %s", container.id[:12], exc)
-            return True  # the likelier story: runners are rarely killed from inside
+            raise _engine_error("cannot create the sandbox container", exc) from exc
 
     def _final_state(self, container) -> dict | None:
-        """The container's State once it has exited (exit code, OOMKilled), or None if it is gone.
+        """The container's State once it has exited (exit code, OOMKilled), or None if it is gone;
+        EngineUnavailable when dockerd cannot be reached.
 
         container.wait(timeout=) bounds only the HTTP call, not the container: when it expires
         the container is killed and waited for once more; if it still runs after that, its State
@@ -618,6 +731,8 @@ class DockerSandbox:
                 break
             except docker.errors.NotFound:
                 return None
+            except RequestsConnectionError as exc:
+                raise _engine_error("cannot wait for the sandbox container", exc) from exc
             except RequestException:
                 if attempt:
                     log.warning("container %s still running after a kill; it will be force-removed", container.id[:12])
@@ -628,13 +743,13 @@ class DockerSandbox:
                 except DOCKER_ERRORS:
                     pass  # exited meanwhile (409), or dockerd is struggling: the second wait tells
             except DOCKER_ERRORS as exc:
-                raise Unavailable(f"cannot wait for the sandbox container: {exc}") from exc
+                raise _engine_error("cannot wait for the sandbox container", exc) from exc
         try:
             container.reload()
         except docker.errors.NotFound:
             return None
         except DOCKER_ERRORS as exc:
-            raise Unavailable(f"cannot inspect the sandbox container: {exc}") from exc
+            raise _engine_error("cannot inspect the sandbox container", exc) from exc
         return container.attrs["State"]
 
     def _remove(self, container) -> None:
@@ -653,6 +768,21 @@ class DockerSandbox:
                     return
                 time.sleep(0.1)  # "removal already in progress"
             except DOCKER_ERRORS as exc:
-                log.warning("cannot remove container %s (the reaper will retry): %s", container.id[:12], exc)
+                # The engine is away: this process removes it once the engine answers again.
+                log.warning("cannot remove container %s (retried when the engine answers): %s",
+                            container.id[:12], exc)
+                self._leftovers.add(container.id)
                 return
+
+    def _remove_leftovers(self) -> None:
+        """Remove the containers that could not be removed while the engine was away."""
+        for container_id in list(self._leftovers):
+            try:
+                self.client.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except (*DOCKER_ERRORS, Unavailable):
+                return  # still away: the next maintenance pass tries again
+            self._leftovers.discard(container_id)
+            log.info("removed container %s, left behind while the engine was away", container_id[:12])
 

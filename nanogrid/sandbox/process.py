@@ -27,7 +27,7 @@ from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.limits import Limits
 from nanogrid.sandbox import RUNTIME_DIR, RawRun, RunSpec
-from nanogrid.sandbox.protocol import FrameReader
+from nanogrid.sandbox.protocol import FrameReader, new_nonce
 
 MiB = 1024 * 1024
 READ_CHUNK = 64 * 1024
@@ -109,7 +109,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 class _Run:
     def __init__(self, process: subprocess.Popen):
         self.process = process
-        self.cancelled = False
+        self.stopped_for: str | None = None  # "cancel" or "shutdown"
 
 
 class ProcessSandbox:
@@ -137,6 +137,7 @@ class ProcessSandbox:
             environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
                            "LANG": "C.UTF-8"}
             started = time.monotonic()
+            nonce = new_nonce()
             process = subprocess.Popen(
                 [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), "--scrub", scratch],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -149,11 +150,11 @@ class ProcessSandbox:
             try:
                 try:
                     # Stdin stays open while the run lasts: its end tells the runner the worker is gone.
-                    process.stdin.write(spec.request(ai_socket))
+                    process.stdin.write(spec.request(nonce, ai_socket))
                     process.stdin.flush()
                 except OSError:
                     pass  # the runner died at once: its exit status says why
-                raw = self._supervise(process, limits, started)
+                raw = self._supervise(process, spec, started, nonce)
             finally:
                 # Also ends whatever the user code left running in the background.
                 _kill_group(process)
@@ -165,7 +166,8 @@ class ProcessSandbox:
                         pass
                 with self._lock:
                     self._running.pop(spec.job_id, None)
-        raw.cancelled = run.cancelled
+        raw.cancelled = run.stopped_for == "cancel"
+        raw.interrupted = run.stopped_for == "shutdown"
         return raw
 
     def kill(self, job_id: str) -> bool:
@@ -174,16 +176,32 @@ class ProcessSandbox:
             run = self._running.get(job_id)
         if run is None:
             return False
-        run.cancelled = True
+        run.stopped_for = "cancel"
         _kill_group(run.process)
         return True
+
+    def interrupt(self) -> int:
+        """Stop this process's runs for a shutdown: each ends with what it had printed."""
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.stopped_for = "shutdown"
+            _kill_group(run.process)
+        return len(runs)
+
+    def engine_ok(self) -> bool:
+        return True  # plain processes: nothing to ask
+
+    def check_runtime(self) -> None:
+        """Plain processes have no OCI runtime to check."""
 
     def remove_containers(self, job_ids: set[str] | None = None, keep: set[str] | None = None) -> int:
         return 0  # runs leave no containers; their processes die with the run
 
-    def _supervise(self, process: subprocess.Popen, limits: Limits, started: float) -> RawRun:
+    def _supervise(self, process: subprocess.Popen, spec: RunSpec, started: float, nonce: bytes) -> RawRun:
+        limits = spec.limits
         raw = RawRun()
-        frames = FrameReader(limits.output_bytes)
+        frames = FrameReader(limits.output_bytes, on_output=spec.on_output, nonce=nonce)
         runner_stderr = bytearray()
         deadline = started + limits.timeout_s
         with selectors.DefaultSelector() as selector:

@@ -108,13 +108,17 @@ class Slot:
 
 
 class WarmPool:
-    def __init__(self, settings: Settings, discard: Callable[[Slot], None]):
+    def __init__(self, settings: Settings, discard: Callable[[Slot], None],
+                 tidy: Callable[[], None] = lambda: None):
+        """discard removes one container for good; tidy runs with every maintenance pass (the
+        sandbox removes there what it could not remove before)."""
         self.size = settings.warm_pool_size
         self.idle_ttl_s = settings.warm_idle_ttl_s
         self.max_containers = settings.warm_max_containers
         self.memory_budget_mb = settings.warm_memory_budget_mb
         self.check_every_s = settings.reaper_interval_s
         self.discard = discard
+        self.tidy = tidy
         # The function's latest version, or None once it is deleted (set by the worker).
         self.current_version: Callable[[str], int | None] | None = None
         self._idle: dict[Key, list[Slot]] = {}  # least recently used first
@@ -233,6 +237,7 @@ class WarmPool:
         while not self._stop.wait(max(0.05, min(MAINTAIN_S, self.idle_ttl_s / 2))):
             try:
                 self.maintain()
+                self.tidy()
             except Exception:  # noqa: BLE001 - one failed pass must not end the maintenance
                 log.exception("warm pool maintenance failed")
 

@@ -48,22 +48,47 @@ def _ensure_buckets(settings: Settings) -> None:
 
 def _ensure_tables(settings: Settings) -> None:
     from nanogrid import aws
+    from nanogrid.storage import dynamodb_tables
+    from nanogrid.storage.dynamodb import TTL_ATTRIBUTE, index_attributes
 
     dynamodb = aws.client(settings, "dynamodb")
-    for table, key in ((settings.functions_table, "functionId"), (settings.jobs_table, "jobId"),
-                       (settings.keys_table, "keyId")):
+    for table, spec in dynamodb_tables(settings).items():
+        attributes = [{"AttributeName": spec.key, "AttributeType": "S"}]
+        indexes = []
+        for index in spec.indexes:
+            pk, sk = index_attributes(index)
+            attributes += [{"AttributeName": pk, "AttributeType": "S"}, {"AttributeName": sk, "AttributeType": "S"}]
+            indexes.append({"IndexName": index, "Projection": {"ProjectionType": "ALL"},
+                            "KeySchema": [{"AttributeName": pk, "KeyType": "HASH"},
+                                          {"AttributeName": sk, "KeyType": "RANGE"}]})
         with aws.unavailable_on_outage(f"DynamoDB create table {table}"):
             try:
                 dynamodb.create_table(
                     TableName=table,
-                    AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-                    KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+                    AttributeDefinitions=attributes,
+                    KeySchema=[{"AttributeName": spec.key, "KeyType": "HASH"}],
                     BillingMode="PAY_PER_REQUEST",
+                    **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
                 )
             except dynamodb.exceptions.ResourceInUseException:
-                pass
+                _add_missing_indexes(dynamodb, table, attributes, indexes)
             # Real DynamoDB takes seconds to make a new table ACTIVE; writes before then fail.
             dynamodb.get_waiter("table_exists").wait(
                 TableName=table,
                 WaiterConfig={"Delay": TABLE_READY_POLL_S, "MaxAttempts": TABLE_READY_MAX_POLLS},
             )
+            if spec.expires:
+                ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+                if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                    dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification={
+                        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
+
+
+def _add_missing_indexes(dynamodb, table: str, attributes: list[dict], indexes: list[dict]) -> None:
+    """A table made before an index existed gets it (DynamoDB backfills it in the background)."""
+    present = {i["IndexName"] for i in dynamodb.describe_table(TableName=table)["Table"].get(
+        "GlobalSecondaryIndexes", [])}
+    for index in indexes:
+        if index["IndexName"] not in present:
+            dynamodb.update_table(TableName=table, AttributeDefinitions=attributes,
+                                  GlobalSecondaryIndexUpdates=[{"Create": index}])

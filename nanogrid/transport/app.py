@@ -47,6 +47,8 @@ def celery_settings(settings: Settings) -> dict:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "broker_connection_retry_on_startup": True,
+        # Messages no worker can process go to the dead letters instead of being dropped.
+        "worker_consumer": "nanogrid.worker.deadletters:Consumer",
     }
     if settings.uses_sqs:
         endpoint = urlparse(settings.aws_endpoint_url) if settings.aws_endpoint_url else None

@@ -12,6 +12,8 @@ import functools
 from celery import Celery
 
 from nanogrid.config import Settings
+from nanogrid.errors import Unavailable
+from nanogrid.transport.deadletters import DeadLetter, DeadLetters
 from nanogrid.transport.depth import Depth, queue_depth
 from nanogrid.transport.app import make_celery
 
@@ -24,13 +26,34 @@ class Broker:
     def app(self) -> Celery:
         return make_celery(self.settings)
 
-    def send(self, task: str, args: list) -> None:
-        """Publish one task message (ignore_result: the job record is the result)."""
-        self.app.send_task(task, args=args, ignore_result=True)
+    def send(self, task: str, args: list, countdown_s: float = 0) -> None:
+        """Publish one task message (ignore_result: the job record is the result), to run no
+        sooner than countdown_s from now; Unavailable when the broker refuses it (Celery has
+        retried, per task_publish_retry_policy)."""
+        try:
+            self.app.send_task(task, args=args, ignore_result=True, countdown=countdown_s or None)
+        except Exception as exc:  # noqa: BLE001 - kombu, redis, botocore: every way a publish fails
+            raise Unavailable(f"broker: {exc}") from exc
+
+    def publish_raw(self, letter: DeadLetter) -> None:
+        """Publish a message body as it was first delivered (a dead letter sent back, on Redis)."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(letter.body, exchange="", routing_key=self.settings.queue_name,
+                                 content_type=letter.content_type, content_encoding=letter.content_encoding,
+                                 headers=letter.headers, retry=True, **letter.properties)
+        except Exception as exc:  # noqa: BLE001 - as in send
+            raise Unavailable(f"broker: {exc}") from exc
+
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.settings)
 
     def broadcast(self, command: str, arguments: dict) -> None:
         """A remote control command to every worker, without waiting for replies."""
-        self.app.control.broadcast(command, arguments=arguments)
+        try:
+            self.app.control.broadcast(command, arguments=arguments)
+        except Exception as exc:  # noqa: BLE001 - as in send
+            raise Unavailable(f"broker: {exc}") from exc
 
     def ask(self, command: str, destination: list[str] | None = None, timeout_s: float = 1.0) -> dict:
         """A remote control command answered by the workers: {worker name: reply}; with a

@@ -31,15 +31,17 @@ from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
 from nanogrid.functions import code_key, tenant_of
 from nanogrid.jobs import ErrorType, Status
+from nanogrid.jobs.events import OutputPublisher
 from nanogrid.jobs.records import error
 from nanogrid.limits import Limits
 from nanogrid.outcomes import Outcome, classify
 from nanogrid.host import pid_alive
-from nanogrid.sandbox import RunSpec
+from nanogrid.sandbox import EngineUnavailable, RunSpec
 from nanogrid.services import Services, worker_id
 
 log = logging.getLogger(__name__)
 CODE_FETCH_ATTEMPTS = 3
+ENGINE_RETRIES = 1  # a run the engine refused before it started goes back to the queue this often
 # Extracted code directories kept per worker process beyond those its warm containers mount.
 MAX_CODE_DIRS = 16
 CODE_DIR_PREFIX = "nanogrid-code-"
@@ -97,11 +99,22 @@ def _run(services: Services, job_id: str) -> str:
     logs.bind(function_id=job["function_id"], function_version=job["function_version"])
     log.info("run started")
     with LeaseKeeper(services, job_id, holder):
-        fields = execute(services, job)
+        try:
+            fields = execute(services, job)
+        except EngineUnavailable as exc:
+            # Nothing of the run started: once, it goes back to the queue, which this worker stops
+            # taking from until its engine answers (worker/heartbeat.py); after that it fails.
+            if job.get("engine_retries", 0) < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
+                log.warning("the sandbox engine does not answer (%s); the run goes back to the queue", exc)
+                metrics.record_dropped("requeued")
+                return "requeued"
+            fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
     done = services.jobs.finish(job_id, holder, **fields)
     status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
-    error_type = ((done or fields).get("error") or {}).get("type")
+    error_type = (fields.get("error") or {}).get("type")
     elapsed = time.monotonic() - started
+    if status == Status.PENDING:  # the retry policy runs it again (JobStore.finish)
+        status = "retrying"
     metrics.record_run(status, error_type, elapsed)
     log.info("run finished: %s%s", status, f" ({error_type})" if error_type else "",
              extra={"status": status, "error_type": error_type, "duration_ms": int(elapsed * 1000)})
@@ -127,23 +140,27 @@ def execute(services: Services, job: dict) -> dict:
     channel = Channel(settings) if settings.ai_endpoint else None
     sha = hashlib.sha256(bundle).hexdigest()
     try:
-        with code_dir(services, job, bundle, sha) as directory:
+        # The run's output, as it arrives, to its live event stream (nanogrid/jobs/events.py).
+        with code_dir(services, job, bundle, sha) as directory, \
+                OutputPublisher(services.jobs.events, tenant_of(job), job["job_id"]) as publish:
             run_spec = RunSpec(
                 job["job_id"], job["function_id"], directory, spec.get("handler"), limits,
                 version=job["function_version"], code_sha=sha,
                 tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
                 ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
+                on_output=publish, attempt=job.get("attempt", 1),
             )
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)
                 call.run_ms = raw.duration_ms
+    except EngineUnavailable:
+        raise  # the caller decides: nothing ran, so it may run again
     except Unavailable as exc:
         return failure(ErrorType.SANDBOX_ERROR, str(exc))
     finally:
         ai_usage = channel.close() if channel is not None else None
     outcome = classify(raw, limits)
-    if ai_usage is not None:
-        ai_unavailable(outcome, raw)
+    ai_unavailable(outcome, raw)  # the AI node down, or none configured: the same error type
     fields = {
         "status": outcome.status, "result": outcome.result, "error": outcome.error, "exit_code": outcome.exit_code,
         "stdout": raw.stdout.decode("utf-8", "replace"), "stderr": raw.stderr.decode("utf-8", "replace"),
@@ -155,6 +172,8 @@ def execute(services: Services, job: dict) -> dict:
         fields["cpu_time_ms"] = raw.cpu_time_ms
     if ai_usage is not None:
         fields["ai_usage"] = ai_usage
+    if raw.items is not None:
+        fields["streamed"] = True  # a streaming handler: its result is the list of its items
     return fields
 
 

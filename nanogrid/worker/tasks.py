@@ -12,7 +12,7 @@ from nanogrid.functions import archive_key, code_key, tenant_of
 from nanogrid.jobs import Status
 from nanogrid.keys import DEFAULT_TENANT
 from nanogrid.services import current as services
-from nanogrid.task_names import ARCHIVE_TASK, RUN_TASK
+from nanogrid.task_names import ARCHIVE_TASK, CALLBACK_TASK, RUN_TASK
 from nanogrid.worker import execute
 
 log = logging.getLogger(__name__)
@@ -24,11 +24,19 @@ _archive_queued: dict[tuple, float] = {}
 ARCHIVE_RESEND_S = 600
 
 
+class RunFailed(Exception):
+    """The run ended FAILED: the task fails too, so Flower and `celery inspect` show it as failed,
+    with the job and the error type; an expected failure, logged without a traceback."""
+
+
 # ignore_result: the job record is the result; Celery's result backend would only cost a write
 # per run here and a subscription per run in the API.
-@shared_task(name=RUN_TASK, bind=True, ignore_result=True)
+@shared_task(name=RUN_TASK, bind=True, ignore_result=True, throws=(RunFailed,))
 def run_job(self, job_id: str) -> str:
     status = execute.run(services(), job_id)
+    if status == Status.FAILED:
+        error = (services().jobs.get(job_id).get("error") or {}).get("type")
+        raise RunFailed(f"job {job_id} FAILED: {error}")
     if status == Status.SUCCESS and services().archive is not None:
         job = services().jobs.get(job_id)
         version = (tenant_of(job), job["function_id"], job["function_version"])
@@ -40,6 +48,17 @@ def run_job(self, job_id: str) -> str:
             except Exception:  # noqa: BLE001 - archiving must never fail the run; the next success retries it
                 log.exception("could not queue the archive task", extra={"job_id": job_id})
     return status
+
+
+@shared_task(name=CALLBACK_TASK, autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=300,
+             max_retries=8, ignore_result=True)
+def deliver_callback(job_id: str) -> None:
+    """One attempt at a finished job's callbacks; the next attempt, if one is due, is queued with
+    its wait (nanogrid.jobs.callbacks)."""
+    svc = services()
+    delay = svc.callbacks.deliver(job_id)
+    if delay is not None:
+        svc.callbacks.publish(job_id, delay)
 
 
 @shared_task(name=ARCHIVE_TASK, autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=300, max_retries=8,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from nanogrid.ai import SANDBOX_SOCKET_DIR
 from nanogrid.ai.channel import Channel
 from nanogrid.sandbox import Limits, RunSpec
-from nanogrid.sandbox.docker import DockerSandbox
+from nanogrid.sandbox.docker import GVISOR_HOST_UDS_FLAGS, DockerSandbox
 from support.servers import free_port
 
 USES_EVERYTHING = '''
@@ -233,6 +234,25 @@ def test_silent_ai_node_fails_the_run_within_the_configured_timeout(docker_app, 
     # The channel's timeout ended the call, long before the run's own deadline (30 s) could.
     assert "no answer within 2 s" in job["error"]["message"]
     assert job["duration_ms"] >= 2000, job["duration_ms"]
+
+
+def test_under_gvisor_the_channel_needs_runsc_with_host_uds(docker_app, fake_ollama, caplog):
+    """gVisor refuses a sandbox's connect() to a host Unix socket unless runsc runs with
+    --host-uds=open (README: Sandbox runtimes). Where the engine's runsc has it, the channel works
+    as under runc; where it has not (the test command's engine), the function's AI call fails with
+    EPERM, which it can handle, and the worker's start-up check warned about it."""
+    app = docker_app(docker_runtime="runsc")
+    arguments = app.services.sandbox.client.info()["Runtimes"]["runsc"].get("runtimeArgs") or []
+    with caplog.at_level(logging.WARNING, logger="nanogrid.sandbox.docker"):
+        app.services.sandbox.check_runtime()
+    job = run_function(app, HANDLED)
+    assert job["status"] == "SUCCESS", job
+    if any(argument in GVISOR_HOST_UDS_FLAGS for argument in arguments):
+        assert job["result"] == "echo: hello" and "--host-uds" not in caplog.text
+    else:
+        assert job["result"] == {"fallback": True, "why": "the AI node is unavailable: cannot open the AI channel "
+                                                          "([Errno 1] Operation not permitted)"}, job["result"]
+        assert "registered without --host-uds=open" in caplog.text
 
 
 def test_budget_exceeded_is_a_clear_error_in_the_function(docker_app, fake_ollama):

@@ -104,7 +104,6 @@ def test_ai_check_command(ollama):
 def test_health_ai_component_is_optional(make_app, ollama, endpoint, status):
     url = {"": "", "fake": ollama.url, "down": f"http://127.0.0.1:{free_port()}"}[endpoint]
     response = make_app(ai_endpoint=url).client.get("/health")
-    assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    assert body["status"] == "ok" and "failing" not in body
+    assert body["failing"] == ["worker"], body  # this app has no worker; the AI node never fails it
     assert body["components"]["ai"] == {"status": status, "optional": True}

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 
 import pytest
+import redis
 
 from nanogrid.worker import execute
 
@@ -170,9 +172,14 @@ def test_hostile_zips_are_refused(app):
 
 
 def test_health_and_limits(app):
-    health = app.client.get("/health")
-    assert health.status_code == 200, health.get_json()
-    assert health.get_json()["components"]["sandbox"]["isolated"] is False
+    live = app.client.get("/health/live")
+    assert live.status_code == 200, live.get_json()
+    assert set(live.get_json()["components"]) == {"redis", "functions", "jobs", "broker"}
+    health = app.client.get("/health")  # ready to run functions: no worker has beaten here
+    assert health.status_code == 503 and health.get_json()["failing"] == ["worker"], health.get_json()
+    components = health.get_json()["components"]
+    assert components["worker"]["status"] == "down" and components["sandbox"]["status"] == "unknown"
+    assert components["sandbox"]["isolated"] is False
     limits = app.client.get("/limits").get_json()
     assert limits["timeout_s"] == {"default": 30, "ceiling": 86400}
 
@@ -188,3 +195,30 @@ def test_cancel_a_queued_job(app):
     assert api.get(f"/jobs/{job_id}").get_json()["status"] == "FAILED"
     assert error_of(api.post(f"/jobs/{job_id}/cancel")) == (409, "conflict")
     assert error_of(api.post("/jobs/00000000-0000-4000-8000-000000000000/cancel"))[0] == 404
+
+
+def test_every_api_thread_waiting_at_once_gets_its_answer_on_a_bounded_redis_pool(app, redis_url):
+    """A request thread waiting on a run holds a Redis subscription: as many waits as the API has
+    threads all end with the result, on no more connections than the pool is sized to."""
+    threads = app.settings.api_threads
+    function_id = app.deploy("echo", "def handler(e, c):\n    return e\n")["function_id"]
+    job_id = app.client.post(f"/functions/{function_id}/run", json={"input": 7, "wait_s": 0}).get_json()["job_id"]
+    answers, started = [], threading.Barrier(threads + 1)
+
+    def wait():
+        started.wait()
+        answers.append(app.client.get(f"/jobs/{job_id}", query_string={"wait_s": 60}).get_json())
+
+    waiters = [threading.Thread(target=wait) for _ in range(threads)]
+    for waiter in waiters:
+        waiter.start()
+    started.wait()
+    execute.run(app.services, job_id)
+    for waiter in waiters:
+        waiter.join()
+    assert [answer["status"] for answer in answers] == ["SUCCESS"] * threads
+    assert [answer["result"] for answer in answers] == [7] * threads
+    pool = app.services.redis.connection_pool
+    assert pool.max_connections == 2 * threads + 8
+    held = redis.Redis.from_url(redis_url).info("clients")["connected_clients"] - 1  # not this probe
+    assert held <= pool.max_connections

@@ -41,13 +41,14 @@ def dev(processes, tmp_path_factory, runtime_image):
 def test_banner_health_and_operator_env(dev):
     health = dev.client.health()
     assert health["status"] == "ok"
-    assert health["components"]["sandbox"] == {"status": "ok", "mode": "docker", "isolated": True}
+    assert health["components"]["sandbox"] == {"status": "ok", "mode": "docker", "isolated": True, "runtime": "runc"}
+    assert health["components"]["worker"] == {"status": "ok", "workers": 1}
     assert dev.operator_env["NANOGRID_BROKER_URL"].startswith("redis://127.0.0.1:")
     ping = subprocess.run([sys.executable, "-m", "celery", "-A", "nanogrid", "inspect", "ping", "--timeout", "5"],
                           env={**os.environ, **dev.operator_env}, capture_output=True, text=True, timeout=60)
     assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     log = dev.log("dev")
-    assert f"NanoGrid is running at {dev.url}" in log and "Docker (isolated containers)" in log
+    assert f"NanoGrid is running at {dev.url}" in log and "Docker (isolated containers, runtime runc)" in log
     assert "auth:     OPEN: no API keys exist" in log  # a fresh data dir has no key store entries
 
 

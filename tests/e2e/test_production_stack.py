@@ -77,7 +77,7 @@ def archive_tasks_settled(stack) -> bool:
 def test_health_names_every_component(stack):
     health = stack.client.health()
     assert health["status"] == "ok", health
-    assert set(health["components"]) >= {"redis", "functions", "jobs", "broker", "sandbox"}
+    assert set(health["components"]) >= {"redis", "functions", "jobs", "broker", "worker", "sandbox"}
 
 
 def test_run_on_sqs_and_archive_only_successful_versions(stack):

@@ -144,7 +144,7 @@ def test_controller_runs_gunicorn_under_systemd_with_an_env_file():
     assert unit["EnvironmentFile"] == "{{ controller_env_file }}"
     assert unit["User"] == "{{ nanogrid_user }}"
     tasks = {t["name"]: t for t in _tasks("controller")}
-    assert tasks["Wait for the API to answer /health"]["ansible.builtin.uri"]["url"].endswith("/health")
+    assert tasks["Wait for the API to answer /health/live"]["ansible.builtin.uri"]["url"].endswith("/health/live")
 
 
 def test_ai_node_pulls_the_models_of_a_variable():

@@ -49,6 +49,12 @@ PROCESSES = {
         "unit": "controller/templates/nanogrid-api.service.j2", "exec": "/bin/nanogrid api",
         "iam": "controller",
     },
+    "scheduler": {
+        "entries": ["nanogrid.scheduler"],
+        "role": "controller", "env": "controller.env.j2",
+        "unit": "controller/templates/nanogrid-scheduler.service.j2", "exec": "/bin/nanogrid scheduler",
+        "iam": "controller",
+    },
     "publisher": {
         "entries": ["nanogrid.scaling.__main__"],
         "role": "controller", "env": "controller.env.j2",
@@ -150,7 +156,6 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_DEFAULT_WAIT_S": "synchronous run wait; default 30 s",
     "NANOGRID_MAX_WAIT_S": "synchronous run wait ceiling; default 300 s, under the ALB idle timeout of 330 s",
     "NANOGRID_INLINE_OUTPUT_BYTES": "outputs above 64 KiB go to the user-data bucket; the default is right",
-    "NANOGRID_DOCKER_RUNTIME": "an alternative OCI runtime (e.g. runsc); unset uses Docker's default",
     "NANOGRID_LEASE_S": "exactly-once lease; the 30 s default is what the reliability tests prove",
     "NANOGRID_REAPER_INTERVAL_S": "reaper period; default 5 s",
     "NANOGRID_REDISPATCH_AFTER_S": "re-dispatch of unclaimed jobs; default 300 s",
@@ -163,6 +168,21 @@ OPTIONAL_EVERYWHERE = {
     "FLOWER_BASIC_AUTH": "Flower's own authentication, checked by `nanogrid flower`; on the fleet Flower listens on "
                          "localhost only (test_flower_listens_on_localhost) and is reached through an SSH tunnel",
     "FLOWER_AUTH": "Flower's OAuth alternative to FLOWER_BASIC_AUTH (see there)",
+    "NANOGRID_JOB_RETENTION_DAYS": "default 7, Terraform's job_retention_days, which sets the jobs table's TTL and the "
+                                   "user-data bucket's expiry of stored outputs to the same (checked by "
+                                   "test_the_job_retention_is_the_same_in_terraform_and_the_code)",
+    "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
+                            "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
+    "NANOGRID_DEAD_LETTER_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-dlq', the name Terraform gives the dead-letter "
+                                      "queue (checked by test_the_dead_letter_queue_is_the_one_terraform_makes)",
+    "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "set only when nanogrid_callback_allowed_networks lists networks; unset, "
+                                          "callbacks reach every address but loopback, link-local and the platform's",
+    "NANOGRID_CALLBACK_TIMEOUT_S": "how long a callback waits for its receiver; the 10 s default is what receivers "
+                                   "are told to answer within (README)",
+    "NANOGRID_CALLBACK_MAX_ATTEMPTS": "callback attempts; 8, from 2 s doubled, spans about 4 minutes (README)",
+    "NANOGRID_CALLBACK_BACKOFF_S": "the first wait between callback attempts; default 2 s, doubled each time",
+    "NANOGRID_SHUTDOWN_GRACE_S": "unset: a worker's warm shutdown lets the runs in progress finish (the drain hook "
+                                 "waits for them); `nanogrid dev` sets it to stop quickly",
     "NANOGRID_SCALING_INTERVAL_S": "publisher period; default 60 s",
     "NANOGRID_REDIS_URL": "built from REDIS_HOST and REDIS_PORT unless Redis needs TLS and AUTH",
     "NANOGRID_LOG_FORMAT": "json (the default) writes one object per line for the journal; text is for a terminal",
@@ -210,6 +230,7 @@ OPTIONAL_BY_PROCESS = {
         "GOOGLE_APPLICATION_CREDENTIALS": "NANOGRID_ARCHIVE=none: only workers archive",
         "NANOGRID_SANDBOX": "only workers run sandboxes",
         "NANOGRID_RUNTIME_IMAGE": "only workers run sandboxes",
+        "NANOGRID_DOCKER_RUNTIME": "only workers run sandboxes",
         "NANOGRID_WORKER_CONCURRENCY": "only workers consume the queue",
     },
     "worker": {
@@ -225,6 +246,7 @@ OPTIONAL_BY_PROCESS = {
 }
 OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
 OPTIONAL_BY_PROCESS["publisher"] = OPTIONAL_BY_PROCESS["flower"]
+OPTIONAL_BY_PROCESS["scheduler"] = OPTIONAL_BY_PROCESS["flower"]
 # Names the production templates must set whatever the code does: the backends.
 ALWAYS_REQUIRED = {"NANOGRID_STORAGE", "NANOGRID_ARCHIVE", "AWS_REGION"}
 PUBLISHER_REQUIRED = {"NANOGRID_WORKER_ASG"}
@@ -633,7 +655,8 @@ def key_stores_of_the_api_and_the_cli(monkeypatch) -> list[keys.KeyStore]:
     api = App(settings)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return [api.keys, cli._key_store()]
+    store, _where = cli._key_store()
+    return [api.keys, store]
 
 
 def test_the_api_reads_the_queue_depth_it_is_granted(modules):
@@ -839,3 +862,49 @@ def test_terraform_passes_every_deployment_value_the_playbooks_need():
     defaults = yaml.safe_load((ANSIBLE / "roles" / "nanogrid" / "defaults" / "main.yml").read_text())
     for name in defaults["nanogrid_required_vars"]:
         assert name in passed, name
+
+
+def test_the_sandbox_runtime_choice_is_the_same_in_terraform_ansible_and_the_code():
+    """NANOGRID_DOCKER_RUNTIME: Terraform's variable accepts exactly what Settings accepts, passes it
+    to the workers' playbook, and the worker role can register every runtime it may be given."""
+    from nanogrid.config import DOCKER_RUNTIMES, Settings
+
+    variable = tf_module().variables["worker_docker_runtime"]
+    assert variable["default"] == Settings.docker_runtime == "runc"
+    [validation] = variable["validation"]
+    assert set(re.findall(r'"(\w+)"', validation["condition"])) == set(DOCKER_RUNTIMES)
+    assert tf_module().modules["compute"]["worker_docker_runtime"] == "${var.worker_docker_runtime}"
+    assert "worker_docker_runtime = var.worker_docker_runtime" in " ".join(
+        str(tf_module("modules/compute").locals["bootstrap"]["worker"]["vars"]).split())
+    defaults = yaml.safe_load((ANSIBLE / "roles" / "worker" / "defaults" / "main.yml").read_text())
+    assert defaults["worker_docker_runtime"] == Settings.docker_runtime
+    assert set(defaults["worker_docker_runtimes"]) == set(DOCKER_RUNTIMES) - {"runc"}  # runc comes with Docker
+    assert render_env("worker")["NANOGRID_DOCKER_RUNTIME"] == Settings.docker_runtime
+
+
+def test_the_job_retention_is_the_same_in_terraform_and_the_code():
+    """The records expire by the table's TTL and the stored outputs by the bucket's lifecycle, after
+    the retention the applications assume (NANOGRID_JOB_RETENTION_DAYS stays unset on the fleet)."""
+    from nanogrid.config import Settings
+
+    assert root_default("job_retention_days") == Settings.job_retention_days
+    assert tf_module().modules["data"]["job_retention_days"] == "${var.job_retention_days}"
+    assert tf_module("modules/data").modules["user_data_bucket"]["expire_prefixes"] == {
+        "jobs/": "${ceil(var.job_retention_days)}"}
+    for process in PROCESSES:
+        assert "NANOGRID_JOB_RETENTION_DAYS" not in render_env(process), process
+
+
+def test_the_dead_letter_queue_is_the_one_terraform_makes():
+    """Unset, NANOGRID_DEAD_LETTER_QUEUE_URL is the task queue's URL with '-dlq': the queue Terraform
+    creates as the task queue's redrive target, where SQS itself also moves a message received
+    too often."""
+    from nanogrid.config import Settings
+
+    sqs = tf_module("modules/data")
+    assert sqs.resource("aws_sqs_queue", "dlq")["name"] == "${var.task_queue_name}-dlq"
+    assert "aws_sqs_queue.dlq.arn" in sqs.resource("aws_sqs_queue", "tasks")["redrive_policy"]
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/nanogrid-task-queue"
+    assert Settings.from_env({"SQS_QUEUE_URL": url}).dead_letter_queue == url + "-dlq"
+    for process in PROCESSES:
+        assert "NANOGRID_DEAD_LETTER_QUEUE_URL" not in render_env(process), process

@@ -192,7 +192,7 @@ def test_alb_listeners_target_group_and_health_check():
     group = edge.resource("aws_lb_target_group", "api")
     assert group["port"] == 8080 and group["protocol"] == "HTTP"
     health = single(group["health_check"])
-    assert health["path"] == "/health" and health["matcher"] == "200"
+    assert health["path"] == LIVENESS_ROUTE and health["matcher"] == "200"
     assert len(tf_module().modules["edge"]["public_subnet_ids"]) == 2
 
 
@@ -313,10 +313,28 @@ def test_tables_are_on_demand_with_the_documented_keys():
     assert root_default("keys_table_name") == "NanoGridApiKeys" == Settings.keys_table
     assert tf_module().modules["data"]["keys_table_name"] == "${var.keys_table_name}"
     assert tf_module().modules["compute"]["keys_table"] == "${module.data.keys_table}"
-    for table, key in ((functions, "functionId"), (jobs, "jobId"), (keys, "keyId")):
+    # Keys and indexes as the code declares them (nanogrid/storage/__init__.py, provisioned the same way
+    # by nanogrid/storage/provision.py).
+    from nanogrid.storage import TABLES
+    from nanogrid.storage.dynamodb import index_attributes
+
+    for table, spec in ((functions, TABLES["functions"]), (jobs, TABLES["jobs"]), (keys, TABLES["keys"])):
         assert table["billing_mode"] == "PAY_PER_REQUEST"
-        assert table["hash_key"] == key
-        assert single(table["attribute"]) == {"name": key, "type": "S"}
+        assert table["hash_key"] == spec.key
+        index_keys = [name for index in spec.indexes for name in index_attributes(index)]
+        assert sorted(a["name"] for a in table["attribute"]) == sorted([spec.key, *index_keys])
+        assert all(a["type"] == "S" for a in table["attribute"])
+        gsis = {g["name"]: g for g in table.get("global_secondary_index", [])}
+        assert set(gsis) == set(spec.indexes)
+        for index, gsi in gsis.items():
+            assert (gsi["hash_key"], gsi["range_key"]) == index_attributes(index)
+            assert gsi["projection_type"] == "ALL"  # a query returns whole documents
+        if spec.expires:
+            from nanogrid.storage.dynamodb import TTL_ATTRIBUTE
+
+            assert single(table["ttl"]) == {"attribute_name": TTL_ATTRIBUTE, "enabled": True}
+        else:
+            assert "ttl" not in table
         assert single(table["point_in_time_recovery"])["enabled"] is True
         assert single(table["server_side_encryption"])["enabled"] is True
         assert table["deletion_protection_enabled"] is True
@@ -394,6 +412,19 @@ def test_sns_topic_for_operations_alarms():
 def _waf_rules() -> dict[str, dict]:
     acl = tf_module("modules/edge").resource("aws_wafv2_web_acl", "this")
     return {rule["name"]: rule for rule in acl["rule"]}
+
+
+LIVENESS_ROUTE = "/health/live"
+
+
+def test_the_load_balancers_check_is_an_open_route_of_the_api(tmp_path):
+    """The ALB's health check asks a route the API serves without a key: the API's own liveness."""
+    from nanogrid.api import auth, create_app
+    from nanogrid.config import Settings
+
+    app = create_app(Settings(data_dir=tmp_path))
+    [endpoint] = [rule.endpoint for rule in app.url_map.iter_rules() if rule.rule == LIVENESS_ROUTE]
+    assert endpoint in auth.OPEN_ENDPOINTS
 
 
 def test_metrics_is_refused_at_the_edge(tmp_path):

@@ -244,10 +244,13 @@ def test_ensure_resources_is_idempotent_and_keeps_data(cloud_settings):
     s3.head_bucket(Bucket=cloud_settings.s3_code_bucket)
 
     dynamodb = aws.client(cloud_settings, "dynamodb")
-    for table, key in ((cloud_settings.functions_table, "functionId"), (cloud_settings.jobs_table, "jobId")):
+    for table, key, indexes in ((cloud_settings.functions_table, "functionId", []),
+                                (cloud_settings.jobs_table, "jobId", list(storage.TABLES["jobs"].indexes))):
         description = dynamodb.describe_table(TableName=table)["Table"]
         assert description["KeySchema"] == [{"AttributeName": key, "KeyType": "HASH"}]
-        assert description["AttributeDefinitions"] == [{"AttributeName": key, "AttributeType": "S"}]
+        index_keys = [f"{index}_{part}" for index in indexes for part in ("pk", "sk")]
+        assert sorted(a["AttributeName"] for a in description["AttributeDefinitions"]) == sorted([key, *index_keys])
+        assert sorted(i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])) == sorted(indexes)
         assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
 
     assert gcs.storage_client(cloud_settings).lookup_bucket(cloud_settings.gcp_bucket_name) is not None
@@ -328,3 +331,48 @@ def test_clients_are_cached_per_process_service_and_endpoint(cloud_settings):
     child.start()
     child.join(timeout=30)
     assert answer.get(timeout=5) is False, "a forked child must build its own client"
+
+
+# --- Secondary indexes ------------------------------------------------------------------------------
+
+def test_an_index_holds_only_the_documents_given_an_entry_in_sort_order(settings):
+    from nanogrid.storage import IndexEntry
+
+    table = storage.job_table(settings)
+    for n in range(7):
+        table.insert(f"job-{n}", {"rev": 1, "n": n}, {"due": IndexEntry("PENDING", 100 + n)})
+    table.insert("job-done", {"rev": 1, "n": 99}, {"due": None})
+    pages, cursor = [], None
+    while True:
+        page = table.query("due", "PENDING", limit=3, cursor=cursor)
+        pages.append([doc["n"] for doc in page.docs])
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert pages == [[0, 1, 2], [3, 4, 5], [6]]  # in order, no repeat, no gap, the sparse one absent
+    assert [d["n"] for d in table.query("due", "PENDING", until=102).docs] == [0, 1, 2]
+    assert [d["n"] for d in table.query("due", "PENDING", newest_first=True, limit=2).docs] == [6, 5]
+
+
+def test_a_write_moves_the_document_in_its_index_and_a_failed_one_does_not(settings):
+    from nanogrid.storage import IndexEntry
+
+    table = storage.job_table(settings)
+    table.insert("job-a", {"rev": 1, "n": 1}, {"due": IndexEntry("PENDING", 10)})
+    assert table.replace("job-a", {"rev": 2, "n": 1}, 1, {"due": IndexEntry("PROCESSING", 20)})
+    assert [d["rev"] for d in table.query("due", "PROCESSING").docs] == [2]
+    assert table.query("due", "PENDING").docs == []
+    assert not table.replace("job-a", {"rev": 3, "n": 1}, 1, {"due": None})  # a stale rev changes nothing
+    assert [d["rev"] for d in table.query("due", "PROCESSING").docs] == [2]
+    assert table.replace("job-a", {"rev": 3, "n": 1}, 2, {"due": None})
+    assert table.query("due", "PROCESSING").docs == []
+    table.insert("job-b", {"rev": 1}, {"due": IndexEntry("PENDING", 5)})
+    table.delete("job-b")
+    assert table.query("due", "PENDING").docs == []
+
+
+def test_an_index_the_table_does_not_have_is_refused(settings):
+    from nanogrid.storage import IndexEntry
+
+    with pytest.raises(ValueError, match="no index"):
+        storage.function_table(settings).insert("f", {"rev": 1}, {"due": IndexEntry("x", 1)})

@@ -1,7 +1,8 @@
 """Warm containers against the real dockerd: reuse, the reuse contract, recycling, bounds, clean-up.
 
 Every test has its own installation id (a Redis URL nobody uses), so the sweeps here only ever
-see this module's containers.
+see this module's containers. The tests run under runc and under runsc (gVisor), which differ in
+what the reuse contract has to clean (README: Sandbox runtimes).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from nanogrid.worker import execute
 from support.waiting import eventually
 
 
+pytestmark = pytest.mark.runtimes("runc", "runsc")
+
 LIMITS = Limits(timeout_s=10, memory_mb=64, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=16,
                 output_bytes=64 * 1024)
 
 
 @pytest.fixture
-def settings(runtime_image):
-    return runtime_image.replace(redis_url=f"redis://127.0.0.1:1/{uuid.uuid4().int % 10_000}",
+def settings(docker_settings):
+    return docker_settings.replace(redis_url=f"redis://127.0.0.1:1/{uuid.uuid4().int % 10_000}",
                                  warm_pool_size=2, warm_max_containers=8, warm_memory_budget_mb=2048)
 
 
@@ -103,11 +106,19 @@ def served_by(sandbox: DockerSandbox) -> set[str]:
 PROBE = """
 import ctypes, os, subprocess, time
 
+def created(handle):
+    return True if handle >= 0 else os.strerror(ctypes.get_errno())
+
 def handler(event, context):
+    libc, librt = ctypes.CDLL(None, use_errno=True), ctypes.CDLL("librt.so.1", use_errno=True)
     found = {
         "tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm")),
-        "mqueue": sorted(os.listdir("/dev/mqueue")),
-        "sysv": [open(f"/proc/sysvipc/{t}").read().splitlines()[1:] for t in ("shm", "msg", "sem")],
+        "mqueue": sorted(os.listdir("/dev/mqueue")) if os.path.isdir("/dev/mqueue") else None,
+        "sysv": [open(f"/proc/sysvipc/{t}").read().splitlines()[1:] for t in ("shm", "msg", "sem")]
+                if os.path.isdir("/proc/sysvipc") else None,
+        # The same objects looked up by key and name, as the next run of this function would.
+        "found_again": [libc.shmget(1234, 0, 0) >= 0, libc.msgget(1234, 0) >= 0, libc.semget(1234, 0, 0) >= 0,
+                        librt.mq_open(b"/leftover", os.O_RDWR, 0, None) >= 0],
         "env": os.environ.get("LEFT_BEHIND"), "cwd": os.getcwd(),
         "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "me": os.getpid(), "parent": os.getppid(), "hostname": open("/etc/hostname").read().strip(),
@@ -122,11 +133,9 @@ def handler(event, context):
                 f.write("x")
             os.chmod(f"{place}/nested", 0o000)
             os.symlink("/etc/passwd", f"{place}/link")
-        libc = ctypes.CDLL(None, use_errno=True)
-        assert libc.shmget(1234, 4096, 0o1666) >= 0 and libc.msgget(1234, 0o1666) >= 0
-        assert libc.semget(1234, 1, 0o1666) >= 0
-        mq = ctypes.CDLL("librt.so.1", use_errno=True).mq_open(b"/leftover", os.O_CREAT | os.O_RDWR, 0o600, None)
-        assert mq >= 0, ctypes.get_errno()
+        found["created"] = [created(libc.shmget(1234, 4096, 0o1666)), created(libc.msgget(1234, 0o1666)),
+                            created(libc.semget(1234, 1, 0o1666)),
+                            created(librt.mq_open(b"/leftover", os.O_CREAT | os.O_RDWR, 0o600, None))]
         # A daemon that setsid()s and double-forks away from the run.
         if os.fork() == 0:
             os.setsid()
@@ -143,6 +152,13 @@ def test_a_warm_container_serves_the_next_run_and_nothing_of_the_previous_run_is
     spec = function(PROBE)
     raw, first = run(sandbox, spec({"dirty": True}))
     assert first.status == "SUCCESS", (first, raw.stderr)
+    if sandbox.settings.docker_runtime == "runsc":
+        # gVisor has System V IPC and POSIX queues but neither /proc/sysvipc nor an mqueue fs to
+        # list them: what the runner could not find again to remove, it does not allow (ENOSYS).
+        assert first.result.pop("created") == ["Function not implemented"] * 4
+        assert (first.result["mqueue"], first.result["sysv"]) == (None, None)
+    else:
+        assert first.result.pop("created") == [True] * 4
     (container_id,) = served_by(sandbox)
     raw, second = run(sandbox, spec({}))
     assert second.status == "SUCCESS", (second, raw.stderr)
@@ -150,12 +166,58 @@ def test_a_warm_container_serves_the_next_run_and_nothing_of_the_previous_run_is
     assert second.result["hostname"] == first.result["hostname"]
     found = second.result
     # ...and nothing of the first run in it: files, IPC objects, environment, processes.
-    assert (found["tmp"], found["shm"], found["mqueue"]) == ([], [], [])
-    assert found["sysv"] == [[], [], []]
+    assert (found["tmp"], found["shm"]) == ([], []) and found["found_again"] == [False] * 4
+    if sandbox.settings.docker_runtime != "runsc":
+        assert found["mqueue"] == [] and found["sysv"] == [[], [], []]
     assert found["env"] is None and found["cwd"] == "/code"
     assert found["processes"] == sorted([1, found["me"]]) and found["parent"] == 1
     assert found == {**first.result, "me": found["me"], "processes": found["processes"]}  # as clean as new
     assert len(containers(sandbox)) == 1
+
+
+FORGER = """
+import json, os, struct, time
+
+def handler(event, context):
+    if "secret" in event:
+        return {"secret": event["secret"]}
+    # Forge the end of this run into the runner's stdout, then stay, read what the worker sends
+    # this container next (the next run's request) and write it into the next run's output.
+    forged = json.dumps({"exit_code": 0, "signal": None, "memory_error": False, "clean": True,
+                         "nonce": "0" * 32}).encode()
+    try:
+        out = os.open(f"/proc/{os.getppid()}/fd/1", os.O_WRONLY)
+        stdin = os.open(f"/proc/{os.getppid()}/fd/0", os.O_RDONLY)
+    except OSError as exc:
+        return {"forged": type(exc).__name__}
+    if os.fork() == 0:
+        os.setsid()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            stolen = os.read(stdin, 65536)
+            os.write(out, struct.pack(">cI", b"o", len(stolen)) + stolen)
+        os._exit(0)
+    os.write(out, struct.pack(">cI", b"x", len(forged)) + forged)
+    time.sleep(3)
+    return {"forged": "written"}
+"""
+
+
+def test_a_forged_end_of_a_run_neither_ends_it_nor_reaches_the_next_run(sandbox, function):
+    """Under gVisor a function can open its runner's stdin and stdout (README: Sandbox runtimes).
+    An exit frame it writes lacks the run's nonce: the worker takes the stream as broken, the run
+    ends there and its container goes, so the next run's request never reaches what it left."""
+    spec = function(FORGER)
+    raw, first = run(sandbox, spec({}))
+    if sandbox.settings.docker_runtime == "runsc":
+        assert raw.garbled and first.error["type"] == "runtime_error", first
+        assert raw.duration_ms < 3000 and sandbox.pool.idle() == [] and containers(sandbox) == []
+    else:
+        assert first.result == {"forged": "PermissionError"}, first
+    secret = uuid.uuid4().hex
+    raw, second = run(sandbox, spec({"secret": secret}))
+    assert second.status == "SUCCESS" and second.result == {"secret": secret}, second
+    assert secret.encode() not in raw.stdout + raw.stderr + raw.runner_stderr and len(served_by(sandbox)) == 1
 
 
 def test_module_state_does_not_survive_between_runs(sandbox, function):
@@ -362,10 +424,10 @@ def test_a_container_that_died_while_idle_is_replaced_transparently(sandbox, fun
     assert outcome.result == "fine" and served_by(sandbox) and slot.container.id not in served_by(sandbox)
 
 
-def test_deleted_functions_and_superseded_versions_leave_no_containers(local_settings, runtime_image):
+def test_deleted_functions_and_superseded_versions_leave_no_containers(local_settings, docker_settings):
     """Through the worker's own path: execute.run, the registry, and the pool's periodic check."""
-    settings = local_settings.replace(sandbox="docker", runtime_image=runtime_image.runtime_image,
-                                      reaper_interval_s=0.5)
+    settings = local_settings.replace(sandbox="docker", runtime_image=docker_settings.runtime_image,
+                                      docker_runtime=docker_settings.docker_runtime, reaper_interval_s=0.5)
     services = Services(settings)
     sandbox = services.sandbox
     try:
@@ -411,8 +473,8 @@ def test_the_reaper_sweeps_warm_containers_nobody_keeps(sandbox, function, setti
         code.mkdir(mode=0o755)
         (code / "main.py").write_text("def handler(e, c):\\n    return 1\\n")
         (code / "main.py").chmod(0o644)
-        sandbox = DockerSandbox(Settings(runtime_image={settings.runtime_image!r}, redis_url={settings.redis_url!r}),
-                                "victim")
+        sandbox = DockerSandbox(Settings(runtime_image={settings.runtime_image!r}, redis_url={settings.redis_url!r},
+                                         docker_runtime={settings.docker_runtime!r}), "victim")
         limits = Limits.resolve(Settings(), {{"memory_mb": 64}})
         assert sandbox.run(RunSpec("victim-job", "fn-victim", code, "handler", limits, code_sha="x")).exit_code == 0
         print(len(sandbox.pool.idle()), flush=True)

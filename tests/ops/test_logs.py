@@ -147,7 +147,10 @@ def test_worker_lines_of_a_run_carry_job_and_function(stack):
         assert task_lines == run and len(run) >= 4, run
         assert [d for d in run if d.get("function_id") != function_id] == \
             [d for d in run if d["logger"] == "celery.worker.strategy"], run
-        assert any(d["message"].startswith(f"Task {logs.RUN_TASK}[") and "succeeded" in d["message"] for d in run)
+        # A FAILED job is a failed task (Flower shows it so), an expected one: no traceback.
+        ended = "succeeded" if function_id == ok_fn else "raised expected: RunFailed"
+        assert any(d["message"].startswith(f"Task {RUN_TASK}[") and ended in d["message"] for d in run), run
+        assert not any("Traceback" in (d.get("exc") or "") for d in run)
     failed = [d for d in docs if d.get("job_id") in jobs and d.get("status") == "FAILED"]
     assert failed and failed[0]["error_type"] == "runtime_error"
     assert SECRET not in worker_log

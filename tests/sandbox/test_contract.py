@@ -2,9 +2,9 @@
 child process with rlimits: no isolation) and the Docker sandbox (the runner in a warm container).
 
 Results, output, exit codes and signals, the deadline, the output cap and the other limits, the
-input on stdin, a minimal environment, background processes, a kill. Where the backends may
-differ (where the code lives, which variables Docker adds, how a left-over process is found) the
-backend says so, not the test. What only one backend does is tested beside it:
+input on stdin, a minimal environment, background processes, a kill; the Docker backend under
+each OCI runtime (runc, crun, runsc). Where the backends may differ (where the code lives, which
+variables Docker adds, how a left-over process is found) the backend says so, not the test. What only one backend does is tested beside it:
 tests/unit/test_process_sandbox.py and tests/integration/test_docker_sandbox.py.
 """
 
@@ -30,6 +30,7 @@ from nanogrid.sandbox.docker import KILL_GRACE_S, DockerSandbox
 from nanogrid.sandbox.process import ProcessSandbox
 from support.docker import job_containers
 from support.processes import running
+from support.runtimes import chosen
 from support.waiting import eventually
 
 LIMITS = Limits(timeout_s=10, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
@@ -99,24 +100,34 @@ class DockerBackend(Backend):
 
     def survivors(self, pids: list[int]) -> list[int]:
         # The code sees its container's own pids: look in the warm containers instead, where nothing
-        # but the runner may run between runs (a container that was not kept took its processes along).
-        api = self.sandbox.client.api
+        # but the runner (PID 1) may run between runs (a container that was not kept took its
+        # processes along). Listed from inside, as the code saw them: dockerd's `top` reads the
+        # host's process table, which a gVisor sandbox's processes are not in.
         found = []
         for slot in self.sandbox.pool.idle():
-            runner = api.inspect_container(slot.container.id)["State"]["Pid"]
-            top = api.top(slot.container.id)
-            column = top["Titles"].index("PID")
-            found += [int(row[column]) for row in top["Processes"] if int(row[column]) != runner]
+            listed = slot.container.exec_run(["python3", "-I", "-c", LIST_PROCESSES])
+            assert listed.exit_code == 0, listed.output
+            found += [int(pid) for pid in listed.output.split()]
         return found
 
 
-@pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
+# Run in a container: its processes but PID 1 (the runner) and the listing itself.
+LIST_PROCESSES = "import os; print(*(p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())))"
+
+
+# The Docker backend under each OCI runtime, as the rest of the Docker sandbox's tests (support.runtimes).
+DOCKER_RUNTIMES = chosen(("runc", "crun", "runsc"))
+
+
+@pytest.fixture(params=["process", *(pytest.param(f"docker-{runtime}", marks=pytest.mark.docker)
+                                     for runtime in DOCKER_RUNTIMES)])
 def backend(request, tmp_path) -> Iterator[Backend]:
     if request.param == "process":
         yield ProcessBackend(ProcessSandbox(Settings(), "test-worker"), tmp_path)
         return
     # Reached at run time, hence the mark on the parameter.
-    sandbox = DockerSandbox(request.getfixturevalue("runtime_image"), "test-worker")
+    runtime = request.param.removeprefix("docker-")
+    sandbox = DockerSandbox(request.getfixturevalue("runtime_image").replace(docker_runtime=runtime), "test-worker")
     yield DockerBackend(sandbox, tmp_path)
     sandbox.pool.close()
 
@@ -304,12 +315,17 @@ def test_peak_memory_and_cpu_time_from_the_runner(backend):
 
 
 @pytest.mark.parametrize("code, message", [
-    # Written straight into the result pipe, bypassing the runner's own json.dumps.
-    ("import os, stat\nfor fd in range(3, 64):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
-     "            os.write(fd, b'[' * 100000 + b']' * 100000)\n    except OSError:\n        pass\n",
+    # Written straight into the result pipe, bypassing the runner's own json.dumps: a well-framed
+    # record of JSON nested too deeply to parse, and bytes that are no record at all.
+    ("import os, stat, struct\nbody = b'[' * 100000 + b']' * 100000\nfor fd in range(3, 64):\n    try:\n"
+     "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+     "            os.write(fd, struct.pack('>cI', b'r', len(body)) + body)\n    except OSError:\n        pass\n",
      "not valid JSON"),
+    ("import os, stat\nfor fd in range(3, 64):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+     "            os.write(fd, b'{\"ok\": true, \"value\": \"forged\"}')\n    except OSError:\n        pass\n",
+     "the handler's result channel was written to by something else"),
     ("def handler(event, context):\n    return 'x' * (9 * 1024 * 1024)\n", "bytes of JSON"),
-], ids=["deeply-nested", "oversized"])
+], ids=["deeply-nested", "not-a-record", "oversized"])
 def test_hostile_results_are_invalid_results(backend, code, message):
     raw, outcome = backend.run(code, handler="handler" if "def handler" in code else None)
     assert outcome.error["type"] == "invalid_result" and message in outcome.error["message"], outcome

@@ -54,7 +54,8 @@ def test_open_without_keys_closed_with_one(make_app):
             unauthorized(response)
             if path != "/no/such/route":
                 conforms(doc, method, path, response)
-    assert client.get("/health").status_code == 200  # the load balancer's probe needs no key
+    assert client.get("/health/live").status_code == 200  # the load balancer's probe needs no key
+    assert client.get("/health").status_code == 503  # nor the readiness probe (503: no worker here)
     assert client.get("/metrics").status_code == 401  # a scraper does
     assert client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     ok = client.get("/functions", headers={"Authorization": f"Bearer {key}"})
@@ -80,7 +81,7 @@ def test_keys_are_stored_hashed_and_revocation_keeps_the_api_closed(make_app):
     unauthorized(app.client.get("/limits"))
     fresh = App(app.settings).client  # another process's view
     unauthorized(fresh.get("/limits"))
-    assert fresh.get("/health").status_code == 200
+    assert fresh.get("/health/live").status_code == 200
 
 
 def test_a_running_api_closes_within_seconds_of_the_first_key(make_app, monkeypatch):
@@ -127,7 +128,9 @@ def cli_env(tmp_path, redis_url):
 
 def test_keys_cli_create_list_revoke(cli_env):
     empty = cli(cli_env, "list")
-    assert empty.returncode == 0 and "no API keys: the API is open" in empty.stdout
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip() == (f"no API keys in the local store in {cli_env['NANOGRID_DATA_DIR']}: an API using it "
+                                    "is open (every request acts for the tenant 'default')")
 
     created = cli(cli_env, "create", "--tenant", "acme", "--label", "ci runner")
     assert created.returncode == 0, created.stderr
@@ -137,6 +140,8 @@ def test_keys_cli_create_list_revoke(cli_env):
     assert match, created.stdout
     key_id, secret = match.groups()
     assert key_id in created.stderr and secret not in created.stderr
+    assert f"in the local store in {cli_env['NANOGRID_DATA_DIR']}" in created.stderr  # which store it wrote
+    assert "This is the first key" in created.stderr and "tenant 'default'" in created.stderr
 
     listing = cli(cli_env, "list")
     assert listing.returncode == 0 and key_id in listing.stdout and "acme" in listing.stdout
@@ -156,6 +161,16 @@ def test_keys_cli_create_list_revoke(cli_env):
     assert "revoked" in cli(cli_env, "list").stdout
     fresh = App(settings).client
     unauthorized(fresh.get("/functions", headers={"Authorization": f"Bearer {key}"}))
+
+
+def test_keys_cli_refuses_to_guess_the_installation(cli_env):
+    """Without the installation's environment the keys would land in a store no API may use."""
+    bare = {k: v for k, v in cli_env.items() if k not in ("NANOGRID_DATA_DIR", "NANOGRID_STORAGE")}
+    for command in (["create", "--tenant", "acme"], ["list"], ["revoke", "0123456789abcdef"]):
+        refused = cli(bare, *command)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.startswith("error: which installation?") and refused.stderr.count("\n") == 1
+        assert refused.stdout == ""
 
     assert cli(cli_env, "revoke", "0000000000000000").returncode == 1
     bad = cli(cli_env, "create", "--tenant", "no:colons")

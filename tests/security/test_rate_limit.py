@@ -3,11 +3,13 @@
 The limit holds across both workers, 429 carries Retry-After whichever worker answers, a spoofed
 X-Forwarded-For does not reset it when no trusted proxy is configured, a key has its own budget,
 and the key never appears in the server's output (access lines included). Also in-process: with
-a trusted proxy the address the proxy appended is the one that counts.
+a trusted proxy the address the proxy appended is the one that counts, and an unreachable Redis
+lets requests through with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ import requests
 
 from nanogrid import keys, storage
 from nanogrid.config import RateLimit
+from support.servers import free_port
 from support.stack import Stack
 from support.waiting import eventually
 
@@ -107,7 +110,7 @@ def test_the_limit_holds_across_two_workers_and_spoofed_addresses(api):
                          "every /limits request's access line is written")
     assert len([d for d in written if d["status"] == 200]) == LIMIT
     assert {d["pid"] for d in written if d["status"] == 429} == gunicorn_workers(api)
-    assert requests.get(api.url + "/health", timeout=30).status_code == 200  # probes are never limited
+    assert requests.get(api.url + "/health/live", timeout=30).status_code == 200  # probes are never limited
     assert requests.get(api.url + "/metrics", timeout=30).status_code == 200
 
     # A key has its own budget, shared by both workers too; the address stays limited without it.
@@ -148,3 +151,11 @@ def test_a_trusted_proxy_makes_x_forwarded_for_count(make_app):
     direct = make_app(rate_limit=RateLimit(3, 60))  # no trusted proxy: X-Forwarded-For means nothing
     statuses = [direct.client.get("/limits", headers={"X-Forwarded-For": spoofed()}).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+def test_an_unreachable_redis_lets_requests_through_with_one_warning(make_app, caplog):
+    app = make_app(rate_limit=RateLimit(1, 60), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.WARNING, logger="nanogrid.api.ratelimit"):
+        assert [app.client.get("/limits").status_code for _ in range(3)] == [200, 200, 200]
+    warnings = [r for r in caplog.records if r.name == "nanogrid.api.ratelimit"]
+    assert len(warnings) == 1 and "rate limit not enforced" in warnings[0].getMessage(), warnings

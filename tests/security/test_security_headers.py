@@ -30,7 +30,8 @@ def test_every_kind_of_answer_carries_the_headers(make_app):
     fn = client.post("/functions", json={"name": "h", "code": "x = 1\n"})
     answers = [
         fn,  # 201
-        client.get("/health"), client.get("/metrics"), client.get("/limits"), client.get("/openapi.json"),
+        client.get("/health/live"), client.get("/metrics"), client.get("/limits"), client.get("/openapi.json"),
+        client.get("/health"),  # 503: no worker behind this app
         client.get(f"/functions/{fn.get_json()['function_id']}"),  # 200
         client.get("/functions/fn-0123456789abcdef"),  # 404
         client.get("/nowhere"),  # 404 outside the API's routes
@@ -42,7 +43,7 @@ def test_every_kind_of_answer_carries_the_headers(make_app):
         client.delete(f"/functions/{fn.get_json()['function_id']}"),  # 204
     ]
     statuses = sorted({r.status_code for r in answers})
-    assert statuses == [200, 201, 204, 400, 404, 405, 413, 415], statuses
+    assert statuses == [200, 201, 204, 400, 404, 405, 413, 415, 503], statuses
     for response in answers:
         has_security_headers(response)
         assert "Strict-Transport-Security" not in response.headers  # plain http
@@ -85,5 +86,5 @@ def test_a_5xx_tells_the_client_nothing_internal(make_app, monkeypatch, failure)
     conforms(doc, "GET", "/functions", response)
 
 
-def test_open_endpoints_are_exactly_health():
-    assert auth.OPEN_ENDPOINTS == {"api.health"}
+def test_open_endpoints_are_exactly_the_health_probes():
+    assert auth.OPEN_ENDPOINTS == {"api.health", "api.health_live"}

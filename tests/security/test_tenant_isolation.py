@@ -20,6 +20,7 @@ from nanogrid.jobs.index import queued_key, status_key
 HANDLER = "def handler(event, context):\n    return {'doubled': event * 2}\n"
 UNKNOWN_FUNCTION = "fn-0123456789abcdef"
 UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
+UNKNOWN_SCHEDULE = "sch-0123456789abcdef"
 
 
 @pytest.fixture
@@ -31,7 +32,10 @@ def world(make_app):
     assert done["status"] == "SUCCESS", done
     queued = app.client.post(f"/functions/{fn['function_id']}/run", json={"input": 1, "wait_s": 0},
                              headers=a).get_json()
-    return {"app": app, "a": a, "b": b, "fn": fn, "done": done["job_id"], "queued": queued["job_id"]}
+    schedule = app.client.post(f"/functions/{fn['function_id']}/schedules", json={"cron": "0 0 1 1 *"}, headers=a)
+    assert schedule.status_code == 201, schedule.get_json()
+    return {"app": app, "a": a, "b": b, "fn": fn, "done": done["job_id"], "queued": queued["job_id"],
+            "schedule": schedule.get_json()["schedule_id"]}
 
 
 def snapshot(world) -> dict:
@@ -46,10 +50,11 @@ def snapshot(world) -> dict:
         "status": {j: svc.redis.get(status_key("tenant-a", j)) for j in (world["done"], world["queued"])},
         "queued": svc.redis.zrange(queued_key("tenant-a"), 0, -1),
         "listing": app.client.get("/functions", headers=world["a"]).get_json(),
+        "schedules": svc.schedules.list(fn["function_id"]),
     }
 
 
-def b_requests(fn_id: str, done: str, queued: str) -> list[tuple[str, str, dict]]:
+def b_requests(fn_id: str, done: str, queued: str, schedule: str) -> list[tuple[str, str, dict]]:
     """Every route that takes a function or job id, with bodies that would succeed for the owner."""
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as z:
@@ -68,6 +73,14 @@ def b_requests(fn_id: str, done: str, queued: str) -> list[tuple[str, str, dict]
         ("GET", f"/jobs/{queued}", {}),
         ("POST", f"/jobs/{done}/cancel", {}),
         ("POST", f"/jobs/{queued}/cancel", {}),
+        ("GET", f"/functions/{fn_id}/jobs", {}),
+        ("POST", f"/functions/{fn_id}/schedules", {"json": {"interval_s": 60}}),
+        ("GET", f"/functions/{fn_id}/schedules", {}),
+        ("GET", f"/functions/{fn_id}/schedules/{schedule}", {}),
+        ("PATCH", f"/functions/{fn_id}/schedules/{schedule}", {"json": {"enabled": False}}),
+        ("DELETE", f"/functions/{fn_id}/schedules/{schedule}", {}),
+        ("GET", f"/jobs/{done}/events", {}),
+        ("GET", f"/jobs/{queued}/events", {}),  # last: the owner's stream of a queued job would not end
     ]
 
 
@@ -76,11 +89,11 @@ def test_tenant_b_gets_404_on_every_route_of_a_and_changes_nothing(world):
     client = app.client
     doc = client.get("/openapi.json", headers=b).get_json()
     before = snapshot(world)
-    mine = b_requests(world["fn"]["function_id"], world["done"], world["queued"])
-    unknown = b_requests(UNKNOWN_FUNCTION, UNKNOWN_JOB, UNKNOWN_JOB)
+    mine = b_requests(world["fn"]["function_id"], world["done"], world["queued"], world["schedule"])
+    unknown = b_requests(UNKNOWN_FUNCTION, UNKNOWN_JOB, UNKNOWN_JOB, UNKNOWN_SCHEDULE)
     # The matrix must cover every documented operation that takes an id.
     covered = {(m, p.replace(world["fn"]["function_id"], "{function_id}").replace(world["done"], "{job_id}")
-                .replace(world["queued"], "{job_id}")) for m, p, _ in mine}
+                .replace(world["queued"], "{job_id}").replace(world["schedule"], "{schedule_id}")) for m, p, _ in mine}
     documented = {(m.upper(), p) for p, item in doc["paths"].items() if "{" in p for m in item if m != "parameters"}
     assert documented <= covered, documented - covered
 
@@ -141,8 +154,10 @@ def test_the_owner_still_can_do_everything(world):
     client = app.client
     doc = client.get("/openapi.json", headers=a).get_json()
     fn_id = world["fn"]["function_id"]
-    expected = [200, 200, 200, 200, 204, 404, 404, 404, 200, 200, 409, 200]
-    for (method, path, kwargs), status in zip(b_requests(fn_id, world["done"], world["queued"]), expected):
+    # After the DELETE (204) the function's own routes, its schedules' included, are 404.
+    expected = [200, 200, 200, 200, 204, 404, 404, 404, 200, 200, 409, 200, 404, 404, 404, 404, 404, 404, 200]
+    requests = b_requests(fn_id, world["done"], world["queued"], world["schedule"])[:len(expected)]  # not the endless stream
+    for (method, path, kwargs), status in zip(requests, expected, strict=True):
         response = client.open(path, method=method, headers=a, **kwargs)
         assert response.status_code == status, (method, path, response.get_json())
         conforms(doc, method, path, response)

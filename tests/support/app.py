@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import NamedTuple
+
 from nanogrid.api import create_app
 from nanogrid.config import Settings
 from nanogrid.services import Services
@@ -12,14 +15,49 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+class Sent(NamedTuple):
+    task: str
+    job_id: str  # the message's first argument
+    countdown_s: float
+
+
+class RecordingBroker:
+    """Keeps the task messages the platform publishes (Sent: task, job id, countdown) instead of
+    sending them: a test then sees each run, retry and callback the platform queued, and runs it
+    itself, when it chooses. Safe to share between threads and between Services."""
+
+    def __init__(self):
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+
+    def send(self, task: str, args: list, countdown_s: float = 0) -> None:
+        with self._lock:
+            self.sent.append(Sent(task, args[0], countdown_s))
+
+    def job_ids(self, task: str | None = None) -> list[str]:
+        """The job ids of the messages sent (of task only, when given), in order."""
+        with self._lock:
+            return [sent.job_id for sent in self.sent if task is None or sent.task == task]
+
+
+def recording(services: Services, broker: RecordingBroker | None = None) -> RecordingBroker:
+    """Make services publish to a RecordingBroker (a new one unless given); before anything
+    built on the broker (the job store) exists. Returns the broker."""
+    assert "jobs" not in services.__dict__, "the job store already holds the real broker"
+    services.__dict__["broker"] = broker = broker or RecordingBroker()
+    return broker
+
+
 class App:
     """A Flask test client (`client`) on these settings, with its Services and key store.
 
     Runs are executed in-process by the worker's own code path (execute.run) when a test asks:
-    the API, the job records and the run pipeline without the broker."""
+    the API, the job records and the run pipeline without the broker. broker: a RecordingBroker
+    the Services publish to instead of the real broker (`broker` is then that one)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, broker: RecordingBroker | None = None):
         self.services = Services(settings)
+        self.broker = recording(self.services, broker) if broker is not None else None
         self.flask = create_app(settings, self.services)
         self.client = self.flask.test_client()
         self.keys = self.flask.extensions["nanogrid_guard"].keys

@@ -7,6 +7,7 @@ must not pass as green.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,8 +18,9 @@ from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox.docker import connect
 from nanogrid.sandbox.image import build_image, image_status, runtime_digest
+from nanogrid.storage.provision import ensure_resources
 from support import servers
-from support.app import App
+from support.app import App, RecordingBroker
 from support.processes import Processes
 
 
@@ -72,6 +74,12 @@ def runtime_image() -> Settings:
     return settings
 
 
+@pytest.fixture
+def docker_settings(runtime_image, docker_runtime) -> Settings:
+    """runtime_image's settings with the test's OCI runtime (docker_runtime: support.runtimes)."""
+    return runtime_image.replace(docker_runtime=docker_runtime)
+
+
 @pytest.fixture(scope="session")
 def processes() -> Iterator[Processes]:
     """Starts the processes of a test (support.stack, support.processes); whatever a failed test
@@ -92,12 +100,30 @@ def local_settings(tmp_path: Path, redis_url: str) -> Settings:
     })
 
 
+@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
+def store_settings(request, local_settings) -> Settings:
+    """local_settings on each job and function store in turn: the embedded one, and DynamoDB and
+    S3 on the moto server (tables and buckets of the test's own, created as Terraform would)."""
+    if request.param == "local":
+        return local_settings
+    # Reached at run time, hence the mark on the parameter.
+    moto = request.getfixturevalue("moto_server")
+    suffix = uuid.uuid4().hex[:10]
+    settings = local_settings.replace(storage="aws", aws_endpoint_url=moto, aws_region="us-east-1",
+                                      functions_table=f"functions-{suffix}", jobs_table=f"jobs-{suffix}",
+                                      keys_table=f"keys-{suffix}", s3_code_bucket=f"code-{suffix}",
+                                      s3_user_data_bucket=f"data-{suffix}")
+    ensure_resources(settings)
+    return settings
+
+
 @pytest.fixture
 def make_app(local_settings) -> Callable[..., App]:
-    """make_app(**settings changes) -> App on local_settings (a fresh data dir and a flushed Redis)."""
+    """make_app(broker=None, **settings changes) -> App on local_settings (a fresh data dir and a
+    flushed Redis); broker: a support.app.RecordingBroker to publish to instead of the real one."""
 
-    def make(**changes) -> App:
-        return App(local_settings.replace(**changes))
+    def make(broker: RecordingBroker | None = None, **changes) -> App:
+        return App(local_settings.replace(**changes), broker)
 
     return make
 

@@ -37,21 +37,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def answers_http(url: str) -> bool:
+def answers_http(url: str, ok_only: bool = False) -> bool:
+    """Whether url answers with any HTTP status (ok_only: with a 2xx)."""
     try:
         urllib.request.urlopen(url, timeout=5).close()
     except urllib.error.HTTPError:
-        return True  # any status means the server is up
+        return not ok_only  # any status means the server is up
     except OSError:
         return False
     return True
 
 
-def wait_for_http(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
-    """True once url answers with any HTTP status; False on timeout or when alive() turns false."""
+def wait_for_http(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True,
+                  ok_only: bool = False) -> bool:
+    """True once url answers with any HTTP status (ok_only: with a 2xx); False on timeout or when
+    alive() turns false."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
-        if answers_http(url):
+        if answers_http(url, ok_only):
             return True
         time.sleep(0.1)
     return False

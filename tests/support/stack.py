@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from nanogrid import metrics
-from nanogrid.client import Client
+from nanogrid.client import Client, ClientError
 from nanogrid.config import Settings
 from nanogrid.storage.provision import ensure_resources
 from support.processes import Process, Processes
@@ -69,10 +69,11 @@ class Stack:
 
     @classmethod
     def dev(cls, processes: Processes, workdir: Path, runtime_image: Settings | None = None,
-            env: dict[str, str] | None = None) -> "Stack":
+            env: dict[str, str] | None = None, runtime: str | None = None) -> "Stack":
         """`nanogrid dev` with its data in workdir, from this shell's environment plus env; the
         Docker sandbox on runtime_image's image when given (the `runtime_image` fixture, which
-        builds it), otherwise the process sandbox."""
+        builds it), otherwise the process sandbox; runtime: the Docker sandbox's OCI runtime
+        (`--runtime`; none: NANOGRID_DOCKER_RUNTIME or runc)."""
         port = free_port()
         environ = {**os.environ, **(env or {})}
         if runtime_image is not None:
@@ -80,8 +81,8 @@ class Stack:
         stack = cls(processes, workdir, environ, f"http://127.0.0.1:{port}")
         with stack._stopped_on_failure():
             sandbox = "docker" if runtime_image is not None else "process"
-            dev = stack.start("dev", [*CLI, "dev", "--sandbox", sandbox, "--port", str(port), "--data-dir",
-                                      str(workdir)], stop_signal=signal.SIGINT)
+            dev = stack.start("dev", [*CLI, "dev", "--sandbox", sandbox, *(["--runtime", runtime] if runtime else []),
+                                      "--port", str(port), "--data-dir", str(workdir)], stop_signal=signal.SIGINT)
             # The banner comes once the API is healthy and the worker answered a ping, and after
             # operator.env was written (nanogrid/dev.py): from then on the file is whole.
             dev.wait_for("Press Ctrl-C to stop.", STARTUP_TIMEOUT_S)
@@ -184,12 +185,26 @@ class Stack:
         worker.wait_for(f"{self.node} ready.", STARTUP_TIMEOUT_S)
         return worker
 
+    def wait_healthy(self) -> None:
+        """Return once /health is 200: every component up, a worker's heartbeat among them."""
+        api = self.procs["api"]
+        if not wait_for_http(self.url + "/health", STARTUP_TIMEOUT_S, alive=api.alive, ok_only=True):
+            pytest.fail(f"/health was not 200 within {STARTUP_TIMEOUT_S} s: {self._health()}\n{self.log_tail()}")
+
+    def _health(self) -> str:
+        try:
+            return json.dumps(self.client.health())
+        except ClientError as exc:
+            return str(exc)
+
     def _start_services(self, api: bool, worker: bool) -> None:
         with self._stopped_on_failure():
             if api:
                 self.start_api()
             if worker:
                 self.start_worker()
+            if api and worker:
+                self.wait_healthy()  # the worker's first heartbeat has reached the API's view
 
     def log(self, name: str) -> str:
         return self.procs[name].log()

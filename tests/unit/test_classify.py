@@ -12,7 +12,8 @@ from nanogrid.config import Limit, Settings
 from nanogrid.limits import LimitError, Limits
 from nanogrid.outcomes import classify
 from nanogrid.sandbox import RawRun, RunSpec, instance_id
-from nanogrid.sandbox.protocol import EXIT, FRAME_HEADER, REQUEST, RESULT, STDERR, STDOUT, FrameReader, request_frame
+from nanogrid.sandbox.protocol import (EXIT, FRAME_HEADER, NONCE, REQUEST, RESULT, STDERR, STDOUT, FrameReader,
+                                       new_nonce, request_frame)
 
 LIMITS = Limits(timeout_s=5, memory_mb=128, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
                 output_bytes=1000)
@@ -140,15 +141,30 @@ def test_a_sigkill_is_a_memory_limit_only_when_the_cgroup_counted_an_oom_kill(oo
 
 def test_a_request_frame_carries_the_spec_and_the_input_as_text():
     spec = RunSpec("job-1", "fn-1", "/code", "handler", LIMITS, version=3, env={"A": "1"}, input_json='{"x": 1}')
-    data = spec.request("/run/nanogrid-ai/ai.sock")
+    nonce = new_nonce()
+    data = spec.request(nonce, "/run/nanogrid-ai/ai.sock")
     kind, length = FRAME_HEADER.unpack_from(data)
-    request = json.loads(data[FRAME_HEADER.size:])
-    assert kind == REQUEST and length == len(data) - FRAME_HEADER.size
+    end = FRAME_HEADER.size + length
+    request = json.loads(data[FRAME_HEADER.size:end])
+    assert kind == REQUEST and data[end:] == FRAME_HEADER.pack(NONCE, 16) + nonce  # the run's nonce after it
     assert request["input"] == '{"x": 1}' and request["spec"]["handler"] == "handler"
     assert request["spec"]["env"] == {"A": "1"} and request["spec"]["ai"]["socket"] == "/run/nanogrid-ai/ai.sock"
     assert request["spec"]["context"]["function_version"] == 3
     assert 0 < request["spec"]["context"]["deadline"] - time.time() <= LIMITS.timeout_s
-    assert request_frame({"handler": None}, "null")[:1] == REQUEST
+    assert request_frame({"handler": None}, "null", nonce)[:1] == REQUEST
+
+
+@pytest.mark.parametrize("exit_info", [{"exit_code": 0, "clean": True}, {"exit_code": 0, "clean": True, "nonce": "0" * 32},
+                                       [1]], ids=["no-nonce", "wrong-nonce", "not-an-object"])
+def test_an_exit_frame_without_the_runs_nonce_is_not_the_runners(exit_info):
+    """Where a function can write into the runner's stdout (gVisor), it cannot end its run early."""
+    nonce = new_nonce()
+    reader = FrameReader(1000, nonce=nonce)
+    reader.feed(json_frame(EXIT, exit_info) + json_frame(EXIT, {"exit_code": 0, "nonce": nonce.hex()}))
+    assert reader.garbled and reader.exit is None
+    genuine = FrameReader(1000, nonce=nonce)
+    genuine.feed(json_frame(EXIT, {"exit_code": 0, "clean": True, "nonce": nonce.hex()}))
+    assert genuine.exit == {"exit_code": 0, "clean": True} and not genuine.garbled
 
 
 def finished(**changes) -> RawRun:

@@ -22,7 +22,7 @@ from nanogrid.config import Settings
 from nanogrid.limits import Limits
 from nanogrid.outcomes import classify
 from nanogrid.sandbox import RUNTIME_DIR, RunSpec
-from nanogrid.sandbox.protocol import FRAME_HEADER, FrameReader, request_frame
+from nanogrid.sandbox.protocol import FRAME_HEADER, FrameReader, new_nonce, request_frame
 from nanogrid.sandbox.process import ProcessSandbox
 from support.processes import running
 
@@ -131,9 +131,10 @@ def start_runner(code_dir: Path, scratch: Path) -> subprocess.Popen:
 def serve(runner: subprocess.Popen, handler: str | None, event) -> FrameReader:
     spec = {"handler": handler, "env": {}, "context": {"job_id": "j", "function_id": "f", "function_version": 1,
                                                        "deadline": time.time() + 10}}
-    runner.stdin.write(request_frame(spec, json.dumps(event)))
+    nonce = new_nonce()
+    runner.stdin.write(request_frame(spec, json.dumps(event), nonce))
     runner.stdin.flush()
-    frames = FrameReader(64 * 1024)
+    frames = FrameReader(64 * 1024, nonce=nonce)
     while frames.exit is None:
         data = os.read(runner.stdout.fileno(), 65536)
         assert data, runner.stderr.read()
@@ -164,7 +165,7 @@ def test_the_runner_kills_the_run_when_its_stdin_ends(tmp_path):
     scratch.mkdir()
     runner = start_runner(code_dir, scratch)
     spec = {"handler": None, "env": {}, "context": {}}
-    runner.stdin.write(request_frame(spec, "null"))
+    runner.stdin.write(request_frame(spec, "null", new_nonce()))
     runner.stdin.flush()
     frames = FrameReader(1024)
     while not frames.stdout:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,9 +15,9 @@ import pytest
 from nanogrid import bundles
 from nanogrid.jobs import Status, index, store
 from nanogrid.services import Services
-from nanogrid.storage.provision import ensure_resources
 from nanogrid.worker import reaper
 from nanogrid.worker.reaper import Reaper
+from support.app import recording
 
 LEASE_S = 10
 REDISPATCH_AFTER_S = 1
@@ -41,16 +40,6 @@ class Clock:
 
     def __getattr__(self, name: str):
         return getattr(time, name)
-
-
-class RecordingBroker:
-    """Records the run messages the reaper publishes instead of sending them."""
-
-    def __init__(self):
-        self.dispatched: list[str] = []
-
-    def send(self, task: str, args: list) -> None:
-        self.dispatched.append(args[0])
 
 
 class NoContainers:
@@ -76,7 +65,7 @@ def services(local_settings, clock):
     svc = Services(local_settings.replace(lease_s=LEASE_S, redispatch_after_s=REDISPATCH_AFTER_S,
                                           pending_timeout_s=PENDING_TIMEOUT_S))
     svc.__dict__["sandbox"] = NoContainers()
-    svc.__dict__["broker"] = RecordingBroker()
+    recording(svc)  # the run messages the reaper publishes are recorded, not sent
     return svc
 
 
@@ -113,24 +102,24 @@ def test_a_renewed_lease_is_not_reaped(services, function, clock):
 
 
 def test_unclaimed_job_is_dispatched_again_with_backoff_then_failed(services, function, clock):
-    dispatched = services.broker.dispatched
+    dispatched = services.broker.job_ids
     reaper = Reaper(services)
     job = services.jobs.create(function, None)
     clock.advance(REDISPATCH_AFTER_S / 2)
     reaper.run_once()
-    assert dispatched == []  # not due yet
+    assert dispatched() == []  # not due yet
     clock.advance(REDISPATCH_AFTER_S / 2)  # due: unclaimed for REDISPATCH_AFTER_S
     reaper.run_once()
-    assert dispatched == [job["job_id"]]
+    assert dispatched() == [job["job_id"]]
     record = services.jobs.get(job["job_id"])
     assert record["status"] == Status.PENDING and record["dispatch_attempts"] == 2
     clock.advance(REDISPATCH_AFTER_S * 1.5)  # the second check waits twice as long: not due yet
     reaper.run_once()
-    assert dispatched == [job["job_id"]]
+    assert dispatched() == [job["job_id"]]
     clock.advance(REDISPATCH_AFTER_S / 2)  # due again, and as old as the pending timeout
     reaper.run_once()
     failed = services.jobs.get(job["job_id"])
-    assert dispatched == [job["job_id"]]
+    assert dispatched() == [job["job_id"]]
     assert failed["status"] == Status.FAILED and failed["error"]["type"] == "not_started"
 
 
@@ -139,21 +128,7 @@ def test_claimed_jobs_leave_the_unclaimed_index(services, function, clock):
     services.jobs.claim(job["job_id"], "host:1")
     clock.advance(REDISPATCH_AFTER_S * 2)
     Reaper(services).run_once()
-    assert services.broker.dispatched == []
-
-
-# The job tables on DynamoDB reach the moto server at run time: that parameter says so.
-@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.aws)])
-def job_store_settings(request, local_settings):
-    if request.param == "sqlite":
-        return local_settings
-    suffix = uuid.uuid4().hex[:12]
-    settings = local_settings.replace(
-        storage="aws", aws_endpoint_url=request.getfixturevalue("moto_server"), aws_region="ap-northeast-2",
-        functions_table=f"functions-{suffix}", jobs_table=f"jobs-{suffix}", s3_code_bucket=f"code-{suffix}",
-        s3_user_data_bucket=f"user-data-{suffix}")
-    ensure_resources(settings)
-    return settings
+    assert services.broker.job_ids() == []
 
 
 class ReadTogether:
@@ -176,16 +151,16 @@ class ReadTogether:
         return getattr(self.table, name)
 
 
-def test_a_claim_wins_once_among_workers_claiming_at_once(job_store_settings):
+def test_a_claim_wins_once_among_workers_claiming_at_once(store_settings):
     """Workers that each received the job's message (a redelivery, a redispatch) claim it at the
     same moment on the real store: exactly one wins, the others drop their message."""
-    svc = Services(job_store_settings)
+    svc = Services(store_settings)
     function = svc.functions.create("f", bundles.from_source("x = 1\n", None), {})
     job_id = svc.jobs.create(function, None)["job_id"]
     everyone_read = threading.Barrier(CLAIMERS)
 
     def claim(worker: int):
-        jobs = Services(job_store_settings).jobs  # each worker with its own clients and connections
+        jobs = Services(store_settings).jobs  # each worker with its own clients and connections
         jobs.table = ReadTogether(jobs.table, everyone_read)
         return jobs.claim(job_id, f"host:{worker}")
 

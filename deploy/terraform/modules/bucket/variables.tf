@@ -12,3 +12,9 @@ variable "noncurrent_version_days" {
   description = "Days an overwritten or deleted object version is kept."
   type        = number
 }
+
+variable "expire_prefixes" {
+  description = "Key prefix => days after which objects under it expire (none: objects stay)."
+  type        = map(number)
+  default     = {}
+}

@@ -84,6 +84,13 @@ data "aws_iam_policy_document" "controller" {
     resources = [var.functions_table.arn, var.jobs_table.arn]
   }
 
+  # The jobs table's indexes: `nanogrid status` and `nanogrid reindex` read the unfinished jobs.
+  statement {
+    sid       = "JobsTableIndexes"
+    actions   = ["dynamodb:Query"]
+    resources = ["${var.jobs_table.arn}/index/*"]
+  }
+
   # API keys (nanogrid/keys.py through nanogrid/storage/dynamodb.py): `nanogrid keys create`
   # inserts (PutItem, conditional on a new key id), `keys revoke` reads and replaces (GetItem,
   # PutItem conditional on the rev), `keys list` and the API's "does any key exist" check scan,
@@ -213,6 +220,13 @@ data "aws_iam_policy_document" "worker" {
     sid       = "JobsTable"
     actions   = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"]
     resources = [var.jobs_table.arn]
+  }
+
+  # The reaper sweeps the unfinished jobs (the `due` index), whatever Redis holds.
+  statement {
+    sid       = "JobsTableIndexes"
+    actions   = ["dynamodb:Query"]
+    resources = ["${var.jobs_table.arn}/index/*"]
   }
 
   statement {

@@ -53,7 +53,7 @@ locals {
     }
     worker = {
       inventory_groups = ["workers"]
-      vars             = local.common_vars
+      vars             = merge(local.common_vars, { worker_docker_runtime = var.worker_docker_runtime })
     }
     ai = {
       inventory_groups = ["ai_nodes"]

@@ -33,6 +33,11 @@ variable "worker_instance_type" {
   type        = string
 }
 
+variable "worker_docker_runtime" {
+  description = "OCI runtime of the workers' sandbox containers (runc, crun or runsc)."
+  type        = string
+}
+
 variable "ai_instance_type" {
   description = "Instance type of the AI node."
   type        = string

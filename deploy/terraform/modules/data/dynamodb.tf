@@ -26,6 +26,11 @@ resource "aws_dynamodb_table" "functions" {
   tags = { Name = var.functions_table_name }
 }
 
+# Job records, with the indexes of nanogrid/storage/__init__.py (TABLES): `due`, a sparse index of
+# the unfinished jobs by status, in the order the reaper must look at them again (PENDING by
+# redispatch time, PROCESSING by lease expiry), which the reaper sweeps, so a job is found whatever
+# Redis lost; `tenant_jobs` and `function_jobs`, the history (GET /jobs) by creation time. A finished
+# job's record expires NANOGRID_JOB_RETENTION_DAYS after it ended (TTL on expires_at).
 resource "aws_dynamodb_table" "jobs" {
   #checkov:skip=CKV_AWS_119:Encrypted at rest with the AWS managed key; a customer managed key would add kms grants to both instance roles for no gain in this single-account setup.
   name         = var.jobs_table_name
@@ -35,6 +40,62 @@ resource "aws_dynamodb_table" "jobs" {
   attribute {
     name = "jobId"
     type = "S"
+  }
+
+  attribute {
+    name = "due_pk"
+    type = "S"
+  }
+
+  attribute {
+    name = "due_sk"
+    type = "S"
+  }
+
+  attribute {
+    name = "tenant_jobs_pk"
+    type = "S"
+  }
+
+  attribute {
+    name = "tenant_jobs_sk"
+    type = "S"
+  }
+
+  attribute {
+    name = "function_jobs_pk"
+    type = "S"
+  }
+
+  attribute {
+    name = "function_jobs_sk"
+    type = "S"
+  }
+
+  global_secondary_index {
+    name            = "due"
+    hash_key        = "due_pk"
+    range_key       = "due_sk"
+    projection_type = "ALL"
+  }
+
+  global_secondary_index {
+    name            = "tenant_jobs"
+    hash_key        = "tenant_jobs_pk"
+    range_key       = "tenant_jobs_sk"
+    projection_type = "ALL"
+  }
+
+  global_secondary_index {
+    name            = "function_jobs"
+    hash_key        = "function_jobs_pk"
+    range_key       = "function_jobs_sk"
+    projection_type = "ALL"
+  }
+
+  ttl {
+    attribute_name = "expires_at"
+    enabled        = true
   }
 
   point_in_time_recovery {

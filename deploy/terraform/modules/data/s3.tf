@@ -15,6 +15,9 @@ module "user_data_bucket" {
   bucket_name             = "${var.user_data_bucket_prefix}-${var.account_id}"
   log_bucket              = aws_s3_bucket.logs.id
   noncurrent_version_days = 90
+  # Run outputs too large for a job's record (nanogrid/jobs/store.py: output_key) go when the
+  # record does (its TTL): NANOGRID_JOB_RETENTION_DAYS after the job ended, at the latest.
+  expire_prefixes = { "jobs/" = ceil(var.job_retention_days) }
 }
 
 # --- Access logs ---------------------------------------------------------------------------

@@ -13,6 +13,11 @@ variable "code_bucket_name" {
   type        = string
 }
 
+variable "job_retention_days" {
+  description = "Days a finished job's record and stored output are kept (NANOGRID_JOB_RETENTION_DAYS)."
+  type        = number
+}
+
 variable "user_data_bucket_prefix" {
   description = "Prefix of the user-data bucket name; the account ID is appended."
   type        = string

@@ -1,5 +1,6 @@
 # Internet-facing ALB: listener 80 (redirecting to 443 when a certificate is given), target
-# group on 8080 with the health check on /health, and /metrics refused at the edge.
+# group on 8080 with the health check on /health/live (the API itself, not the workers: the
+# controllers are healthy before any worker exists), and /metrics refused at the edge.
 
 locals {
   https = var.acm_certificate_arn != ""
@@ -43,7 +44,7 @@ resource "aws_lb_target_group" "api" {
 
   health_check {
     enabled             = true
-    path                = "/health"
+    path                = "/health/live"
     port                = "traffic-port"
     protocol            = "HTTP"
     matcher             = "200"
