@@ -263,6 +263,14 @@ ERROR_TEXT = {
 }
 
 
+def _health_check(operation_id: str, summary: str) -> dict:
+    return {"get": {
+        "operationId": operation_id, "summary": summary, "security": [],
+        "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
+                      "503": {"description": "a required component is down", "content": _json("Health")},
+                      **_errors(405, 500)}}}
+
+
 def _errors(*codes: int) -> dict:
     responses = {}
     for code in codes:
@@ -312,22 +320,10 @@ def _document(settings: Settings) -> dict:
         "multipart/form-data": {"schema": _form_schema(settings, create=False)}}}
     job_response = {"content": _json("Job")}
     paths = {
-        "/health": {"get": {
-            "operationId": "health",
-            "summary": "Ready to run functions: the API's dependencies, a live worker and its sandbox engine "
-                       "(never needs a key)",
-            "security": [],
-            "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
-                          "503": {"description": "a required component is down", "content": _json("Health")},
-                          **_errors(405, 500)}}},
-        "/health/live": {"get": {
-            "operationId": "healthLive",
-            "summary": "The API process and its own dependencies, not the workers: the load balancer's check "
-                       "(never needs a key)",
-            "security": [],
-            "responses": {"200": {"description": "every required component is up", "content": _json("Health")},
-                          "503": {"description": "a required component is down", "content": _json("Health")},
-                          **_errors(405, 500)}}},
+        "/health": _health_check("health", "Ready to run functions: the API's dependencies, a live worker and "
+                                           "its sandbox engine (never needs a key)"),
+        "/health/live": _health_check("healthLive", "The API process and its own dependencies, not the workers: "
+                                                    "the load balancer's check (never needs a key)"),
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document",
             "responses": {"200": {"description": "the OpenAPI 3.1 document",

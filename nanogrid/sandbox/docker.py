@@ -183,6 +183,8 @@ class _Usage:
                     self._locate()
                 if self.oom_file is None:
                     return None
+                # runtime/runner.py's oom_kills reads the same counter from inside, in a copy of its
+                # own: the runner runs on the runtime image's bare Python and imports nothing of NanoGrid.
                 for line in self.oom_file.read_text().splitlines():
                     name, _, value = line.partition(" ")
                     if name == "oom_kill":
