@@ -30,6 +30,7 @@ gVisor lets a function open its runner's descriptors. README: Sandbox runtimes.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -306,7 +307,6 @@ class DockerSandbox:
         # Per installation on this host: which warm container runs which job (for kill() from
         # another process: the worker's control command, a test), and the containers' AI folders.
         self.state_dir = Path(tempfile.gettempdir()) / f"{STATE_DIR_PREFIX}{self.instance}"
-        self._jobs_dir_made = False
         self._pool_lock = threading.Lock()
         # Containers that could not be removed (the engine was away): removed when it answers again.
         self._leftovers: set[str] = set()
@@ -326,11 +326,11 @@ class DockerSandbox:
                 pool = WarmPool(self.settings, self._discard, self._remove_leftovers)
                 pool.current_version = self.current_version
                 self._pool, self._pool_pid, self._running, self._leftovers = pool, os.getpid(), {}, set()
-                atexit.register(pool.close)
+                atexit.register(self._close, pool)
                 try:  # a prefork child ends with os._exit: atexit would not run there
                     from celery.signals import worker_process_shutdown
 
-                    worker_process_shutdown.connect(lambda **_: pool.close(), weak=False)
+                    worker_process_shutdown.connect(lambda **_: self._close(pool), weak=False)
                 except ImportError:
                     pass
             return self._pool
@@ -420,8 +420,7 @@ class DockerSandbox:
             # The container's own AI folder, mounted read-only at SANDBOX_SOCKET_DIR: each run's
             # channel puts its socket in it (a mount cannot change after the container is created).
             try:
-                ai_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai")))
-                ai_dir.chmod(0o755)
+                ai_dir = self._new_ai_dir()
             except OSError as exc:
                 raise Unavailable(f"cannot make the sandbox's AI folder: {exc}") from exc
         try:
@@ -573,13 +572,13 @@ class DockerSandbox:
     def _register(self, job_id: str, slot: Slot, supervisor: "_Supervisor") -> None:
         self._running[job_id] = supervisor
         if SAFE_JOB_ID.match(job_id) and LABEL_JOB not in (slot.container.labels or {}):
+            record = f"{slot.container.id} {os.getpid()}\n"
             try:
-                if not self._jobs_dir_made:
-                    _private_dir(self.state_dir / "jobs")
-                    self._jobs_dir_made = True
-                (self.state_dir / "jobs" / job_id).write_text(f"{slot.container.id} {os.getpid()}\n")
+                try:
+                    (_private_dir(self.state_dir / "jobs") / job_id).write_text(record)
+                except FileNotFoundError:  # the last other worker process of the installation removed it just now
+                    (_private_dir(self.state_dir / "jobs") / job_id).write_text(record)
             except OSError as exc:
-                self._jobs_dir_made = False
                 log.warning("cannot record which container runs %s: %s", job_id, exc)
 
     def _unregister(self, job_id: str) -> None:
@@ -659,6 +658,22 @@ class DockerSandbox:
         self._remove(slot.container)
         if slot.ai_dir is not None:
             shutil.rmtree(slot.ai_dir, ignore_errors=True)
+
+    def _new_ai_dir(self) -> Path:
+        try:
+            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai"))
+        except FileNotFoundError:  # the last other worker process of the installation removed it just now
+            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai"))
+        Path(made).chmod(0o755)
+        return Path(made)
+
+    def _close(self, pool: WarmPool) -> None:
+        """At this process's end: its warm containers go, and the installation's state folder with
+        them once no other process of it has anything there (a folder in use is not empty)."""
+        pool.close()
+        for folder in (self.state_dir / "jobs", self.state_dir / "ai", self.state_dir / "cancelled", self.state_dir):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _create(self, spec: RunSpec, ai_dir: Path | None = None, warm: bool = False):
         """A container serving spec's code: for one job (labelled with it), or warm for many."""
