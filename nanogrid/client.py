@@ -38,7 +38,7 @@ class Client:
         try:
             response = self.http.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
         except requests.RequestException as exc:
-            raise ClientError(f"cannot reach {self.url}: {exc}") from None
+            raise self._unreachable(exc) from None
         if response.status_code == 204:
             return {}
         try:
@@ -52,6 +52,17 @@ class Client:
             raise ClientError(f"{code or response.status_code}: {error.get('message', body)}", response.status_code,
                               code)
         return body
+
+    def _unreachable(self, exc: requests.RequestException) -> ClientError:
+        """One line for a newcomer: where the CLI looked, how to point it elsewhere, what happened."""
+        if isinstance(exc, requests.Timeout):
+            what = f"no answer within {self.timeout_s:g} s"
+        elif isinstance(exc, requests.ConnectionError):
+            what = "nothing answers there (connection refused, or the host is unreachable)"
+        else:
+            what = type(exc).__name__
+        return ClientError(f"cannot reach the NanoGrid API at {self.url}: {what}; point NANOGRID_URL (or --url) "
+                           "at it (nanogrid dev prints its address)")
 
     # -- functions -----------------------------------------------------------------------------
 
@@ -143,13 +154,14 @@ class Client:
     def _events(self, method: str, path: str, **kwargs) -> Iterator[tuple[str, dict]]:
         """Server-Sent Events, reconnecting with Last-Event-ID when the server closes a long stream."""
         last_id = None
+        asked = kwargs.pop("headers", {})
         while True:
-            headers = {**kwargs.pop("headers", {}), **({"Last-Event-ID": last_id} if last_id else {})}
+            headers = {**asked, **({"Last-Event-ID": last_id} if last_id else {})}
             try:
                 response = self.http.request(method, self.url + path, stream=True, timeout=(10, None),
                                              headers=headers, **kwargs)
             except requests.RequestException as exc:
-                raise ClientError(f"cannot reach {self.url}: {exc}") from None
+                raise self._unreachable(exc) from None
             if response.status_code >= 400:
                 try:
                     error = response.json().get("error", {})
