@@ -8,11 +8,19 @@ from pathlib import Path
 import docker
 
 from nanogrid.client import TERMINAL, Client
-from nanogrid.sandbox import LABEL_JOB
+from nanogrid.config import Settings
+from nanogrid.sandbox import LABEL_INSTANCE, LABEL_JOB, instance_id
 from nanogrid.sandbox.janitor import STATE_DIR_PREFIX
 from support.waiting import eventually
 
 CONTAINER_START_TIMEOUT_S = 60
+
+
+def installation_containers(settings: Settings) -> list[str]:
+    """The names of every container, running or not, that the installation of these settings made."""
+    client = docker.from_env().api
+    return [summary["Names"][0].lstrip("/") for summary in
+            client.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance_id(settings)}"})]
 
 
 def job_containers(job_id: str, *, running_only: bool = False) -> list[dict]:

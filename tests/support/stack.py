@@ -64,6 +64,7 @@ class Stack:
         self.node = f"worker-{uuid.uuid4().hex[:8]}@test"  # the worker's Celery node name
         self.operator_env: dict[str, str] = {}  # `nanogrid dev` only: what it wrote to operator.env
         self._stop_signals: dict[str, int] = {}
+        self._ports: dict[str, int] = {}  # the ports of the processes started under other names
 
     # -- the three shapes ------------------------------------------------------------------------
 
@@ -165,24 +166,40 @@ class Stack:
         """The worker's Prometheus exporter."""
         return f"http://127.0.0.1:{self.env['NANOGRID_WORKER_METRICS_PORT']}/metrics"
 
-    def start(self, name: str, argv: list[str], stop_signal: int = signal.SIGTERM) -> Process:
-        process = self._processes.start(name, argv, self.env, self.workdir)
+    def start(self, name: str, argv: list[str], stop_signal: int = signal.SIGTERM,
+              env: dict[str, str] | None = None) -> Process:
+        """argv as process name, with the stack's environment changed by env."""
+        process = self._processes.start(name, argv, {**self.env, **(env or {})}, self.workdir)
         self.procs[name] = process
         self._stop_signals[name] = stop_signal
         return process
 
-    def start_api(self) -> Process:
-        """`nanogrid api` (gunicorn); returns once /health answers."""
-        api = self.start("api", [*CLI, "api"])
-        if not wait_for_http(self.url + "/health", STARTUP_TIMEOUT_S, alive=api.alive):
+    def url_of(self, api: str) -> str:
+        """Where the API process of that name listens (`url` is the first one's, "api")."""
+        return self.url if api == "api" else f"http://127.0.0.1:{self._ports[api]}"
+
+    def start_api(self, name: str = "api") -> Process:
+        """`nanogrid api` (gunicorn); returns once /health answers. Another name is another API
+        process of the same installation, on a port of its own that a restart keeps (url_of)."""
+        env = {}
+        if name != "api":
+            env["NANOGRID_BIND"] = f"127.0.0.1:{self._ports.setdefault(name, free_port())}"
+        api = self.start(name, [*CLI, "api"], env=env)
+        url = self.url_of(name)
+        if not wait_for_http(url + "/health", STARTUP_TIMEOUT_S, alive=api.alive):
             pytest.fail(f"the API did not answer /health within {STARTUP_TIMEOUT_S} s\n{api.tail()}")
         return api
 
-    def start_worker(self, concurrency: int = 2) -> Process:
+    def start_worker(self, concurrency: int = 2, name: str = "worker") -> Process:
         """`nanogrid worker` as node self.node; returns once Celery says it is ready (consuming).
-        Starting it again after a crash is what systemd does on the fleet."""
-        worker = self.start("worker", [*CLI, "worker", "-n", self.node, "--concurrency", str(concurrency)])
-        worker.wait_for(f"{self.node} ready.", STARTUP_TIMEOUT_S)
+        Starting it again after a crash is what systemd does on the fleet. Another name is another
+        worker (its own node name and metrics port), as on a second instance."""
+        node, env = self.node, {}
+        if name != "worker":
+            node = f"{name}-{self.node}"
+            env["NANOGRID_WORKER_METRICS_PORT"] = str(self._ports.setdefault(name, free_port()))
+        worker = self.start(name, [*CLI, "worker", "-n", node, "--concurrency", str(concurrency)], env=env)
+        worker.wait_for(f"{node} ready.", STARTUP_TIMEOUT_S)
         return worker
 
     def wait_healthy(self) -> None:
