@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from fake_ollama import FakeOllama
+from support.fake_ollama import FakeOllama
 from nanogrid.ai.channel import Channel
 from nanogrid.config import Settings
 from nanogrid.sandbox import RUNTIME_DIR

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fake_ollama import FakeOllama
+from support.fake_ollama import FakeOllama
 from support.servers import free_port
 from support.stack import Stack
 
