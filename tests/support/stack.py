@@ -26,6 +26,7 @@ from support.servers import DUMMY_AWS_ENV, free_port, redis_database, wait_for_h
 CLI = [sys.executable, "-m", "nanogrid.cli"]
 STARTUP_TIMEOUT_S = 120
 PRODUCTION_REGION = "ap-northeast-2"
+DEAD_LETTER_AFTER_RECEIVES = 3  # the default of Terraform's dlq_max_receive_count
 # A stack of services takes its settings from the test alone, none from the shell running the suite.
 NOT_INHERITED = ("NANOGRID_", "SQS_", "REDIS_", "FLOWER_", "AWS_ENDPOINT_URL", metrics.MULTIPROC_ENV)
 
@@ -147,8 +148,15 @@ class Stack:
         }
         visibility_s = Settings.from_env(environ).sqs_visibility_timeout
         sqs = boto3.client("sqs", endpoint_url=moto_server, region_name=PRODUCTION_REGION)
-        environ["SQS_QUEUE_URL"] = sqs.create_queue(QueueName=f"nanogrid-task-queue-{uuid.uuid4().hex[:8]}",
-                                                    Attributes={"VisibilityTimeout": str(visibility_s)})["QueueUrl"]
+        # The task queue and its dead-letter queue, named and linked as deploy/terraform does.
+        name = f"nanogrid-task-queue-{uuid.uuid4().hex[:8]}"
+        dead_letters = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        dead_letters_arn = sqs.get_queue_attributes(QueueUrl=dead_letters,
+                                                    AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        environ["SQS_QUEUE_URL"] = sqs.create_queue(QueueName=name, Attributes={
+            "VisibilityTimeout": str(visibility_s),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letters_arn,
+                                         "maxReceiveCount": DEAD_LETTER_AFTER_RECEIVES})})["QueueUrl"]
         stack = cls(processes, workdir, environ, f"http://127.0.0.1:{port}")
         ensure_resources(stack.settings)
         stack._start_services(api=True, worker=True)
@@ -201,6 +209,12 @@ class Stack:
         worker = self.start(name, [*CLI, "worker", "-n", node, "--concurrency", str(concurrency)], env=env)
         worker.wait_for(f"{node} ready.", STARTUP_TIMEOUT_S)
         return worker
+
+    def start_scheduler(self, name: str = "scheduler") -> Process:
+        """`nanogrid scheduler`, as each controller runs it; returns once it says it started."""
+        scheduler = self.start(name, [*CLI, "scheduler"])
+        scheduler.wait_for("scheduler started", STARTUP_TIMEOUT_S)
+        return scheduler
 
     def wait_healthy(self) -> None:
         """Return once /health is 200: every component up, a worker's heartbeat among them."""

@@ -1,0 +1,130 @@
+"""Events in and out through real processes: idempotent run requests on the dev stack and through
+two API processes of the production stack, schedules fired by two `nanogrid scheduler` processes
+(one killed mid-way), and a poison message on SQS that goes to the dead-letter queue while runs
+flow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import datetime
+
+import boto3
+import pytest
+import requests
+
+from nanogrid.client import TERMINAL
+from support.stack import CLI, PRODUCTION_REGION, Stack
+from support.waiting import eventually
+
+OK = "def handler(event, context):\n    return event.get('n', 0) * 2\n"
+INTERVAL_S = 2
+SCHEDULED_FOR_S = 20  # how long the two schedulers fire the schedule, as the acceptance gives it
+
+
+@pytest.fixture(scope="module")
+def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image):
+    stack = Stack.production(processes, tmp_path_factory.mktemp("events"), moto_server=moto_server,
+                             gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image)
+    stack.start_api("api2")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def dev(processes, tmp_path_factory):
+    stack = Stack.dev(processes, tmp_path_factory.mktemp("events-dev"))
+    yield stack
+    stack.stop()
+
+
+def run(url: str, function_id: str, key: str, body: dict) -> requests.Response:
+    return requests.post(f"{url}/functions/{function_id}/run", json=body, headers={"Idempotency-Key": key},
+                         timeout=120)
+
+
+# The stacks are reached at run time (request.getfixturevalue): their parameters say what they need.
+@pytest.mark.parametrize("shape", [
+    pytest.param("dev", marks=pytest.mark.processes),
+    pytest.param("production", marks=[pytest.mark.aws, pytest.mark.docker, pytest.mark.gcs, pytest.mark.processes,
+                                      pytest.mark.redis]),
+])
+def test_the_same_idempotency_key_twice_gives_one_job_and_another_body_is_422(request, shape):
+    stack = request.getfixturevalue(shape)
+    urls = [stack.url, stack.url_of("api2")] if shape == "production" else [stack.url, stack.url]
+    function_id = stack.client.create(f"idempotent-{shape}", OK)["function_id"]
+    first = run(urls[0], function_id, "order-42", {"input": {"n": 21}, "wait_s": 60})
+    again = run(urls[1], function_id, "order-42", {"input": {"n": 21}, "wait_s": 60})
+    assert first.status_code == 200 and first.json()["result"] == 42, first.text
+    assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert again.json()["job_id"] == first.json()["job_id"]
+    other = run(urls[1], function_id, "order-42", {"input": {"n": 1}, "wait_s": 60})
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_conflict", other.text
+    assert [job["job_id"] for job in stack.client.jobs(function_id=function_id)["jobs"]] == [first.json()["job_id"]]
+
+
+def test_two_schedulers_fire_every_tick_once_and_one_killed_loses_at_most_the_tick_in_flight(production):
+    client = production.client
+    function_id = client.create("ticking", OK)["function_id"]
+    first = production.start_scheduler("scheduler")
+    production.start_scheduler("scheduler2")
+    made = requests.post(f"{production.url}/functions/{function_id}/schedules",
+                         json={"interval_s": INTERVAL_S, "input": {"n": 1}}, timeout=30)
+    assert made.status_code == 201, made.text
+    schedule = made.json()
+    created = time.monotonic()
+    time.sleep(SCHEDULED_FOR_S / 2)  # the schedule runs for the time the acceptance gives it
+    first.kill()
+    time.sleep(max(0.0, SCHEDULED_FOR_S - (time.monotonic() - created)))
+    gone = requests.delete(f"{production.url}/functions/{function_id}/schedules/{schedule['schedule_id']}", timeout=30)
+    assert gone.status_code == 204, gone.text
+    deleted = time.monotonic()
+
+    def fired() -> list[dict]:
+        jobs = client.jobs(function_id=function_id, limit=200)["jobs"]
+        return jobs if all(job["status"] in TERMINAL for job in jobs) else []
+    jobs = eventually(fired, 120, "every fired run has ended")
+    ticks = sorted(job["trigger"]["tick"] for job in jobs)
+    assert all(job["trigger"]["schedule_id"] == schedule["schedule_id"] for job in jobs)
+    assert all(job["status"] == "SUCCESS" and job["result"] == 2 for job in jobs)
+    assert len(ticks) == len(set(ticks)), f"a tick fired twice: {ticks}"
+    seconds = [tick_seconds(tick) for tick in ticks]
+    gaps = [later - earlier for earlier, later in zip(seconds, seconds[1:])]
+    assert all(gap % INTERVAL_S == 0 for gap in gaps), gaps
+    missed = sum(gap // INTERVAL_S - 1 for gap in gaps)
+    assert missed <= 1, f"more than the tick in flight was lost: {ticks}"
+    expected = SCHEDULED_FOR_S // INTERVAL_S
+    assert expected - 2 <= len(ticks) <= expected + 1, ticks
+
+    # Deleted, it fires no more: two intervals later there is nothing new.
+    time.sleep(max(0.0, 2 * INTERVAL_S - (time.monotonic() - deleted)))
+    assert len(client.jobs(function_id=function_id, limit=200)["jobs"]) == len(jobs)
+    assert production.procs["scheduler2"].alive()
+
+
+def tick_seconds(tick: str) -> int:
+    return int(datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
+
+
+def test_a_poison_message_on_sqs_goes_to_the_dead_letter_queue_while_runs_flow(production):
+    settings = production.settings
+    sqs = boto3.client("sqs", endpoint_url=settings.aws_endpoint_url, region_name=PRODUCTION_REGION)
+    sqs.send_message(QueueUrl=settings.sqs_queue_url, MessageBody="this is no Celery message")
+    function_id = production.client.create("flowing", OK)["function_id"]
+    jobs = [production.client.invoke(function_id, {"n": n}, wait_s=0)["job_id"] for n in range(5)]
+    done = [production.client.wait(job_id, 120) for job_id in jobs]
+    assert [(job["status"], job["result"]) for job in done] == [("SUCCESS", n * 2) for n in range(5)]
+
+    def dead_letters() -> list[dict]:
+        listed = subprocess.run([*CLI, "dlq", "list", "--json"], env=production.env, capture_output=True, text=True,
+                                timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        return json.loads(listed.stdout)
+    letters = eventually(dead_letters, 120, "the poison message is in the dead-letter queue")
+    assert any("this is no Celery message" in json.dumps(letter) for letter in letters), letters
+    depth = sqs.get_queue_attributes(QueueUrl=settings.sqs_queue_url,
+                                     AttributeNames=["ApproximateNumberOfMessages",
+                                                     "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    assert depth == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}, depth
+    assert production.procs["worker"].alive()
