@@ -1,7 +1,7 @@
 """Events in and out through real processes: idempotent run requests on the dev stack and through
 two API processes of the production stack, schedules fired by two `nanogrid scheduler` processes
-(one killed mid-way), and a poison message on SQS that goes to the dead-letter queue while runs
-flow."""
+(one killed mid-way), a poison message on SQS that goes to the dead-letter queue while runs flow,
+and the live events of a run (Server-Sent Events) watched from either API process."""
 
 from __future__ import annotations
 
@@ -128,3 +128,95 @@ def test_a_poison_message_on_sqs_goes_to_the_dead_letter_queue_while_runs_flow(p
                                                      "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     assert depth == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}, depth
     assert production.procs["worker"].alive()
+
+
+# --- Live events of a run (Server-Sent Events) -------------------------------------------------
+
+PRINTS = """
+import time
+def handler(event, context):
+    for i in range(10):
+        print(f"line {i}", flush=True)
+        time.sleep(0.3)
+    return "done"
+"""
+PRINTS_PAST_ITS_DEADLINE = """
+import time
+def handler(event, context):
+    i = 0
+    while True:
+        print(f"line {i}", flush=True)
+        i += 1
+        time.sleep(0.3)
+"""
+LINES = "".join(f"line {i}\n" for i in range(10))
+
+
+def events(url: str, job_id: str, last_event_id: str | None = None, stop_after: int | None = None,
+           on_event=None) -> list[tuple[str, str, dict]]:
+    """(id, event, data) of a job's event stream, read until "end" (or stop_after events)."""
+    headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    found: list[tuple[str, str, dict]] = []
+    with requests.get(f"{url}/jobs/{job_id}/events", headers=headers, stream=True, timeout=(10, 120)) as response:
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+        event_id, kind, data = None, None, []
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and kind:
+                found.append((event_id, kind, json.loads("\n".join(data))))
+                if on_event:
+                    on_event(found[-1])
+                if kind == "end" or len(found) == stop_after:
+                    return found
+                event_id, kind, data = None, None, []
+    return found
+
+
+def stdout_of(stream: list[tuple[str, str, dict]]) -> str:
+    return "".join(data["text"] for _, kind, data in stream if kind == "stdout")
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param("dev", marks=pytest.mark.processes),
+    pytest.param("production", marks=[pytest.mark.aws, pytest.mark.docker, pytest.mark.gcs, pytest.mark.processes,
+                                      pytest.mark.redis]),
+])
+def test_a_run_is_watched_live_from_the_other_api_and_a_reconnect_or_a_late_client_misses_nothing(request, shape):
+    stack = request.getfixturevalue(shape)
+    watcher = stack.url_of("api2") if shape == "production" else stack.url
+    function_id = stack.client.create(f"prints-{shape}", PRINTS)["function_id"]
+    job_id = stack.client.invoke(function_id, wait_s=0)["job_id"]
+    status_at_half: list[str] = []
+
+    def halfway(event):
+        if event[1] == "stdout" and "line 5" in event[2]["text"] and not status_at_half:
+            status_at_half.append(stack.client.job(job_id)["status"])
+    live = events(watcher, job_id, on_event=halfway)
+
+    ids = [tuple(int(part) for part in event_id.split("-")) for event_id, _, _ in live]  # Redis stream ids
+    assert ids == sorted(set(ids)), ids
+    assert stdout_of(live) == LINES
+    assert live[-1][1] == "end" and live[-1][2]["status"] == "SUCCESS" and live[-1][2]["result"] == "done"
+    assert [data["status"] for _, kind, data in live if kind == "status"][-1] == "SUCCESS"
+    # Streamed, not delivered at the end: half of the lines were there while the run still ran.
+    assert status_at_half == ["PROCESSING"], status_at_half
+
+    head = events(stack.url, job_id, stop_after=3)
+    rest = events(stack.url, job_id, last_event_id=head[-1][0])
+    assert head + rest == live
+    assert events(watcher, job_id) == live  # a client that comes after the end gets the whole backlog
+
+
+def test_a_run_killed_at_its_deadline_keeps_what_it_printed(production):
+    function_id = production.client.create("past-deadline", PRINTS_PAST_ITS_DEADLINE, timeout_s=2)["function_id"]
+    job_id = production.client.invoke(function_id, wait_s=0)["job_id"]
+    stream = events(production.url_of("api2"), job_id)
+    job = stream[-1][2]
+    assert job["status"] == "FAILED" and job["error"]["type"] == "timeout", job
+    assert job["stdout"].startswith("line 0\nline 1\nline 2\n"), job["stdout"]
+    assert stdout_of(stream) == job["stdout"]
