@@ -313,6 +313,29 @@ class Client:
         return job
 
 
+def streaming_latencies(url: str, function_id: str, lines: int) -> list[float]:
+    """Milliseconds from each line's print in the sandbox to its arrival at a Server-Sent Events
+    client of the run (one clock: a container reads the host's)."""
+    job = requests.post(f"{url}/functions/{function_id}/run", json={"input": {"lines": lines}, "wait_s": 0},
+                        timeout=60).json()
+    found: list[float] = []
+    kind = None
+    with requests.get(f"{url}/jobs/{job['job_id']}/events", headers={"Accept": "text/event-stream"}, stream=True,
+                      timeout=(10, 300)) as response:
+        # chunk_size None: each piece as it arrives, not once 512 bytes have come.
+        for line in response.iter_lines(chunk_size=None, decode_unicode=True):
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:") and kind == "stdout":
+                arrived = time.time()
+                found += [(arrived - float(printed)) * 1000 for printed in json.loads(line[5:])["text"].split()]
+            elif line.startswith("data:") and kind == "end":
+                if json.loads(line[5:])["status"] != "SUCCESS" or len(found) != lines:
+                    raise RuntimeError(f"the streaming run failed or lost lines ({len(found)} of {lines})")
+                return found
+    raise RuntimeError("the event stream ended without its end event")
+
+
 def wait_ready(client: Client, function_id: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -550,6 +573,10 @@ def measure(args) -> dict:
             say("warm runs ...")
             warm_id = client.deploy("bench-warm", HANDLER)
             results["warm"] = timed(lambda: client.run(warm_id), 200 if quick else 1000, warmup=20)
+            say("streaming latency ...")
+            streamer_id = client.deploy("bench-streamer", STREAMER)
+            streaming_latencies(stack["url"], streamer_id, 10)  # a warm container for it
+            results["streaming"] = streaming_latencies(stack["url"], streamer_id, 100 if quick else 500)
             dev_pid = stack["pid"]
             redis_port = stack["operator"]["NANOGRID_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
             api_pids = lambda: tree(dev_pid, "gunicorn")  # noqa: E731
@@ -657,6 +684,11 @@ def table(results: dict) -> str:
         row(f"{'API (gunicorn)' if part == 'api' else 'worker (celery)'} RSS, {after['runs']} runs",
             f"{before[part]:.0f} -> {after[part]:.0f} MiB", f"{growth:+.1f} %" + (
                 f" (idle start {start:.0f} MiB)" if start else ""), verdict(growth <= 10, "<= +10 %"))
+    if "streaming" in results:
+        streamed = results["streaming"]
+        row("streaming latency (a printed line to an SSE client)",
+            f"p50 {percentile(streamed, .5):.1f}, p99 {percentile(streamed, .99):.1f} ms ({len(streamed)} lines)",
+            f"{percentile(streamed, .5) / p50('warm'):.2f}x the warm run p50")
     if "sqs_warm" in results:
         sqs, sqs_celery = p50("sqs_warm"), p50("sqs_celery")
         row("warm sync run on SQS (moto) (HTTP)", f"p50 {sqs:.1f}, p95 {percentile(results['sqs_warm'], .95):.1f}, "
