@@ -93,8 +93,10 @@ def test_run_on_sqs_and_archive_only_successful_versions(stack):
     assert failed["error"]["type"] == "runtime_error", failed
     # Whatever the v2 run queued, it queued before Celery logged its end; once the queue is empty
     # and every archive task received has ended, a wrongly queued archive of v2 would be stored.
+    # A FAILED job is a failed task, an expected one (nanogrid.worker.tasks.RunFailed).
     eventually(lambda: [d for d in stack.records("worker") if d.get("job_id") == failed["job_id"]
-                        and d.get("message", "").startswith(f"Task {RUN_TASK}[") and " succeeded " in d["message"]],
+                        and d.get("message", "").startswith(f"Task {RUN_TASK}[")
+                        and " raised expected: RunFailed" in d["message"]],
                60, "Celery logs the end of the v2 run's task")
     eventually(lambda: queue_is_empty(stack) and archive_tasks_settled(stack), 60,
                "the task queue is empty and every archive task has ended")
