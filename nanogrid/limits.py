@@ -16,8 +16,10 @@ class LimitError(ValueError):
     """A requested limit is malformed, below the floor, or above the installation's ceiling."""
 
 
-# The smallest values a run can work with: the runner itself needs a few processes, files and MB.
-LIMIT_FLOORS = {"timeout_s": 0.1, "memory_mb": 16, "cpus": 0.05, "pids": 8, "open_files": 32, "file_size_mb": 1,
+# The smallest values a run can work with: the runner itself needs a few processes, files and MB,
+# and crun sets up the container under the container's own RLIMIT_NOFILE (at 32 it cannot start
+# one: "openat2 proc/fs: Too many open files"; 48 was enough here, 64 leaves room).
+LIMIT_FLOORS = {"timeout_s": 0.1, "memory_mb": 16, "cpus": 0.05, "pids": 8, "open_files": 64, "file_size_mb": 1,
                 "tmpfs_mb": 1, "output_bytes": 1024}
 FRACTIONAL_LIMITS = frozenset({"timeout_s", "cpus"})
 

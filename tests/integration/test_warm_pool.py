@@ -236,7 +236,7 @@ def test_module_state_does_not_survive_between_runs(sandbox, function):
 
 def test_a_warm_container_serves_many_runs_without_leaking_descriptors(sandbox, function):
     spec = function("import os\ndef handler(event, context):\n    return len(os.listdir('/proc/self/fd'))\n")
-    results = [run(sandbox, spec(None, open_files=32))[1] for _ in range(30)]  # 3 pipes a run, were they kept
+    results = [run(sandbox, spec(None, open_files=64))[1] for _ in range(30)]  # 3 pipes a run, were they kept
     assert {r.status for r in results} == {"SUCCESS"} and len({r.result for r in results}) == 1, results[-1]
     assert len(served_by(sandbox)) == 1
 

@@ -210,7 +210,7 @@ def test_file_size_limit(backend):
 
 
 def test_open_files_limit(backend):
-    raw, outcome = backend.run("files = [open('/dev/null') for _ in range(100)]\n", open_files=32)
+    raw, outcome = backend.run("files = [open('/dev/null') for _ in range(100)]\n", open_files=64)
     assert outcome.error["type"] == "runtime_error"
     assert b"Too many open files" in raw.stderr
 
