@@ -15,6 +15,8 @@ import pytest
 import requests
 
 from nanogrid.client import TERMINAL
+from nanogrid.jobs.callbacks import verify
+from support.receiver import Receiver
 from support.stack import CLI, PRODUCTION_REGION, Stack
 from support.waiting import eventually
 
@@ -26,7 +28,12 @@ SCHEDULED_FOR_S = 20  # how long the two schedulers fire the schedule, as the ac
 @pytest.fixture(scope="module")
 def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image):
     stack = Stack.production(processes, tmp_path_factory.mktemp("events"), moto_server=moto_server,
-                             gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image)
+                             gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image, env={
+                                 # The test's receiver listens on loopback, which callbacks may not
+                                 # reach unless an operator allows it.
+                                 "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
+                                 "NANOGRID_CALLBACK_BACKOFF_S": "0.5",
+                             })
     stack.start_api("api2")
     yield stack
     stack.stop()
@@ -220,3 +227,42 @@ def test_a_run_killed_at_its_deadline_keeps_what_it_printed(production):
     assert job["status"] == "FAILED" and job["error"]["type"] == "timeout", job
     assert job["stdout"].startswith("line 0\nline 1\nline 2\n"), job["stdout"]
     assert stdout_of(stream) == job["stdout"]
+
+
+# --- Callbacks and retries through the workers -------------------------------------------------
+
+FAILS_TWICE = """
+def handler(event, context):
+    if context.attempt < 3:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return {"attempt": context.attempt}
+"""
+
+
+def test_a_retried_run_ends_on_its_third_attempt_and_a_callback_gets_there_on_its_third(production):
+    client = production.client
+    hook = Receiver([500, 503, 200])
+    try:
+        function_id = client.create("fails-twice", FAILS_TWICE, retries={"max": 2, "backoff_s": 0.2},
+                                    callback_url=hook.url)["function_id"]
+        job = client.wait(client.invoke(function_id, wait_s=0)["job_id"], 120)
+        assert job["status"] == "SUCCESS" and job["result"] == {"attempt": 3} and job["attempt"] == 3, job
+        assert [attempt["error"]["type"] for attempt in job["attempts"]] == ["runtime_error", "runtime_error"]
+
+        def delivered() -> dict | None:
+            latest = client.job(job["job_id"])
+            return latest if latest["callbacks"][0]["status"] != "pending" else None
+        callback = eventually(delivered, 120, "the callback was taken")["callbacks"][0]
+        assert (callback["status"], callback["attempts"], callback["last_status_code"]) == ("delivered", 3, 200)
+        assert len(hook.received) == 3
+        body = hook.received[-1]["body"]
+        assert json.loads(body)["job_id"] == job["job_id"] and json.loads(body)["status"] == "SUCCESS"
+        secret = requests.get(f"{production.url}/callbacks/signing-secret", timeout=30).json()["secret"]
+        assert verify(secret, body, hook.received[-1]["headers"]["X-NanoGrid-Signature"])
+    finally:
+        hook.close()
+
+    once = client.create("fails-always-once", FAILS_TWICE, retries={"max": 1, "backoff_s": 0.2})["function_id"]
+    failed = client.wait(client.invoke(once, wait_s=0)["job_id"], 120)
+    assert failed["status"] == "FAILED" and failed["attempt"] == 2, failed
+    assert [attempt["attempt"] for attempt in failed["attempts"]] == [1, 2]
