@@ -5,12 +5,28 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import requests
 
 # A job in one of these states changes no more (nanogrid.jobs.records.TERMINAL, as the API shows it).
 TERMINAL = ("SUCCESS", "FAILED")
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[tuple[str | None, str, dict]]:
+    """(id, event, data) of each event of a text/event-stream (NanoGrid's events carry JSON data);
+    comments (keep-alives) are skipped."""
+    event_id, kind, data = None, None, []
+    for line in lines:
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and kind:
+            yield event_id, kind, json.loads("\n".join(data))
+            event_id, kind, data = None, None, []
 
 
 class ClientError(Exception):
@@ -170,19 +186,11 @@ class Client:
                 code = error.get("code")
                 raise ClientError(f"{code or response.status_code}: {error.get('message', response.text)}",
                                   response.status_code, code)
-            kind, data = None, []
-            for line in response.iter_lines(decode_unicode=True):
-                if line.startswith("id:"):
-                    last_id = line[3:].strip()
-                elif line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and kind:
-                    yield kind, json.loads("\n".join(data))
-                    if kind == "end":
-                        return
-                    kind, data = None, []
+            for event_id, kind, data in parse_events(response.iter_lines(chunk_size=None, decode_unicode=True)):
+                last_id = event_id or last_id
+                yield kind, data
+                if kind == "end":
+                    return
             # The server closed a long stream: go on from the last event (a run request's own
             # stream continues as its job's events, so the run is not started twice).
             if method == "POST":

@@ -11,9 +11,8 @@ import pytest
 import requests
 
 from nanogrid.sandbox.docker import KILL_GRACE_S
-from support.docker import await_job_container, await_no_job_container
+from support.docker import cancel_a_running_job
 from support.stack import Stack
-from support.waiting import eventually
 
 DEFAULT_TIMEOUT_S = 10
 HANDLER = """
@@ -105,15 +104,7 @@ def test_cli_deploy_invoke_job(dev, tmp_path):
 
 
 def test_cancel_a_running_job(dev):
-    function_id = dev.client.create("cancel-running", "import time\ntime.sleep(120)\n", timeout_s=300)["function_id"]
-    job_id = dev.client.invoke(function_id, None, wait_s=0)["job_id"]
-    await_job_container(dev.client, job_id)
-    cancelled = dev.client.cancel(job_id)
-    assert cancelled["status"] == "FAILED" and cancelled["error"]["type"] == "cancelled", cancelled
-    await_no_job_container(job_id, 60, "the cancelled run's container is removed")
-    # The worker's own word that its run is over: nothing it does can change the job any more.
-    eventually(lambda: dev.lines("dev", "run finished", job_id), 60, "the worker ends the cancelled run")
-    assert dev.client.job(job_id)["error"]["type"] == "cancelled"
+    cancel_a_running_job(dev, "dev", "import time\ntime.sleep(120)\n")
 
 
 def test_ctrl_c_stops_everything(dev):

@@ -14,7 +14,7 @@ import boto3
 import pytest
 import requests
 
-from nanogrid.client import TERMINAL
+from nanogrid.client import TERMINAL, parse_events
 from nanogrid.jobs.callbacks import verify
 from support.receiver import Receiver
 from support.stack import CLI, PRODUCTION_REGION, Stack
@@ -23,6 +23,12 @@ from support.waiting import eventually
 OK = "def handler(event, context):\n    return event.get('n', 0) * 2\n"
 INTERVAL_S = 2
 SCHEDULED_FOR_S = 20  # how long the two schedulers fire the schedule, as the acceptance gives it
+# Both stacks, reached at run time (request.getfixturevalue): their parameters say what they need.
+STACKS = [
+    pytest.param("dev", marks=pytest.mark.processes),
+    pytest.param("production", marks=[pytest.mark.aws, pytest.mark.docker, pytest.mark.gcs, pytest.mark.processes,
+                                      pytest.mark.redis]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +57,7 @@ def run(url: str, function_id: str, key: str, body: dict) -> requests.Response:
                          timeout=120)
 
 
-# The stacks are reached at run time (request.getfixturevalue): their parameters say what they need.
-@pytest.mark.parametrize("shape", [
-    pytest.param("dev", marks=pytest.mark.processes),
-    pytest.param("production", marks=[pytest.mark.aws, pytest.mark.docker, pytest.mark.gcs, pytest.mark.processes,
-                                      pytest.mark.redis]),
-])
+@pytest.mark.parametrize("shape", STACKS)
 def test_the_same_idempotency_key_twice_gives_one_job_and_another_body_is_422(request, shape):
     stack = request.getfixturevalue(shape)
     urls = [stack.url, stack.url_of("api2")] if shape == "production" else [stack.url, stack.url]
@@ -166,21 +167,12 @@ def events(url: str, job_id: str, last_event_id: str | None = None, stop_after: 
     found: list[tuple[str, str, dict]] = []
     with requests.get(f"{url}/jobs/{job_id}/events", headers=headers, stream=True, timeout=(10, 120)) as response:
         assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-        event_id, kind, data = None, None, []
-        for line in response.iter_lines(decode_unicode=True):
-            if line.startswith("id:"):
-                event_id = line[3:].strip()
-            elif line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-            elif not line and kind:
-                found.append((event_id, kind, json.loads("\n".join(data))))
-                if on_event:
-                    on_event(found[-1])
-                if kind == "end" or len(found) == stop_after:
-                    return found
-                event_id, kind, data = None, None, []
+        for event in parse_events(response.iter_lines(chunk_size=None, decode_unicode=True)):
+            found.append(event)
+            if on_event:
+                on_event(event)
+            if event[1] == "end" or len(found) == stop_after:
+                break
     return found
 
 
@@ -188,11 +180,7 @@ def stdout_of(stream: list[tuple[str, str, dict]]) -> str:
     return "".join(data["text"] for _, kind, data in stream if kind == "stdout")
 
 
-@pytest.mark.parametrize("shape", [
-    pytest.param("dev", marks=pytest.mark.processes),
-    pytest.param("production", marks=[pytest.mark.aws, pytest.mark.docker, pytest.mark.gcs, pytest.mark.processes,
-                                      pytest.mark.redis]),
-])
+@pytest.mark.parametrize("shape", STACKS)
 def test_a_run_is_watched_live_from_the_other_api_and_a_reconnect_or_a_late_client_misses_nothing(request, shape):
     stack = request.getfixturevalue(shape)
     watcher = stack.url_of("api2") if shape == "production" else stack.url

@@ -19,7 +19,7 @@ from nanogrid.services import Services
 from nanogrid.task_names import ARCHIVE_TASK, RUN_TASK
 from nanogrid.transport.broker import Broker
 from nanogrid.transport.depth import queue_depth
-from support.docker import await_job_container, await_no_job_container
+from support.docker import await_job_container, await_no_job_container, cancel_a_running_job
 from support.stack import Stack
 from support.waiting import eventually
 
@@ -166,12 +166,4 @@ def test_kill_9_of_the_whole_worker_fails_the_job_and_a_restarted_worker_removes
 
 
 def test_cancel_a_running_job(stack):
-    function_id = stack.client.create("cancel-running", SLEEPS, timeout_s=300)["function_id"]
-    job_id = stack.client.invoke(function_id, None, wait_s=0)["job_id"]
-    await_job_container(stack.client, job_id)
-    cancelled = stack.client.cancel(job_id)
-    assert cancelled["status"] == "FAILED" and cancelled["error"]["type"] == "cancelled", cancelled
-    await_no_job_container(job_id, 60, "the cancelled run's container is removed")
-    # The worker's own word that its run is over: nothing it does can change the job any more.
-    eventually(lambda: stack.lines("worker", "run finished", job_id), 60, "the worker ends the cancelled run")
-    assert stack.client.job(job_id)["error"]["type"] == "cancelled"
+    cancel_a_running_job(stack, "worker", SLEEPS)

@@ -55,3 +55,17 @@ def await_no_job_container(job_id: str, timeout_s: float, why: str) -> None:
     """Return once no container of the job is left, running or not."""
     eventually(lambda: not job_containers(job_id), timeout_s, f"no container of job {job_id} is left ({why})",
                interval_s=0.2)
+
+
+def cancel_a_running_job(stack, worker_log: str, code: str) -> None:
+    """Cancel a run of code while its container runs; the job ends cancelled, the container goes,
+    and the worker (whose log is worker_log) says its run is over."""
+    function_id = stack.client.create("cancel-running", code, timeout_s=300)["function_id"]
+    job_id = stack.client.invoke(function_id, None, wait_s=0)["job_id"]
+    await_job_container(stack.client, job_id)
+    cancelled = stack.client.cancel(job_id)
+    assert cancelled["status"] == "FAILED" and cancelled["error"]["type"] == "cancelled", cancelled
+    await_no_job_container(job_id, 60, "the cancelled run's container is removed")
+    # The worker's own word that its run is over: nothing it does can change the job any more.
+    eventually(lambda: stack.lines(worker_log, "run finished", job_id), 60, "the worker ends the cancelled run")
+    assert stack.client.job(job_id)["error"]["type"] == "cancelled"
