@@ -58,6 +58,14 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402 - after the path setup, for a source checkout
 
 HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
+# Prints the time of each print, so that its arrival at an SSE client tells the streaming latency.
+STREAMER = """
+import time
+def handler(event, context):
+    for _ in range(event["lines"]):
+        print(repr(time.time()), flush=True)
+        time.sleep(0.02)
+"""
 RUNTIMES = ("runc", "crun", "runsc")
 # Never limit the benchmark's own client: the API's default rate limit is per client address.
 STACK_ENV = {"NANOGRID_RATE_LIMIT": "off"}
