@@ -5,6 +5,7 @@ and the live events of a run (Server-Sent Events) watched from either API proces
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import time
@@ -16,6 +17,7 @@ import requests
 
 from nanogrid.client import TERMINAL, parse_events
 from nanogrid.jobs.callbacks import verify
+from support.fake_ollama import FakeOllama
 from support.receiver import Receiver
 from support.stack import CLI, PRODUCTION_REGION, Stack
 from support.waiting import eventually
@@ -32,13 +34,20 @@ STACKS = [
 
 
 @pytest.fixture(scope="module")
-def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image):
+def ollama():
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image, ollama):
     stack = Stack.production(processes, tmp_path_factory.mktemp("events"), moto_server=moto_server,
                              gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image, env={
                                  # The test's receiver listens on loopback, which callbacks may not
                                  # reach unless an operator allows it.
                                  "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
                                  "NANOGRID_CALLBACK_BACKOFF_S": "0.5",
+                                 "AI_ENDPOINT": ollama.url,
                              })
     stack.start_api("api2")
     yield stack
@@ -205,6 +214,55 @@ def test_a_run_is_watched_live_from_the_other_api_and_a_reconnect_or_a_late_clie
     rest = events(stack.url, job_id, last_event_id=head[-1][0])
     assert head + rest == live
     assert events(watcher, job_id) == live  # a client that comes after the end gets the whole backlog
+
+
+YIELDS = """
+import time
+def handler(event, context):
+    for i in range(5):
+        yield {"item": i}
+        time.sleep(0.2)
+"""
+PASSES_TOKENS_ON = """
+import nanogrid_ai
+def handler(event, context):
+    for piece in nanogrid_ai.generate_stream("llama3.2", event["prompt"]):
+        if piece["response"]:
+            yield piece["response"]
+"""
+
+
+def test_twenty_watchers_of_one_run_get_the_same_events_and_yielded_items_arrive_as_results(production):
+    function_id = production.client.create("yields", YIELDS)["function_id"]
+    job_id = production.client.invoke(function_id, wait_s=0)["job_id"]
+    urls = [production.url, production.url_of("api2")]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        streams = list(pool.map(lambda n: events(urls[n % 2], job_id), range(20)))
+    assert all(stream == streams[0] for stream in streams)
+    assert [data for _, kind, data in streams[0] if kind == "result"] == [{"item": {"item": i}} for i in range(5)]
+    assert streams[0][-1][2]["result"] == [{"item": i} for i in range(5)]
+
+
+def test_tokens_from_the_ai_node_reach_the_client_as_they_arrive(production, ollama):
+    """In lockstep the AI node sends its next token only once the test has the one before as a
+    result event: any buffering on the way (channel, sandbox, worker, Redis, API) leaves the node
+    waiting and the run unfinished."""
+    ollama.reset()
+    ollama.lockstep = True
+    function_id = production.client.create("passes-tokens", PASSES_TOKENS_ON)["function_id"]
+    job_id = production.client.invoke(function_id, {"prompt": "tokens as they come"}, wait_s=0)["job_id"]
+    tokens: list[str] = []
+
+    def arrived(event):
+        if event[1] == "result":
+            tokens.append(event[2]["item"])
+            ollama.ack()
+    try:
+        stream = events(production.url_of("api2"), job_id, on_event=arrived)
+    finally:
+        ollama.reset()
+    assert stream[-1][2]["status"] == "SUCCESS", stream[-1][2]
+    assert tokens == ["echo:", " tokens", " as", " they", " come"]
 
 
 def test_a_run_killed_at_its_deadline_keeps_what_it_printed(production):
