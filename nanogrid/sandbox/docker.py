@@ -482,7 +482,7 @@ class DockerSandbox:
         raw.duration_ms = int((time.monotonic() - started) * 1000)
         slot.runs += 1
         raw.add_frames(frames)
-        if frames.exit is not None and oom_before is not None:
+        if oom_before is not None:  # read before the container goes, whether or not the runner reported
             oom_after = usage.oom_kills()
             raw.oom_killed = raw.oom_killed or (oom_after is not None and oom_after > oom_before)
         raw.timed_out = supervisor.reason == "timeout"
@@ -514,6 +514,13 @@ class DockerSandbox:
             raw.runner_exit_code = state["ExitCode"]
             raw.oom_killed = raw.oom_killed or bool(state.get("OOMKilled"))
         raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
+        if (not raw.oom_killed and frames.exit is None and supervisor.reason is None
+                and raw.runner_exit_code == SIGKILL_EXIT_CODE and usage.peak_memory_bytes is not None
+                and usage.peak_memory_bytes >= limits.memory_mb * MiB):
+            # gVisor tells Docker of no OOM kill, and the host's OOM killer may take its whole
+            # sandbox, runner and all: a runner SIGKILLed without a report once the container's
+            # memory had reached its limit was killed for memory.
+            raw.oom_killed = True
         # A SIGKILL this run did not send, with no OOM and no exit report from the runner: a
         # cancellation if kill(job_id) was called for it from another process of this host (it
         # leaves a note first), else something else killed the runner (the function's own code,
