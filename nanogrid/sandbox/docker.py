@@ -516,10 +516,11 @@ class DockerSandbox:
         raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
         if (not raw.oom_killed and frames.exit is None and supervisor.reason is None
                 and raw.runner_exit_code == SIGKILL_EXIT_CODE and usage.peak_memory_bytes is not None
-                and usage.peak_memory_bytes >= limits.memory_mb * MiB):
-            # gVisor tells Docker of no OOM kill, and the host's OOM killer may take its whole
-            # sandbox, runner and all: a runner SIGKILLed without a report once the container's
-            # memory had reached its limit was killed for memory.
+                and usage.peak_memory_bytes * 4 >= limits.memory_mb * MiB * 3):
+            # gVisor tells Docker of no OOM kill, and out of memory its sandbox may die whole,
+            # runner and all, before the cgroup's peak (sampled, and gVisor's own kernel in it)
+            # shows the limit: a runner SIGKILLed without a report after the container used three
+            # quarters of its memory was killed for memory (seen here at 52 and 57 MiB of 64).
             raw.oom_killed = True
         # A SIGKILL this run did not send, with no OOM and no exit report from the runner: a
         # cancellation if kill(job_id) was called for it from another process of this host (it
