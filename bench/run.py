@@ -57,6 +57,8 @@ if str(ROOT) not in sys.path:
 
 import requests  # noqa: E402 - after the path setup, for a source checkout
 
+from nanogrid.client import parse_events  # noqa: E402 - as requests
+
 HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
 # Prints the time of each print, so that its arrival at an SSE client tells the streaming latency.
 STREAMER = """
@@ -327,18 +329,15 @@ def streaming_latencies(url: str, function_id: str, lines: int) -> list[float]:
     job = requests.post(f"{url}/functions/{function_id}/run", json={"input": {"lines": lines}, "wait_s": 0},
                         timeout=60).json()
     found: list[float] = []
-    kind = None
     with requests.get(f"{url}/jobs/{job['job_id']}/events", headers={"Accept": "text/event-stream"}, stream=True,
                       timeout=(10, 300)) as response:
         # chunk_size None: each piece as it arrives, not once 512 bytes have come.
-        for line in response.iter_lines(chunk_size=None, decode_unicode=True):
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:") and kind == "stdout":
+        for _, kind, data in parse_events(response.iter_lines(chunk_size=None, decode_unicode=True)):
+            if kind == "stdout":
                 arrived = time.time()
-                found += [(arrived - float(printed)) * 1000 for printed in json.loads(line[5:])["text"].split()]
-            elif line.startswith("data:") and kind == "end":
-                if json.loads(line[5:])["status"] != "SUCCESS" or len(found) != lines:
+                found += [(arrived - float(printed)) * 1000 for printed in data["text"].split()]
+            elif kind == "end":
+                if data["status"] != "SUCCESS" or len(found) != lines:
                     raise RuntimeError(f"the streaming run failed or lost lines ({len(found)} of {lines})")
                 return found
     raise RuntimeError("the event stream ended without its end event")
