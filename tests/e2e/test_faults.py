@@ -11,21 +11,19 @@ with its job id as the prompt.
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
-import redis
 
 from support.fake_ollama import FakeOllama
 from nanogrid.client import Client, ClientError
 from nanogrid.jobs.records import TERMINAL
 from support.docker import installation_containers
 from support.processes import Process
-from support.servers import free_port
+from support.servers import free_port, redis_answers, redis_command
 from support.stack import Stack
 from support.waiting import eventually
 
@@ -57,19 +55,10 @@ def ollama():
 def own_redis(processes, workdir) -> tuple[str, Callable[[], Process]]:
     """A redis-server on a free port without persistence, and a function that (re)starts it."""
     port = free_port()
-    argv = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir)]
 
     def start():
-        process = processes.start("redis", argv, {}, workdir)
-        client = redis.Redis(port=port)
-
-        def answers():
-            try:
-                return client.ping()
-            except redis.ConnectionError:
-                return False
-        eventually(answers, 30, "redis-server answers")
+        process = processes.start("redis", redis_command(port, workdir), {}, workdir)
+        eventually(lambda: redis_answers(port), 30, "redis-server answers")
         return process
     return f"redis://127.0.0.1:{port}/0", start
 

@@ -93,24 +93,27 @@ def running_server(name: str, command: list[str], ready: Callable[[], bool]) -> 
                 process.wait()
 
 
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """The URL (database 0) of a redis-server on a free port, without persistence."""
+def redis_command(port: int, workdir: Path) -> list[str]:
+    """redis-server on port, without persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run the suite with ./scripts/test, which installs it")
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """The URL (database 0) of a redis-server on a free port, without persistence."""
     port = free_port()
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", str(workdir)]
-    with running_server("redis-server", command, answers):
+    with running_server("redis-server", redis_command(port, workdir), lambda: redis_answers(port)):
         yield f"redis://127.0.0.1:{port}/0"
 
 
