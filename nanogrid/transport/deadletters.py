@@ -24,7 +24,8 @@ from nanogrid.errors import Unavailable
 
 REDIS_KEY = "nanogrid:dead-letters:{queue}"
 SQS_BATCH = 10  # receive_message's most
-LIST_VISIBILITY_S = 30  # what a listing hides from another listing meanwhile
+LIST_VISIBILITY_S = 30  # how long a listing hides the letters it holds from another one
+REDRIVE_VISIBILITY_S = 300  # a redrive holds them all while it sends them, a thousand at most
 SQS_REDRIVE_REASON = "received maxReceiveCount times without being processed (SQS redrive policy)"
 
 
@@ -74,9 +75,12 @@ class DeadLetters:
         self._redis(lambda client: client.rpush(self._key(), letter.to_json()))
 
     def list(self, limit: int = 50) -> list[DeadLetter]:
-        """Up to limit letters, oldest first where the broker knows the order."""
+        """Up to limit letters, oldest first."""
         if self.settings.uses_sqs:
-            return [letter for letter, _ in self._receive(limit, LIST_VISIBILITY_S)]
+            received = self._receive(limit, LIST_VISIBILITY_S)
+            # Hidden only while this listing runs: a redrive right after it must find them.
+            self._show_again([receipt for _, receipt in received])
+            return sorted((letter for letter, _ in received), key=lambda letter: letter.at)
         return [DeadLetter.from_json(item) for item in self._redis(lambda c: c.lrange(self._key(), 0, limit - 1))]
 
     def depth(self) -> int:
@@ -88,30 +92,27 @@ class DeadLetters:
         return self._redis(lambda client: client.llen(self._key()))
 
     def redrive(self, publish_raw, limit: int = 1000) -> int:
-        """Send up to limit letters back to the task queue (publish_raw for Redis: the broker's
-        kombu producer); how many. Each leaves the dead letters only once it was sent."""
-        moved = 0
+        """Send up to limit of the letters there now back to the task queue (publish_raw for
+        Redis: the broker's kombu producer); how many. Each leaves the dead letters only once it
+        was sent; one that fails again and comes back while this runs is not sent a second time."""
         if self.settings.uses_sqs:
-            sqs = aws.client(self.settings, "sqs")
-            while moved < limit:
-                batch = self._receive(min(SQS_BATCH, limit - moved), LIST_VISIBILITY_S)
-                if not batch:
-                    return moved
-                for letter, receipt in batch:
-                    with aws.unavailable_on_outage("SQS task queue"):
-                        sqs.send_message(QueueUrl=self.settings.sqs_queue_url,
-                                         MessageBody=letter.body.decode("utf-8", "replace"))
-                        sqs.delete_message(QueueUrl=self.settings.dead_letter_queue, ReceiptHandle=receipt)
-                    moved += 1
-            return moved
-        while moved < limit:
+            # All taken (hidden) before any is sent: whatever arrives meanwhile is a new letter.
+            held, sqs = self._receive(limit, REDRIVE_VISIBILITY_S), aws.client(self.settings, "sqs")
+            for letter, receipt in held:
+                with aws.unavailable_on_outage("SQS task queue"):
+                    sqs.send_message(QueueUrl=self.settings.sqs_queue_url,
+                                     MessageBody=letter.body.decode("utf-8", "replace"))
+                    sqs.delete_message(QueueUrl=self.settings.dead_letter_queue, ReceiptHandle=receipt)
+            return len(held)
+        # Taken from the head, while a letter that comes back is pushed at the tail.
+        there = min(limit, self._redis(lambda client: client.llen(self._key())))
+        for moved in range(there):
             item = self._redis(lambda client: client.lindex(self._key(), 0))
             if item is None:
                 return moved
             publish_raw(DeadLetter.from_json(item))
             self._redis(lambda client: client.lrem(self._key(), 1, item))
-            moved += 1
-        return moved
+        return there
 
     def _receive(self, limit: int, visibility_s: int) -> list[tuple[DeadLetter, str]]:
         sqs, found, seen = aws.client(self.settings, "sqs"), [], set()
@@ -133,6 +134,14 @@ class DeadLetters:
                     at=int(message.get("Attributes", {}).get("SentTimestamp", time.time() * 1000)) / 1000,
                     letter_id=message["MessageId"]), message["ReceiptHandle"]))
         return found
+
+    def _show_again(self, receipts: list[str]) -> None:
+        sqs = aws.client(self.settings, "sqs")
+        for start in range(0, len(receipts), SQS_BATCH):
+            with aws.unavailable_on_outage("SQS dead-letter queue"):
+                sqs.change_message_visibility_batch(QueueUrl=self.settings.dead_letter_queue, Entries=[
+                    {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
+                    for n, receipt in enumerate(receipts[start:start + SQS_BATCH])])
 
     def _key(self) -> str:
         return REDIS_KEY.format(queue=self.settings.queue_name)

@@ -1,7 +1,8 @@
 """Events in and out through real processes: idempotent run requests on the dev stack and through
 two API processes of the production stack, schedules fired by two `nanogrid scheduler` processes
-(one killed mid-way), a poison message on SQS that goes to the dead-letter queue while runs flow,
-and the live events of a run (Server-Sent Events) watched from either API process."""
+(one killed mid-way), messages no worker can process that go to the dead letters (SQS's queue, a
+Redis list on the dev stack) while runs flow and come back with a redrive, and the live events of
+a run (Server-Sent Events) watched from either API process."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import time
 from datetime import datetime
 
 import boto3
+import kombu
 import pytest
 import requests
 
 from nanogrid.client import TERMINAL, parse_events
+from nanogrid.config import Settings
 from nanogrid.jobs.callbacks import verify
 from support.fake_ollama import FakeOllama
+from support.metrics import scrape, scrape_until, total, value
 from support.receiver import Receiver
 from support.stack import CLI, PRODUCTION_REGION, Stack
 from support.waiting import eventually
@@ -124,27 +128,76 @@ def tick_seconds(tick: str) -> int:
     return int(datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
 
 
+POISON = "this is no Celery message"
+
+
+def dlq(stack: Stack, *argv: str) -> str:
+    """`nanogrid dlq ...` in an operator's shell of the stack: its output."""
+    done = subprocess.run([*CLI, "dlq", *argv], env={**stack.env, **stack.operator_env}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def dead_letters(stack: Stack, count: int) -> list[dict]:
+    """`nanogrid dlq list --json`, once it shows count letters."""
+    def listed() -> list[dict] | None:
+        letters = json.loads(dlq(stack, "list", "--json"))
+        return letters if len(letters) == count else None
+    return eventually(listed, 120, f"{count} letters in the dead letters")
+
+
+def runs_flow(stack: Stack) -> None:
+    function_id = stack.client.create("flowing", OK)["function_id"]
+    jobs = [stack.client.invoke(function_id, {"n": n}, wait_s=0)["job_id"] for n in range(5)]
+    done = [stack.client.wait(job_id, 120) for job_id in jobs]
+    assert [(job["status"], job["result"]) for job in done] == [("SUCCESS", n * 2) for n in range(5)]
+
+
 def test_a_poison_message_on_sqs_goes_to_the_dead_letter_queue_while_runs_flow(production):
     settings = production.settings
     sqs = boto3.client("sqs", endpoint_url=settings.aws_endpoint_url, region_name=PRODUCTION_REGION)
-    sqs.send_message(QueueUrl=settings.sqs_queue_url, MessageBody="this is no Celery message")
-    function_id = production.client.create("flowing", OK)["function_id"]
-    jobs = [production.client.invoke(function_id, {"n": n}, wait_s=0)["job_id"] for n in range(5)]
-    done = [production.client.wait(job_id, 120) for job_id in jobs]
-    assert [(job["status"], job["result"]) for job in done] == [("SUCCESS", n * 2) for n in range(5)]
-
-    def dead_letters() -> list[dict]:
-        listed = subprocess.run([*CLI, "dlq", "list", "--json"], env=production.env, capture_output=True, text=True,
-                                timeout=60)
-        assert listed.returncode == 0, listed.stderr
-        return json.loads(listed.stdout)
-    letters = eventually(dead_letters, 120, "the poison message is in the dead-letter queue")
-    assert any("this is no Celery message" in json.dumps(letter) for letter in letters), letters
+    sqs.send_message(QueueUrl=settings.sqs_queue_url, MessageBody=POISON)
+    runs_flow(production)
+    [letter] = dead_letters(production, 1)
+    # Not a Celery envelope at all: kombu's SQS transport hands it on as a message without headers.
+    assert (letter["reason"], letter["body"]) == ("unknown_message", POISON), letter
     depth = sqs.get_queue_attributes(QueueUrl=settings.sqs_queue_url,
                                      AttributeNames=["ApproximateNumberOfMessages",
                                                      "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     assert depth == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}, depth
     assert production.procs["worker"].alive()
+
+    # Right after a listing: what it showed is there for the redrive, which sends the body as it
+    # came in; no worker can process it still, so it comes back.
+    assert dlq(production, "redrive").startswith("sent 1 dead letters of ")
+    scrape_until(production.metrics_url, lambda samples: total(samples, "nanogrid_dead_letters_total",
+                                                               reason="unknown_message") == 2, "the redriven letter came back")
+    assert [(again["reason"], again["body"]) for again in dead_letters(production, 1)] == [("unknown_message", POISON)]
+
+
+def test_messages_no_worker_can_process_go_to_the_dead_letters_on_redis_and_a_redrive_sends_them_back(dev):
+    settings = Settings.from_env(dev.operator_env)
+    with kombu.Connection(settings.broker_url) as connection:
+        producer = connection.Producer()
+        producer.publish(POISON, exchange="", routing_key=settings.queue_name, content_type="application/json",
+                         content_encoding="utf-8")
+        producer.publish([[], {}, {}], exchange="", routing_key=settings.queue_name, serializer="json",
+                         headers={"task": "nanogrid.no_such_task", "id": "no-such-task-1", "lang": "py"})
+    runs_flow(dev)
+    letters = dead_letters(dev, 2)
+    assert [(letter["reason"], letter["task"], letter["body"]) for letter in letters] == [
+        ("undecodable", None, POISON), ("unknown_task", "nanogrid.no_such_task", "[[], {}, {}]")], letters
+    samples = scrape(dev.metrics_url)
+    assert [value(samples, "nanogrid_dead_letters_total", reason=reason) for reason in ("undecodable", "unknown_task")
+            ] == [1, 1]
+    assert "dead letters of" in dlq(dev, "list") and POISON in dlq(dev, "list")
+
+    assert dlq(dev, "redrive").startswith("sent 2 dead letters of ")
+    scrape_until(dev.metrics_url, lambda samples: total(samples, "nanogrid_dead_letters_total") == 4,
+                 "both redriven letters came back")
+    assert [(letter["reason"], letter["task"], letter["body"]) for letter in dead_letters(dev, 2)] == [
+        ("undecodable", None, POISON), ("unknown_task", "nanogrid.no_such_task", "[[], {}, {}]")]
 
 
 # --- Live events of a run (Server-Sent Events) -------------------------------------------------

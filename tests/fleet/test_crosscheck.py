@@ -28,7 +28,7 @@ from botocore.stub import Stubber
 
 import codescan
 from fleetlib import ANSIBLE, PACKAGE, REPO, root_default, single, tf_module
-from nanogrid import aws, cli, keys, storage
+from nanogrid import aws, cli, keys
 from nanogrid.config import Settings
 from nanogrid.errors import NotFound
 from nanogrid.storage.dynamodb import DynamoDBTable

@@ -18,49 +18,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from nanogrid import metrics
 from nanogrid.config import ConfigError, Settings
 from nanogrid.services import Services
 from support.functions import FAILS, GATED, GATED_TIMEOUT_S, OK, Gate
+from support.metrics import samples_of, scrape, scrape_until, total, value
 from support.processes import children, command_line
 from support.stack import Stack
 from support.waiting import eventually
-
-
-def scrape(url: str) -> dict[str, list]:
-    """{sample name: [(labels, value), ...]} from a /metrics page, via prometheus_client's parser."""
-    response = requests.get(url, timeout=30)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/plain")
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: dict, name: str, **labels) -> float:
-    """The sum of the samples called name whose labels include these (0 when there are none)."""
-    return sum(v for sample_labels, v in samples.get(name, []) if labels.items() <= sample_labels.items())
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    """total(), for a sample that must be there."""
-    assert any(labels.items() <= sample_labels.items() for sample_labels, _ in samples.get(name, [])), \
-        f"no sample {name}{labels}; have: {sorted(samples)}"
-    return total(samples, name, **labels)
-
-
-def scrape_until(url: str, ready, what: str) -> dict[str, list]:
-    """The first scrape for which ready(samples) holds."""
-
-    def scraped() -> dict[str, list] | None:
-        samples = scrape(url)
-        return samples if ready(samples) else None
-
-    return eventually(scraped, 60, what)
 
 
 def sandbox_runners(worker_pid: int) -> list[int]:
@@ -82,13 +48,8 @@ def test_api_counts_by_url_rule_without_multiprocess_dir(make_app, monkeypatch):
     api = make_app().client
 
     def count(route: str, status: str) -> float:
-        samples = {}
-        for family in text_string_to_metric_families(api.get("/metrics").get_data(as_text=True)):
-            for s in family.samples:
-                samples.setdefault(s.name, []).append((s.labels, s.value))
-        found = [v for labels, v in samples.get("nanogrid_http_requests_total", [])
-                 if labels["route"] == route and labels["status"] == status and labels["method"] == "GET"]
-        return sum(found)
+        samples = samples_of(api.get("/metrics").get_data(as_text=True))
+        return total(samples, "nanogrid_http_requests_total", route=route, status=status, method="GET")
 
     before_job, before_unmatched = count("/jobs/<job_id>", "404"), count("<unmatched>", "404")
     for _ in range(3):

@@ -11,7 +11,7 @@ import uuid
 import boto3
 import pytest
 
-from nanogrid import cli, status
+from nanogrid import cli
 from nanogrid.config import Settings
 from nanogrid.jobs import Status
 from nanogrid.jobs.index import FAILURES, FAILURES_KEPT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -171,7 +172,11 @@ class Stack:
 
     @property
     def metrics_url(self) -> str:
-        """The worker's Prometheus exporter."""
+        """The worker's Prometheus exporter (on a port `nanogrid dev` chose and names in its banner)."""
+        if "dev" in self.procs:
+            named = re.search(r"(http://127\.0\.0\.1:\d+/metrics) \(worker\)", self.log("dev"))
+            assert named, self.log("dev")
+            return named.group(1)
         return f"http://127.0.0.1:{self.env['NANOGRID_WORKER_METRICS_PORT']}/metrics"
 
     def start(self, name: str, argv: list[str], stop_signal: int = signal.SIGTERM,
