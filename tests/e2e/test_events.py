@@ -1,8 +1,9 @@
-"""Events in and out through real processes: idempotent run requests on the dev stack and through
-two API processes of the production stack, schedules fired by two `nanogrid scheduler` processes
-(one killed mid-way), messages no worker can process that go to the dead letters (SQS's queue, a
-Redis list on the dev stack) while runs flow and come back with a redrive, and the live events of
-a run (Server-Sent Events) watched from either API process."""
+"""Events in and out through real processes, on the dev stack and on the production stack (two
+API processes): idempotent run requests sent to either API, a schedule fired by two schedulers
+(one killed mid-way; on `nanogrid dev` its own and one more), a retried run and its signed
+callback, messages no worker can process that go to the dead letters (SQS's queue, the dev
+stack's Redis list) while runs flow and come back with a redrive, and the live events of a run
+(Server-Sent Events) watched from either API process."""
 
 from __future__ import annotations
 
@@ -43,16 +44,15 @@ def ollama():
         yield server
 
 
+# The test's receiver listens on loopback, which callbacks may not reach unless an operator allows it.
+CALLBACKS_TO_LOOPBACK = {"NANOGRID_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8", "NANOGRID_CALLBACK_BACKOFF_S": "0.5"}
+
+
 @pytest.fixture(scope="module")
 def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url, runtime_image, ollama):
     stack = Stack.production(processes, tmp_path_factory.mktemp("events"), moto_server=moto_server,
-                             gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image, env={
-                                 # The test's receiver listens on loopback, which callbacks may not
-                                 # reach unless an operator allows it.
-                                 "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
-                                 "NANOGRID_CALLBACK_BACKOFF_S": "0.5",
-                                 "AI_ENDPOINT": ollama.url,
-                             })
+                             gcs_emulator=gcs_emulator, redis_url=redis_url, runtime_image=runtime_image,
+                             env={**CALLBACKS_TO_LOOPBACK, "AI_ENDPOINT": ollama.url})
     stack.start_api("api2")
     yield stack
     stack.stop()
@@ -60,7 +60,7 @@ def production(processes, tmp_path_factory, moto_server, gcs_emulator, redis_url
 
 @pytest.fixture(scope="module")
 def dev(processes, tmp_path_factory):
-    stack = Stack.dev(processes, tmp_path_factory.mktemp("events-dev"))
+    stack = Stack.dev(processes, tmp_path_factory.mktemp("events-dev"), env=CALLBACKS_TO_LOOPBACK)
     yield stack
     stack.stop()
 
@@ -85,20 +85,23 @@ def test_the_same_idempotency_key_twice_gives_one_job_and_another_body_is_422(re
     assert [job["job_id"] for job in stack.client.jobs(function_id=function_id)["jobs"]] == [first.json()["job_id"]]
 
 
-def test_two_schedulers_fire_every_tick_once_and_one_killed_loses_at_most_the_tick_in_flight(production):
-    client = production.client
+@pytest.mark.parametrize("shape", STACKS)
+def test_two_schedulers_fire_every_tick_once_and_one_killed_loses_at_most_the_tick_in_flight(request, shape):
+    stack = request.getfixturevalue(shape)
+    client = stack.client
     function_id = client.create("ticking", OK)["function_id"]
-    first = production.start_scheduler("scheduler")
-    production.start_scheduler("scheduler2")
-    made = requests.post(f"{production.url}/functions/{function_id}/schedules",
+    killed = stack.start_scheduler("scheduler-killed")
+    # `nanogrid dev` runs a scheduler of its own, the one that stays; the production stack none.
+    survivor = stack.procs["dev"] if shape == "dev" else stack.start_scheduler("scheduler")
+    made = requests.post(f"{stack.url}/functions/{function_id}/schedules",
                          json={"interval_s": INTERVAL_S, "input": {"n": 1}}, timeout=30)
     assert made.status_code == 201, made.text
     schedule = made.json()
     created = time.monotonic()
     time.sleep(SCHEDULED_FOR_S / 2)  # the schedule runs for the time the acceptance gives it
-    first.kill()
+    killed.kill()
     time.sleep(max(0.0, SCHEDULED_FOR_S - (time.monotonic() - created)))
-    gone = requests.delete(f"{production.url}/functions/{function_id}/schedules/{schedule['schedule_id']}", timeout=30)
+    gone = requests.delete(f"{stack.url}/functions/{function_id}/schedules/{schedule['schedule_id']}", timeout=30)
     assert gone.status_code == 204, gone.text
     deleted = time.monotonic()
 
@@ -121,7 +124,7 @@ def test_two_schedulers_fire_every_tick_once_and_one_killed_loses_at_most_the_ti
     # Deleted, it fires no more: two intervals later there is nothing new.
     time.sleep(max(0.0, 2 * INTERVAL_S - (time.monotonic() - deleted)))
     assert len(client.jobs(function_id=function_id, limit=200)["jobs"]) == len(jobs)
-    assert production.procs["scheduler2"].alive()
+    assert survivor.alive()
 
 
 def tick_seconds(tick: str) -> int:
@@ -338,8 +341,10 @@ def handler(event, context):
 """
 
 
-def test_a_retried_run_ends_on_its_third_attempt_and_a_callback_gets_there_on_its_third(production):
-    client = production.client
+@pytest.mark.parametrize("shape", STACKS)
+def test_a_retried_run_ends_on_its_third_attempt_and_a_callback_gets_there_on_its_third(request, shape):
+    stack = request.getfixturevalue(shape)
+    client = stack.client
     hook = Receiver([500, 503, 200])
     try:
         function_id = client.create("fails-twice", FAILS_TWICE, retries={"max": 2, "backoff_s": 0.2},
@@ -356,7 +361,7 @@ def test_a_retried_run_ends_on_its_third_attempt_and_a_callback_gets_there_on_it
         assert len(hook.received) == 3
         body = hook.received[-1]["body"]
         assert json.loads(body)["job_id"] == job["job_id"] and json.loads(body)["status"] == "SUCCESS"
-        secret = requests.get(f"{production.url}/callbacks/signing-secret", timeout=30).json()["secret"]
+        secret = requests.get(f"{stack.url}/callbacks/signing-secret", timeout=30).json()["secret"]
         assert verify(secret, body, hook.received[-1]["headers"]["X-NanoGrid-Signature"])
     finally:
         hook.close()

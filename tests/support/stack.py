@@ -216,8 +216,9 @@ class Stack:
         return worker
 
     def start_scheduler(self, name: str = "scheduler") -> Process:
-        """`nanogrid scheduler`, as each controller runs it; returns once it says it started."""
-        scheduler = self.start(name, [*CLI, "scheduler"])
+        """`nanogrid scheduler`, as each controller runs it (on `nanogrid dev`: one more, from an
+        operator's shell); returns once it says it started."""
+        scheduler = self.start(name, [*CLI, "scheduler"], env=self.operator_env)
         scheduler.wait_for("scheduler started", STARTUP_TIMEOUT_S)
         return scheduler
 
