@@ -141,6 +141,14 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _web_address(raw: str) -> str:
+    """An http(s) URL a browser is sent to (nothing else may become a link's target)."""
+    address = urlparse(raw.strip())
+    if address.scheme not in ("http", "https") or not address.netloc:
+        raise ValueError(f"{raw!r} is not an http:// or https:// URL")
+    return raw.strip()
+
+
 def _choice(*options: str, fold_case: bool = False) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if fold_case:
@@ -153,7 +161,7 @@ def _choice(*options: str, fold_case: bool = False) -> Callable[[str], str]:
     return parse
 
 
-_SELF_EXPLAINING: set[Callable] = {RateLimit.parse, _networks}
+_SELF_EXPLAINING: set[Callable] = {RateLimit.parse, _networks, _web_address}
 _KIND = {int: "a whole number", _finite: "a number", str: "text", _flag: "0 or 1", _path: "a path",
          _names: "a comma-separated list"}
 
@@ -302,6 +310,9 @@ class Settings:
     metric_namespace: str = _setting("NANOGRID_METRIC_NAMESPACE", "NanoGrid")
     backlog_metric: str = _setting("NANOGRID_BACKLOG_METRIC", "BacklogPerInstance")
     scaling_interval_s: float = _setting("NANOGRID_SCALING_INTERVAL_S", 60.0, **_POSITIVE)
+
+    # Where operators open Flower: the web console links to it (none: no link).
+    flower_url: str = _setting("NANOGRID_FLOWER_URL", "", _web_address)
 
     # The CLI's way to a running API
     url: str = _setting("NANOGRID_URL", "http://127.0.0.1:8080")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support import needs
-from support.fixtures import (app, docker_settings, gcs_emulator, local_settings, make_app,  # noqa: F401 - fixtures
+from support.fixtures import (app, browser, docker_settings, gcs_emulator, local_settings, make_app,  # noqa: F401 - fixtures
                               moto_server, processes, redis_url, runtime_image, store_settings)
 from support.runtimes import parametrize_runtimes
 

@@ -17,10 +17,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["nanogrid"] = services or Services(settings)
 
-    from nanogrid.api import auth, errors, metrics, routes
+    from nanogrid.api import auth, console, errors, metrics, routes
 
     errors.register(app)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(console.bp)  # the web console at /console (and / for browsers)
     # Request metrics, and GET /metrics as a plain app route: outside the blueprint and its guards.
     metrics.register(app, settings)
     # Keys and tenants, rate limit, security headers (after the metrics timer, which also times 401/429).

@@ -23,6 +23,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from nanogrid import keys, storage
+from nanogrid.api import console
 from nanogrid.api.errors import ApiError
 from nanogrid.api.ratelimit import QueueDepth, RateLimiter
 from nanogrid.config import Settings
@@ -91,7 +92,8 @@ def _before_request():
     gd = guard()
     token = bearer_token()
     found = gd.keys.verify(token) if token else None
-    required = found is None and gd.keys.any_keys()
+    # The console's page and assets hold no data (their script signs in and sends the key itself).
+    required = found is None and not console.is_page() and gd.keys.any_keys()
     identity = f"key:{found.key_id}" if found is not None else f"addr:{request.remote_addr or 'unknown'}"
     decision = gd.limiter.hit(identity) if request.endpoint not in UNLIMITED_ENDPOINTS else None
     if decision is not None and not decision.allowed:
@@ -110,6 +112,8 @@ def _before_request():
 
 def _security_headers(response):
     response.headers.update(SECURITY_HEADERS)
+    if console.is_page():
+        response.headers["Content-Security-Policy"] = console.CONTENT_SECURITY_POLICY
     if request.is_secure:
         response.headers["Strict-Transport-Security"] = HSTS
     return response

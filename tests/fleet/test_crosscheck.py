@@ -173,6 +173,8 @@ OPTIONAL_EVERYWHERE = {
                                    "test_the_job_retention_is_the_same_in_terraform_and_the_code)",
     "NANOGRID_INSTANCE_ID": "labels this installation's sandboxes; unset it is derived from the Redis address, which "
                             "is stable on the fleet (only `nanogrid dev`, whose Redis port changes, sets it)",
+    "NANOGRID_FLOWER_URL": "only a link in the web console; on the fleet Flower listens on the controller alone and "
+                           "is reached through an SSM port forward (roles/flower), an address each operator has",
     "NANOGRID_DEAD_LETTER_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-dlq', the name Terraform gives the dead-letter "
                                       "queue (checked by test_the_dead_letter_queue_is_the_one_terraform_makes)",
     "NANOGRID_CALLBACK_ALLOWED_NETWORKS": "set only when nanogrid_callback_allowed_networks lists networks; unset, "

@@ -11,6 +11,9 @@
   outage that leaves the machine's dockerd alone);
 - runtimes: the OCI runtimes the Docker sandbox's tests run under (pytest.mark.runtimes);
 - functions: sources the tests deploy, and gated ones that run until the test lets them finish;
+- fake_ollama: a server that follows Ollama's published API; receiver: a callback receiver;
+- metrics: a Prometheus page read as the tests check it;
+- browser: Debian's Chromium driven by Playwright, for the web console;
 - waiting: `eventually`, for waiting on evidence instead of sleeping;
 - fixtures: the pytest fixtures tests/conftest.py offers to every test;
 - needs: the markers saying which servers and processes a test uses, derived from its fixtures.

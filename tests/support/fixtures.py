@@ -21,6 +21,7 @@ from nanogrid.sandbox.image import build_image, image_status, runtime_digest
 from nanogrid.storage.provision import ensure_resources
 from support import servers
 from support.app import App, RecordingBroker
+from support.browser import browser_context
 from support.processes import Processes
 
 
@@ -132,3 +133,10 @@ def make_app(local_settings) -> Callable[..., App]:
 def app(make_app) -> App:
     """The API on local_settings, under Flask's test client."""
     return make_app()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator:
+    """A headless Chromium (Debian's, through Playwright) with a fresh profile: a BrowserContext."""
+    with browser_context(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context

@@ -18,6 +18,7 @@ NEEDS = {
     "moto_server": "aws",
     "gcs_emulator": "gcs",
     "processes": "processes",
+    "browser": "browser",
 }
 
 
