@@ -137,11 +137,10 @@ class DeadLetters:
 
     def _show_again(self, receipts: list[str]) -> None:
         sqs = aws.client(self.settings, "sqs")
-        for start in range(0, len(receipts), SQS_BATCH):
+        for receipt in receipts:  # one by one: a listing holds at most --limit letters
             with aws.unavailable_on_outage("SQS dead-letter queue"):
-                sqs.change_message_visibility_batch(QueueUrl=self.settings.dead_letter_queue, Entries=[
-                    {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
-                    for n, receipt in enumerate(receipts[start:start + SQS_BATCH])])
+                sqs.change_message_visibility(QueueUrl=self.settings.dead_letter_queue, ReceiptHandle=receipt,
+                                              VisibilityTimeout=0)
 
     def _key(self) -> str:
         return REDIS_KEY.format(queue=self.settings.queue_name)

@@ -897,6 +897,21 @@ def test_the_job_retention_is_the_same_in_terraform_and_the_code():
         assert "NANOGRID_JOB_RETENTION_DAYS" not in render_env(process), process
 
 
+@pytest.mark.parametrize(("iam", "actions"), [
+    ("worker", {"sqs:SendMessage"}),  # nanogrid/worker/deadletters.py buries a message there
+    ("controller", {"sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes"}),  # `nanogrid dlq list|redrive`
+])
+def test_the_dead_letter_queue_is_granted_to_who_uses_it(iam, actions):
+    """The action check above names actions, not queues: an action granted on the task queue alone
+    would pass it and still be refused on the dead-letter queue."""
+    on_the_queue = {action for statement in policy_statements(iam, root_default("celery_sns_fanout"))
+                    if statement.get("effect", "Allow") == "Allow"
+                    and statement["resources"] == ["${var.dead_letter_queue.arn}"]
+                    for action in statement["actions"]}
+    assert on_the_queue == actions
+
+
 def test_the_dead_letter_queue_is_the_one_terraform_makes():
     """Unset, NANOGRID_DEAD_LETTER_QUEUE_URL is the task queue's URL with '-dlq': the queue Terraform
     creates as the task queue's redrive target, where SQS itself also moves a message received

@@ -112,6 +112,15 @@ data "aws_iam_policy_document" "controller" {
     resources = [var.task_queue.arn]
   }
 
+  # `nanogrid dlq list|redrive` on a controller (nanogrid/transport/deadletters.py): read the
+  # dead letters and their count, hold them while listing or sending them back, delete the ones
+  # sent back (they go to the task queue through TaskQueuePublish).
+  statement {
+    sid       = "DeadLetterQueueOperate"
+    actions   = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
+    resources = [var.dead_letter_queue.arn]
+  }
+
   statement {
     sid       = "RedisAuthSecret"
     actions   = ["secretsmanager:GetSecretValue"]
@@ -239,6 +248,13 @@ data "aws_iam_policy_document" "worker" {
     sid       = "TaskQueueConsume"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage"]
     resources = [var.task_queue.arn]
+  }
+
+  # A message no worker can process goes to the dead-letter queue (nanogrid/worker/deadletters.py).
+  statement {
+    sid       = "DeadLetterQueueSend"
+    actions   = ["sqs:SendMessage"]
+    resources = [var.dead_letter_queue.arn]
   }
 
   statement {
