@@ -8,9 +8,11 @@ With NANOGRID_CONSOLE_SCREENSHOTS=<folder> the tests also save the screenshots t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,19 @@ def handler(event, context):
     return {{"html": {XSS!r}}}
 """
 SCREENSHOTS = os.environ.get("NANOGRID_CONSOLE_SCREENSHOTS")
+
+
+def zipped(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+# A function of two modules, uploaded as a .zip from the new-function form.
+BUNDLE = zipped({"main.py": "import helper\n\ndef handler(event, context):\n    return helper.WORDS\n",
+                 "helper.py": "WORDS = 'from the helper module'\n"})
 FLOWER = "http://127.0.0.1:5555/"  # a link only: nothing listens there
 
 
@@ -212,12 +227,23 @@ def test_with_keys_a_wrong_key_is_refused_clearly_and_the_right_one_signs_in(pag
     assert not any(key in url for url in page.requested)  # the key travels only in a header
 
     page.click("text=New function")
-    page.fill("#name", "keyed")
-    page.fill("#code", "def handler(event, context):\n    return 42\n")
+    page.fill("#name", "uploaded")
+    page.set_input_files("#file", files=[{"name": "bundle.zip", "mimeType": "application/zip", "buffer": BUNDLE}])
     page.click("button[type=submit]")
     page.wait_for_selector("#run")
     assert run_to_its_end(page).startswith("SUCCESS")
-    assert page.inner_text("pre[data-field=result]") == "42"
+    assert page.inner_text("pre[data-field=result]") == '"from the helper module"'
+
+    # The history's time filters: nothing before the run started, the run up to now.
+    page.click("nav >> text=Jobs")
+    page.wait_for_selector("tbody")
+    page.fill("#until", "2001-01-01T00:00")
+    page.click("text=Filter")
+    page.wait_for_selector("text=No job matches these filters.")
+    page.fill("#until", "")
+    page.fill("#since", "2001-01-01T00:00")
+    page.click("text=Filter")
+    page.wait_for_selector("tbody >> text=SUCCESS")
 
     page.click("#sign-out")
     page.wait_for_selector("#api-key")

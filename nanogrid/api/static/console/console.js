@@ -395,20 +395,23 @@ async function jobsPage(query) {
   const functionId = el("input", { id: "function_id", size: 24, placeholder: "function id",
     value: query.get("function_id") || "" });
   const since = el("input", { id: "since", type: "datetime-local", value: query.get("since_local") || "" });
+  const until = el("input", { id: "until", type: "datetime-local", value: query.get("until_local") || "" });
   const form = el("form", { class: "filters", onsubmit: (event) => {
     event.preventDefault();
     const wanted = new URLSearchParams();
     if (status.value) wanted.set("status", status.value);
     if (functionId.value.trim()) wanted.set("function_id", functionId.value.trim());
-    if (since.value) {
-      wanted.set("since", new Date(since.value).toISOString());
-      wanted.set("since_local", since.value);
+    for (const [name, input] of [["since", since], ["until", until]]) {
+      if (!input.value) continue;
+      wanted.set(name, new Date(input.value).toISOString()); // the API's time, from the browser's local one
+      wanted.set(`${name}_local`, input.value);
     }
     location.hash = `#/jobs?${wanted}`;
-  } }, status, functionId, el("label", { for: "since" }, "since"), since, el("button", { type: "submit" }, "Filter"));
+  } }, status, functionId, el("label", { for: "since" }, "since"), since, el("label", { for: "until" }, "until"),
+  until, el("button", { type: "submit" }, "Filter"));
   const older = new URLSearchParams(query);
   if (next) older.set("cursor", next);
-  const filtered = ["status", "function_id", "since"].some((name) => query.get(name));
+  const filtered = ["status", "function_id", "since", "until"].some((name) => query.get(name));
   show(el("h1", {}, "Jobs"), form, jobsTable(jobs, true, filtered ? "No job matches these filters." : "No runs yet."),
     el("p", { class: "pager" }, query.get("cursor") ? el("a", { href: "#", onclick: (event) => {
       event.preventDefault();
