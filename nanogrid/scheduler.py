@@ -24,8 +24,8 @@ from nanogrid.services import Services
 
 log = logging.getLogger(__name__)
 REFRESH_S = 2.0
-# A tick's job found PENDING this long after its tick was created by a scheduler that may have died
-# before publishing it: publish it again (a duplicate message loses the claim).
+# A tick's job that another scheduler created and has not recorded as published this long after:
+# that scheduler died in between, so this one publishes it (a duplicate message loses the claim).
 UNPUBLISHED_AFTER_S = 5.0
 
 
@@ -35,6 +35,9 @@ class Scheduler:
         self.schedules: list[dict] = []
         self.loaded_at = float("-inf")
         self.done: dict[str, float] = {}  # the latest tick this process has seen through, by schedule
+        # Ticks another scheduler created the job of but had not published yet: looked at again
+        # once UNPUBLISHED_AFTER_S have passed ((schedule id, tick, job id) -> when, real time).
+        self.unconfirmed: dict[tuple[str, float, str], float] = {}
 
     def run_once(self, now: float | None = None) -> float:
         """Fire what is due; seconds until the next tick of any schedule (at most REFRESH_S)."""
@@ -43,6 +46,17 @@ class Scheduler:
             self.schedules = [s for s in self.services.schedules.list() if s["enabled"]]
             self.loaded_at = now
         wait = REFRESH_S
+        for key, due in list(self.unconfirmed.items()):
+            left = due - time.time()
+            if left <= 0:
+                del self.unconfirmed[key]
+                try:
+                    self._publish_if_abandoned(*key)
+                except Unavailable as exc:
+                    log.warning("schedule %s: could not look at an unconfirmed tick yet (%s)", key[0], exc)
+                    self.unconfirmed[key] = time.time() + REFRESH_S
+                    left = REFRESH_S
+            wait = min(wait, max(left, 0.01))
         for schedule in self.schedules:
             tick = schedules.latest_tick(schedule, now)
             if tick is not None and tick > max(self.done.get(schedule["schedule_id"], 0), schedule["last_tick"] or 0):
@@ -78,7 +92,7 @@ class Scheduler:
         try:
             svc.jobs.create(function, schedule["input"], job_id=job_id, trigger=trigger)
         except Conflict:
-            self._publish_if_abandoned(job_id)
+            self._publish_if_abandoned(schedule_id, tick, job_id)
             return None  # another scheduler fired this tick
         except QuotaExceeded as exc:
             log.warning("schedule %s: tick skipped: %s", schedule_id, exc)
@@ -92,14 +106,24 @@ class Scheduler:
         log.info("schedule %s fired its tick %s", schedule_id, trigger["tick"], extra={"job_id": job_id})
         return job_id
 
-    def _publish_if_abandoned(self, job_id: str) -> None:
+    def _publish_if_abandoned(self, schedule_id: str, tick: float, job_id: str) -> None:
+        """The tick's job exists: publish it if the scheduler that created it died before it
+        recorded the tick as fired (it publishes first); look again later while that may still come."""
+        svc = self.services
         try:
-            job = self.services.jobs.get(job_id)
+            job, schedule = svc.jobs.get(job_id), svc.schedules.get(schedule_id)
         except NotFound:
             return
-        if job["status"] == Status.PENDING and job["dispatch_attempts"] == 1 \
-                and time.time() - job["created_at"] > UNPUBLISHED_AFTER_S:
-            self.services.jobs.redispatch(job_id)
+        if job["status"] != Status.PENDING or (schedule.get("last_tick") or 0) >= tick:
+            return  # published: a worker has it, or its scheduler recorded it
+        due = job["created_at"] + UNPUBLISHED_AFTER_S
+        if time.time() < due:
+            self.unconfirmed[(schedule_id, tick, job_id)] = due
+            return
+        log.warning("schedule %s: the run of tick %s was never published (its scheduler stopped); publishing it",
+                    schedule_id, schedules.iso(tick), extra={"job_id": job_id})
+        svc.jobs.redispatch(job_id)
+        svc.schedules.fired(schedule_id, tick, job_id)
 
 
 def run(settings: Settings) -> int:

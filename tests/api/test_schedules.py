@@ -1,13 +1,15 @@
 """Schedules over the API: create, list, read, change, delete; what is refused; and the scheduler
-firing each tick exactly once with two schedulers at once, one of them dying mid-way."""
+firing each tick exactly once with two schedulers at once, one of them dying mid-way (even between
+creating a tick's run and publishing it)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from nanogrid import schedules
+from nanogrid import scheduler, schedules
 from nanogrid.scheduler import Scheduler
 from nanogrid.services import Services
 from nanogrid.worker import execute
@@ -161,3 +163,35 @@ def test_a_cron_schedule_fires_on_its_minutes(api, services, function_id):
     scheduler.run_once(first + 0.5)
     scheduler.run_once(first + 1.5)
     assert [job["trigger"]["tick"] for job in tick_jobs(api, function_id)] == [schedules.iso(first)]
+
+
+def test_a_tick_whose_scheduler_died_before_publishing_it_is_published_by_the_other(
+        api, services, function_id, monkeypatch):
+    monkeypatch.setattr(scheduler, "UNPUBLISHED_AFTER_S", 0.5)
+    made = scheduled(api, function_id, interval_s=2, input={"n": 1})
+    anchor = services.schedules.get(made["schedule_id"])["anchor"]
+    # The first scheduler created the tick's job, then died before publishing it.
+    job_id = schedules.tick_job_id(made["schedule_id"], anchor)
+    services.jobs.create(services.functions.get(function_id), {"n": 1}, job_id=job_id,
+                         trigger={"schedule_id": made["schedule_id"], "tick": schedules.iso(anchor)})
+    survivor = Scheduler(services)
+    survivor.run_once(anchor + 0.1)
+    assert services.broker.job_ids() == []  # too early to tell a dead scheduler from a slow one
+    time.sleep(0.6)  # past UNPUBLISHED_AFTER_S
+    survivor.run_once(anchor + 0.7)
+    assert services.broker.job_ids() == [job_id]
+    assert services.schedules.get(made["schedule_id"])["last_job_id"] == job_id
+    survivor.run_once(anchor + 1.5)
+    assert services.broker.job_ids() == [job_id], "published once"
+
+
+def test_a_tick_the_other_scheduler_published_is_not_published_again(api, services, function_id, monkeypatch):
+    monkeypatch.setattr(scheduler, "UNPUBLISHED_AFTER_S", 0.5)
+    made = scheduled(api, function_id, interval_s=2, input={"n": 1})
+    anchor = services.schedules.get(made["schedule_id"])["anchor"]
+    first, second = Scheduler(services), Scheduler(services)
+    first.run_once(anchor + 0.1)
+    time.sleep(0.6)  # the run waits unclaimed (no worker) for longer than UNPUBLISHED_AFTER_S
+    second.run_once(anchor + 0.7)
+    second.run_once(anchor + 1.5)
+    assert services.broker.job_ids() == [schedules.tick_job_id(made["schedule_id"], anchor)]
