@@ -24,8 +24,9 @@ from nanogrid.services import Services
 
 log = logging.getLogger(__name__)
 REFRESH_S = 2.0
-# A tick's job that another scheduler created and has not recorded as published this long after:
-# that scheduler died in between, so this one publishes it (a duplicate message loses the claim).
+# A tick's job that another scheduler created and no worker has taken this long after: that
+# scheduler may have died before publishing it, so this one publishes it (again, if it was only
+# waiting in a backlog: the duplicate message loses the claim, the run runs once).
 UNPUBLISHED_AFTER_S = 5.0
 
 
@@ -35,7 +36,7 @@ class Scheduler:
         self.schedules: list[dict] = []
         self.loaded_at = float("-inf")
         self.done: dict[str, float] = {}  # the latest tick this process has seen through, by schedule
-        # Ticks another scheduler created the job of but had not published yet: looked at again
+        # Ticks whose job another scheduler created and no worker had taken yet: looked at again
         # once UNPUBLISHED_AFTER_S have passed ((schedule id, tick, job id) -> when, real time).
         self.unconfirmed: dict[tuple[str, float, str], float] = {}
 
@@ -107,23 +108,23 @@ class Scheduler:
         return job_id
 
     def _publish_if_abandoned(self, schedule_id: str, tick: float, job_id: str) -> None:
-        """The tick's job exists: publish it if the scheduler that created it died before it
-        recorded the tick as fired (it publishes first); look again later while that may still come."""
-        svc = self.services
+        """The tick's job exists: publish it once more if no worker has taken it UNPUBLISHED_AFTER_S
+        after it was created (its scheduler may have died before publishing it); until then, look
+        again at that time. Only a job never dispatched again counts: one such look per tick."""
         try:
-            job, schedule = svc.jobs.get(job_id), svc.schedules.get(schedule_id)
+            job = self.services.jobs.get(job_id)
         except NotFound:
             return
-        if job["status"] != Status.PENDING or (schedule.get("last_tick") or 0) >= tick:
-            return  # published: a worker has it, or its scheduler recorded it
+        if job["status"] != Status.PENDING or job["dispatch_attempts"] != 1:
+            return  # a worker has it, or it was dispatched again already
         due = job["created_at"] + UNPUBLISHED_AFTER_S
         if time.time() < due:
             self.unconfirmed[(schedule_id, tick, job_id)] = due
             return
-        log.warning("schedule %s: the run of tick %s was never published (its scheduler stopped); publishing it",
-                    schedule_id, schedules.iso(tick), extra={"job_id": job_id})
-        svc.jobs.redispatch(job_id)
-        svc.schedules.fired(schedule_id, tick, job_id)
+        log.warning("schedule %s: no worker took the run of tick %s within %g s (its scheduler may have stopped "
+                    "before publishing it); publishing it again", schedule_id, schedules.iso(tick),
+                    UNPUBLISHED_AFTER_S, extra={"job_id": job_id})
+        self.services.jobs.redispatch(job_id)
 
 
 def run(settings: Settings) -> int:

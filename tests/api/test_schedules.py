@@ -177,21 +177,38 @@ def test_a_tick_whose_scheduler_died_before_publishing_it_is_published_by_the_ot
     survivor = Scheduler(services)
     survivor.run_once(anchor + 0.1)
     assert services.broker.job_ids() == []  # too early to tell a dead scheduler from a slow one
+    # The next tick fires meanwhile: it must not hide the one that was never published.
+    survivor.run_once(anchor + 2.1)
+    next_tick = schedules.tick_job_id(made["schedule_id"], anchor + 2)
+    assert services.broker.job_ids() == [next_tick]
     time.sleep(0.6)  # past UNPUBLISHED_AFTER_S
-    survivor.run_once(anchor + 0.7)
-    assert services.broker.job_ids() == [job_id]
-    assert services.schedules.get(made["schedule_id"])["last_job_id"] == job_id
-    survivor.run_once(anchor + 1.5)
-    assert services.broker.job_ids() == [job_id], "published once"
+    survivor.run_once(anchor + 2.5)
+    assert services.broker.job_ids() == [next_tick, job_id]
+    survivor.run_once(anchor + 3.0)
+    assert services.broker.job_ids() == [next_tick, job_id], "published once"
+    assert execute.run(services, job_id) == "SUCCESS"
 
 
-def test_a_tick_the_other_scheduler_published_is_not_published_again(api, services, function_id, monkeypatch):
+def test_a_tick_a_worker_took_is_not_published_again_and_one_left_waiting_runs_once(
+        api, services, function_id, monkeypatch):
     monkeypatch.setattr(scheduler, "UNPUBLISHED_AFTER_S", 0.5)
     made = scheduled(api, function_id, interval_s=2, input={"n": 1})
     anchor = services.schedules.get(made["schedule_id"])["anchor"]
     first, second = Scheduler(services), Scheduler(services)
     first.run_once(anchor + 0.1)
-    time.sleep(0.6)  # the run waits unclaimed (no worker) for longer than UNPUBLISHED_AFTER_S
+    [taken] = services.broker.job_ids()
+    assert execute.run(services, taken) == "SUCCESS"  # a worker took it at once
+    time.sleep(0.6)
     second.run_once(anchor + 0.7)
-    second.run_once(anchor + 1.5)
-    assert services.broker.job_ids() == [schedules.tick_job_id(made["schedule_id"], anchor)]
+    assert services.broker.job_ids() == [taken]
+
+    # The next tick waits in a backlog (no worker) past UNPUBLISHED_AFTER_S: published once more,
+    # and the two messages run it once.
+    first.run_once(anchor + 2.1)
+    waiting = schedules.tick_job_id(made["schedule_id"], anchor + 2)
+    second.run_once(anchor + 2.2)
+    time.sleep(0.6)
+    second.run_once(anchor + 2.9)
+    second.run_once(anchor + 3.5)
+    assert services.broker.job_ids().count(waiting) == 2
+    assert [execute.run(services, waiting) for _ in range(2)] == ["SUCCESS", "duplicate"]
