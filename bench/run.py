@@ -381,6 +381,17 @@ def celery_round_trips(operator_env: dict, count: int) -> list[float]:
     return timed(lambda: app.send_task("celery.accumulate", args=(1,)).get(timeout=30), count, warmup=20)
 
 
+def in_threads(loop, concurrency: int) -> float:
+    """loop() in concurrency threads at once; the seconds until the last one returned."""
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
+
+
 def celery_throughput(operator_env: dict, concurrency: int, seconds: float) -> dict:
     """Bare Celery no-ops (celery.accumulate) per second with `concurrency` clients in a loop, each
     with an app of its own, through the same broker, worker (the same pool) and result backend."""
@@ -400,13 +411,7 @@ def celery_throughput(operator_env: dict, concurrency: int, seconds: float) -> d
             with lock:
                 counts[outcome] += 1
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = in_threads(loop, concurrency)
     return {"concurrency": concurrency, "seconds": elapsed, "runs": counts["ok"], "errors": counts["errors"],
             "per_s": counts["ok"] / elapsed}
 
@@ -437,13 +442,7 @@ def throughput(url: str, function_id: str, concurrency: int, seconds: float, don
                 done[0] += 1
 
     before = cpu_snapshot(dev_pid, redis_port) if dev_pid else None
-    started = time.monotonic()
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = in_threads(loop, concurrency)
     result = {"concurrency": concurrency, "seconds": elapsed, "runs": counts["ok"], "errors": counts["errors"],
               "per_s": counts["ok"] / elapsed, "p50": percentile(counts["latencies"], 0.5),
               "p99": percentile(counts["latencies"], 0.99), "first_error": counts["first_error"]}
