@@ -36,9 +36,9 @@ class Scheduler:
         self.schedules: list[dict] = []
         self.loaded_at = float("-inf")
         self.done: dict[str, float] = {}  # the latest tick this process has seen through, by schedule
-        # Ticks whose job another scheduler created and no worker had taken yet: looked at again
-        # once UNPUBLISHED_AFTER_S have passed ((schedule id, tick, job id) -> when, real time).
-        self.unconfirmed: dict[tuple[str, float, str], float] = {}
+        # Tick jobs another scheduler created and no worker had taken yet: looked at again once
+        # UNPUBLISHED_AFTER_S have passed (job id -> when, real time).
+        self.unconfirmed: dict[str, float] = {}
 
     def run_once(self, now: float | None = None) -> float:
         """Fire what is due; seconds until the next tick of any schedule (at most REFRESH_S)."""
@@ -47,15 +47,15 @@ class Scheduler:
             self.schedules = [s for s in self.services.schedules.list() if s["enabled"]]
             self.loaded_at = now
         wait = REFRESH_S
-        for key, due in list(self.unconfirmed.items()):
+        for job_id, due in list(self.unconfirmed.items()):
             left = due - time.time()
             if left <= 0:
-                del self.unconfirmed[key]
+                del self.unconfirmed[job_id]
                 try:
-                    self._publish_if_abandoned(*key)
+                    self._publish_if_abandoned(job_id)
                 except Unavailable as exc:
-                    log.warning("schedule %s: could not look at an unconfirmed tick yet (%s)", key[0], exc)
-                    self.unconfirmed[key] = time.time() + REFRESH_S
+                    log.warning("could not look at an unconfirmed tick's run yet (%s)", exc, extra={"job_id": job_id})
+                    self.unconfirmed[job_id] = time.time() + REFRESH_S
                     left = REFRESH_S
             wait = min(wait, max(left, 0.01))
         for schedule in self.schedules:
@@ -93,7 +93,7 @@ class Scheduler:
         try:
             svc.jobs.create(function, schedule["input"], job_id=job_id, trigger=trigger)
         except Conflict:
-            self._publish_if_abandoned(schedule_id, tick, job_id)
+            self._publish_if_abandoned(job_id)
             return None  # another scheduler fired this tick
         except QuotaExceeded as exc:
             log.warning("schedule %s: tick skipped: %s", schedule_id, exc)
@@ -107,7 +107,7 @@ class Scheduler:
         log.info("schedule %s fired its tick %s", schedule_id, trigger["tick"], extra={"job_id": job_id})
         return job_id
 
-    def _publish_if_abandoned(self, schedule_id: str, tick: float, job_id: str) -> None:
+    def _publish_if_abandoned(self, job_id: str) -> None:
         """The tick's job exists: publish it once more if no worker has taken it UNPUBLISHED_AFTER_S
         after it was created (its scheduler may have died before publishing it); until then, look
         again at that time. Only a job never dispatched again counts: one such look per tick."""
@@ -119,11 +119,11 @@ class Scheduler:
             return  # a worker has it, or it was dispatched again already
         due = job["created_at"] + UNPUBLISHED_AFTER_S
         if time.time() < due:
-            self.unconfirmed[(schedule_id, tick, job_id)] = due
+            self.unconfirmed[job_id] = due
             return
         log.warning("schedule %s: no worker took the run of tick %s within %g s (its scheduler may have stopped "
-                    "before publishing it); publishing it again", schedule_id, schedules.iso(tick),
-                    UNPUBLISHED_AFTER_S, extra={"job_id": job_id})
+                    "before publishing it); publishing it again", job["trigger"]["schedule_id"],
+                    job["trigger"]["tick"], UNPUBLISHED_AFTER_S, extra={"job_id": job_id})
         self.services.jobs.redispatch(job_id)
 
 
