@@ -11,6 +11,7 @@ and `nanogrid dlq redrive` read them; the worker counts them (nanogrid_dead_lett
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import uuid
@@ -145,8 +146,13 @@ class DeadLetters:
     def _key(self) -> str:
         return REDIS_KEY.format(queue=self.settings.queue_name)
 
+    @functools.cached_property
+    def _client(self) -> redis.Redis:
+        # One for all the calls of this object (a redrive makes three per letter), not a connection each.
+        return redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
+
     def _redis(self, call):
         try:
-            return call(redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=2))
+            return call(self._client)
         except redis.RedisError as exc:
             raise Unavailable(f"broker redis (dead letters): {exc}") from exc
