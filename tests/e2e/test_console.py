@@ -11,14 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from support.functions import Gate
-from support.stack import CLI, Stack
+from support.stack import Stack
 
 # Prints a line, then the rest once the test has seen it on the page (support.functions.Gate).
 GREETS = """
@@ -72,8 +71,7 @@ def open_stack(processes, tmp_path_factory):
 def keyed_stack(processes, tmp_path_factory):
     """A dev stack with one API key (printed alone on stdout by `nanogrid keys create`)."""
     stack = Stack.dev(processes, tmp_path_factory.mktemp("console-keyed"), env={"NANOGRID_FLOWER_URL": FLOWER})
-    created = subprocess.run([*CLI, "keys", "create", "--tenant", "console"], env={**stack.env, **stack.operator_env},
-                             capture_output=True, text=True, timeout=60)
+    created = stack.cli("keys", "create", "--tenant", "console")
     assert created.returncode == 0, created.stderr
     yield stack, created.stdout.strip()
     stack.stop()

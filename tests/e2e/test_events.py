@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import subprocess
 import time
 from datetime import datetime
 
@@ -24,7 +23,7 @@ from nanogrid.jobs.callbacks import verify
 from support.fake_ollama import FakeOllama
 from support.metrics import scrape, scrape_until, total, value
 from support.receiver import Receiver
-from support.stack import CLI, PRODUCTION_REGION, Stack
+from support.stack import PRODUCTION_REGION, Stack
 from support.waiting import eventually
 
 OK = "def handler(event, context):\n    return event.get('n', 0) * 2\n"
@@ -137,8 +136,7 @@ POISON = "this is no Celery message"
 
 def dlq(stack: Stack, *argv: str) -> str:
     """`nanogrid dlq ...` in an operator's shell of the stack: its output."""
-    done = subprocess.run([*CLI, "dlq", *argv], env={**stack.env, **stack.operator_env}, capture_output=True,
-                          text=True, timeout=60)
+    done = stack.cli("dlq", *argv)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

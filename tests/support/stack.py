@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -186,6 +187,12 @@ class Stack:
         self.procs[name] = process
         self._stop_signals[name] = stop_signal
         return process
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`nanogrid <args>` in an operator's shell of the installation: its environment (on
+        `nanogrid dev`, with operator.env on top)."""
+        return subprocess.run([*CLI, *args], env={**self.env, **self.operator_env}, capture_output=True, text=True,
+                              timeout=120)
 
     def url_of(self, api: str) -> str:
         """Where the API process of that name listens (`url` is the first one's, "api")."""
