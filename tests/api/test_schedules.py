@@ -165,9 +165,28 @@ def test_a_cron_schedule_fires_on_its_minutes(api, services, function_id):
     assert [job["trigger"]["tick"] for job in tick_jobs(api, function_id)] == [schedules.iso(first)]
 
 
+class SkippableClock:
+    """The scheduler's clock of real time (scheduler.time), which the test can move on at once."""
+
+    def __init__(self):
+        self.skipped = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        self.skipped += seconds + 0.1
+
+
+def skippable_clock(monkeypatch) -> SkippableClock:
+    clock = SkippableClock()
+    monkeypatch.setattr(scheduler, "time", clock)
+    return clock
+
+
 def test_a_tick_whose_scheduler_died_before_publishing_it_is_published_by_the_other(
         api, services, function_id, monkeypatch):
-    monkeypatch.setattr(scheduler, "UNPUBLISHED_AFTER_S", 0.5)
+    clock = skippable_clock(monkeypatch)
     made = scheduled(api, function_id, interval_s=2, input={"n": 1})
     anchor = services.schedules.get(made["schedule_id"])["anchor"]
     # The first scheduler created the tick's job, then died before publishing it.
@@ -181,7 +200,7 @@ def test_a_tick_whose_scheduler_died_before_publishing_it_is_published_by_the_ot
     survivor.run_once(anchor + 2.1)
     next_tick = schedules.tick_job_id(made["schedule_id"], anchor + 2)
     assert services.broker.job_ids() == [next_tick]
-    time.sleep(0.6)  # past UNPUBLISHED_AFTER_S
+    clock.skip(scheduler.UNPUBLISHED_AFTER_S)
     survivor.run_once(anchor + 2.5)
     assert services.broker.job_ids() == [next_tick, job_id]
     survivor.run_once(anchor + 3.0)
@@ -191,14 +210,14 @@ def test_a_tick_whose_scheduler_died_before_publishing_it_is_published_by_the_ot
 
 def test_a_tick_a_worker_took_is_not_published_again_and_one_left_waiting_runs_once(
         api, services, function_id, monkeypatch):
-    monkeypatch.setattr(scheduler, "UNPUBLISHED_AFTER_S", 0.5)
+    clock = skippable_clock(monkeypatch)
     made = scheduled(api, function_id, interval_s=2, input={"n": 1})
     anchor = services.schedules.get(made["schedule_id"])["anchor"]
     first, second = Scheduler(services), Scheduler(services)
     first.run_once(anchor + 0.1)
     [taken] = services.broker.job_ids()
     assert execute.run(services, taken) == "SUCCESS"  # a worker took it at once
-    time.sleep(0.6)
+    clock.skip(scheduler.UNPUBLISHED_AFTER_S)
     second.run_once(anchor + 0.7)
     assert services.broker.job_ids() == [taken]
 
@@ -207,7 +226,7 @@ def test_a_tick_a_worker_took_is_not_published_again_and_one_left_waiting_runs_o
     first.run_once(anchor + 2.1)
     waiting = schedules.tick_job_id(made["schedule_id"], anchor + 2)
     second.run_once(anchor + 2.2)
-    time.sleep(0.6)
+    clock.skip(scheduler.UNPUBLISHED_AFTER_S)
     second.run_once(anchor + 2.9)
     second.run_once(anchor + 3.5)
     assert services.broker.job_ids().count(waiting) == 2
