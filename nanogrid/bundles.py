@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from nanogrid.config import Settings
 
 ENTRY = "main.py"
+REQUIREMENTS = "requirements.txt"  # beside main.py in a zip: the function's requirements
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -37,6 +38,7 @@ class Bundle:
     data: bytes
     sha256: str
     handler: str | None
+    requirements: str | None = None  # the zip's requirements.txt, as text
 
 
 def from_source(source: str | bytes, handler: str | None) -> Bundle:
@@ -165,7 +167,13 @@ def _build(files: dict[str, bytes], handler: str | None) -> Bundle:
             info.compress_type = zipfile.ZIP_DEFLATED
             out.writestr(info, files[name])
     data = buffer.getvalue()
-    return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest(), handler=handler)
+    requirements = None
+    if REQUIREMENTS in files:
+        try:
+            requirements = files[REQUIREMENTS].decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"{REQUIREMENTS} is not valid UTF-8 (byte {exc.start})") from None
+    return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest(), handler=handler, requirements=requirements)
 
 
 def detect_handler(tree: ast.Module, requested: str | None) -> str | None:

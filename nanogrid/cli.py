@@ -16,7 +16,7 @@ from nanogrid.config import DOCKER_RUNTIMES, ConfigError, Settings
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("worker", "api", "scaling", "flower", "bench"):
+    if extra and args.command not in ("worker", "builder", "api", "scaling", "flower", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker (extra arguments go to celery worker)")
     worker.set_defaults(run=cmd_worker)
+    builder = sub.add_parser("builder", help="build the functions' dependency layers: a Celery worker on the "
+                                             "builds queue (extra arguments go to celery worker)")
+    builder.set_defaults(run=cmd_builder)
 
     scheduler = sub.add_parser("scheduler", help="fire the functions' schedules (run one on each controller; "
                                                  "several fire every tick once)")
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("job", "show a job", cmd_job),
         ("logs", "print a job's output (--follow: as it comes, until the job ends)", cmd_logs),
         ("jobs", "list recent jobs, newest first", cmd_jobs),
+        ("build", "show a function's dependency build (--follow: until it ends)", cmd_build),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
@@ -144,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--handler")
             p.add_argument("--timeout", type=float, dest="timeout_s")
             p.add_argument("--memory", type=int, dest="memory_mb")
+            p.add_argument("--requirements", type=Path, help="a requirements.txt: the packages the function imports")
+            p.add_argument("--init", choices=("once", "per_run"),
+                           help="import main.py once per warm sandbox (default) or for every run")
         elif name == "invoke":
             p.add_argument("function", help="function name or id")
             p.add_argument("--input", default=None, help="the event, as JSON (default: {})")
@@ -154,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "logs":
             p.add_argument("job_id")
             p.add_argument("--follow", "-f", action="store_true", help="follow the output until the job ends")
+        elif name == "build":
+            p.add_argument("function", help="function name or id")
+            p.add_argument("--follow", "-f", action="store_true", help="wait until the build ends")
         elif name == "jobs":
             p.add_argument("--function", help="only this function's (name or id)")
             p.add_argument("--status", choices=("PENDING", "PROCESSING", "SUCCESS", "FAILED"))
@@ -197,6 +207,15 @@ def cmd_worker(_args, extra) -> int:
     quiet = ["--quiet"] if settings.log_format == "json" else []
     metrics.prepare_multiproc_dir(settings, os.environ)  # shared by the pool children and the main process
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
+                              *extra])
+
+
+def cmd_builder(_args, extra) -> int:
+    """A Celery worker on the builds queue only: layer builds never take a run's slot."""
+    settings = Settings.from_env()
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
+                              "-Q", settings.build_queue_name, "--concurrency", str(settings.build_concurrency),
                               *extra])
 
 
@@ -448,14 +467,43 @@ def api_client(args) -> client.Client:
 def cmd_deploy(args, _extra) -> int:
     if not args.file.is_file():
         raise UsageError(f"{args.file}: no such file (a .py source file, or a .zip with main.py)")
-    options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("handler", "timeout_s", "memory_mb", "init") if getattr(args, k) is not None}
+    if args.requirements is not None:
+        try:
+            options["requirements"] = args.requirements.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{args.requirements}: cannot be read as UTF-8 text: {exc}") from None
     doc = api_client(args).deploy(args.file, args.name, options)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
+        build = f"; build {doc['build']['status']} (nanogrid build {doc['name']} --follow)" if doc.get("build") else ""
         print(f"deployed {doc['name']} ({doc['function_id']}) version {doc['version']}, "
-              f"{'handler ' + doc['handler'] if doc['handler'] else 'script mode'}")
+              f"{'handler ' + doc['handler'] if doc['handler'] else 'script mode'}{build}")
     return 0
+
+
+BUILD_POLL_S = 1.0
+
+
+def cmd_build(args, _extra) -> int:
+    """Exit 0 when the build is ready, 1 when it failed, STILL_RUNNING while it goes on (no --follow)."""
+    api = api_client(args)
+    function_id = api.resolve(args.function)
+    build = api.build(function_id)
+    while args.follow and build["status"] in ("pending", "building"):
+        time.sleep(BUILD_POLL_S)
+        build = api.build(function_id)
+    if args.json:
+        print(json.dumps(build, indent=2))
+    else:
+        size = f", {build['size_bytes'] / 2**20:.1f} MiB" if build.get("size_bytes") else ""
+        print(f"build {build['status']} (layer {build['layer_sha256'][:12]}{size})")
+        if build["status"] in ("ready", "failed") and build.get("log"):
+            print(build["log"].rstrip())
+        if build.get("error"):
+            print(f"error: {build['error']}")
+    return {"ready": 0, "failed": 1}.get(build["status"], STILL_RUNNING)
 
 
 WAIT_STEP_S = 30  # one request's wait; the CLI asks again until the run ends or its own bound

@@ -105,6 +105,10 @@ class Client:
     def function(self, function_id: str) -> dict:
         return self._call("GET", f"/functions/{function_id}")
 
+    def build(self, function_id: str) -> dict:
+        """The function's dependency build: status, layer, error and pip's log."""
+        return self._call("GET", f"/functions/{function_id}/build")
+
     def find(self, name: str) -> dict | None:
         for doc in self._call("GET", "/functions")["functions"]:
             if doc["name"] == name:

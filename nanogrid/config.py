@@ -264,6 +264,28 @@ class Settings:
     # Celery task events from the start (Flower turns them on itself; README: Performance).
     task_events: bool = _setting("NANOGRID_TASK_EVENTS", False)
 
+    # Dependencies (nanogrid/layers.py): a function's requirements, installed once into a layer
+    # shared by every function that asks for the same set. pip runs with these settings only (no
+    # pip.conf, no PIP_* variables of the host): credentials in an index URL stay out of every
+    # document and log line. NANOGRID_PIP_NO_INDEX=1 with a wheelhouse: the air-gapped recipe.
+    pip_index_url: str = _setting("NANOGRID_PIP_INDEX_URL", "", repr=False)
+    pip_extra_index_url: str = _setting("NANOGRID_PIP_EXTRA_INDEX_URL", "", repr=False)
+    pip_find_links: str = _setting("NANOGRID_PIP_FIND_LINKS", "")
+    pip_cert: str = _setting("NANOGRID_PIP_CERT", "")
+    pip_no_index: bool = _setting("NANOGRID_PIP_NO_INDEX", False)
+    build_timeout_s: float = _setting("NANOGRID_BUILD_TIMEOUT_S", 600.0, **_POSITIVE)
+    # A layer's installed size and file count; a build past either fails.
+    layer_max_mb: int = _setting("NANOGRID_LAYER_MAX_MB", 1024, **_AT_LEAST_1)
+    layer_max_files: int = _setting("NANOGRID_LAYER_MAX_FILES", 50_000, **_AT_LEAST_1)
+    # Each worker host unpacks a layer once into this cache (all its processes share it), least
+    # recently used layers removed past the size, never one a container of the host mounts.
+    layer_cache_dir: Path = _setting("NANOGRID_LAYER_CACHE_DIR", Path("/var/tmp/nanogrid-layers"), _path)
+    layer_cache_mb: int = _setting("NANOGRID_LAYER_CACHE_MB", 8192, **_AT_LEAST_1)
+    # The builds' own queue (empty: the task queue's URL with "-builds" appended), consumed by
+    # `nanogrid builder`, so a long build never holds a run's slot.
+    build_queue_url: str = _setting("NANOGRID_BUILD_QUEUE_URL", "")
+    build_concurrency: int = _setting("NANOGRID_BUILD_CONCURRENCY", 1, **_AT_LEAST_1)
+
     # Which installation this is, for its sandboxes' labels (default: the Redis it uses).
     instance_id: str = _setting("NANOGRID_INSTANCE_ID", "")
     # How long a worker's warm shutdown waits for runs in progress before it stops them (FAILED,
@@ -330,6 +352,17 @@ class Settings:
         if self.sqs_queue_url:
             return urlparse(self.sqs_queue_url).path.rstrip("/").rsplit("/", 1)[-1]
         return "nanogrid"
+
+    @property
+    def build_queue_name(self) -> str:
+        if self.uses_sqs:
+            return urlparse(self.build_queue).path.rstrip("/").rsplit("/", 1)[-1]
+        return f"{self.queue_name}-builds"
+
+    @property
+    def build_queue(self) -> str:
+        """The builds queue's SQS URL (SQS brokers only)."""
+        return self.build_queue_url or f"{self.sqs_queue_url}-builds"
 
     @property
     def dead_letter_queue(self) -> str:

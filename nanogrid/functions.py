@@ -28,11 +28,12 @@ from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
-SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url")
+SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url", "requirements", "init")
 PUBLIC_FIELDS = (
     "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "callback_url",
-    "created_at", "updated_at",
+    "requirements", "init", "created_at", "updated_at",
 )
+INIT_MODES = ("once", "per_run")  # handler mode: import main.py once per warm sandbox, or for every run
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
 
 
@@ -62,7 +63,9 @@ class FunctionRegistry:
             "code_sha256": bundle.sha256, "handler": bundle.handler,
             "env": options.get("env") or {}, "retries": options.get("retries"),
             "callback_url": options.get("callback_url"), "created_at": now, "updated_at": now,
+            "init": options.get("init") or "once",
         }
+        _set_requirements(doc, options.get("requirements") or "", options.get("layer_sha256"))
         _set_limits(doc, options, {})
         try:
             self.table.insert(_name_id(tenant, name), {"rev": 1, "function_id": function_id})
@@ -104,9 +107,11 @@ class FunctionRegistry:
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
-        for name in ("retries", "callback_url"):
+        for name in ("retries", "callback_url", "init"):
             if name in options and options[name] != current.get(name):
                 doc[name] = options[name]
+        if "requirements" in options and (options["requirements"] or "") != (current.get("requirements") or ""):
+            _set_requirements(doc, options["requirements"] or "", options.get("layer_sha256"))
         if any(name in options for name in ("limits", *LIMIT_SHORTCUTS)):
             _set_limits(doc, options, requested_limits(current))
         if bundle is not None and (bundle.sha256 != doc["code_sha256"] or bundle.handler != doc["handler"]):
@@ -131,6 +136,22 @@ class FunctionRegistry:
             self.code.delete(code_key(tenant_of(doc), function_id, version))
         return doc
 
+    def layers_unused_after(self, deleted: dict) -> set[str]:
+        """The layers the deleted function's versions used that no other function's version uses."""
+        used = set(deleted.get("layers_used") or [])
+        for other in self.list():
+            used -= set(other.get("layers_used") or [])
+        return used
+
+
+def _set_requirements(doc: dict, requirements: str, layer_sha: str | None) -> None:
+    """The (normalised) requirements and the layer they name; every layer a version used is kept
+    in layers_used, so a queued run of an older version still finds its layer."""
+    doc["requirements"] = requirements or None
+    doc["layer_sha256"] = layer_sha if requirements else None
+    if doc["layer_sha256"] and doc["layer_sha256"] not in doc.setdefault("layers_used", []):
+        doc["layers_used"].append(doc["layer_sha256"])
+
 
 def requested_limits(doc: dict) -> dict:
     """The limits a function asked for (documents from before `limits` have only the shortcuts)."""
@@ -152,6 +173,7 @@ def _set_limits(doc: dict, options: dict, current: dict) -> None:
 def public(doc: dict, settings: Settings | None = None) -> dict:
     """The API's view; with settings, `limits` is the full effective set (defaults filled in, ceilings applied)."""
     view = {name: doc.get(name) for name in PUBLIC_FIELDS}
+    view["init"] = view["init"] or "once"
     requested = requested_limits(doc)
     view["limits"] = dataclasses.asdict(Limits.resolve(settings, requested)) if settings is not None else requested
     for name in ("created_at", "updated_at"):

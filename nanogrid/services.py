@@ -21,6 +21,7 @@ from nanogrid.callbacks import Guard
 from nanogrid.jobs import JobStore
 from nanogrid.jobs.callbacks import Callbacks
 from nanogrid.keys import SigningSecrets
+from nanogrid.layers import LayerRegistry
 from nanogrid.schedules import ScheduleStore
 from nanogrid.sandbox import Sandbox
 from nanogrid.transport.broker import Broker
@@ -49,6 +50,10 @@ class Services:
     @functools.cached_property
     def functions(self) -> FunctionRegistry:
         return FunctionRegistry(storage.function_table(self.settings), storage.code_store(self.settings))
+
+    @functools.cached_property
+    def layers(self) -> LayerRegistry:
+        return LayerRegistry(storage.function_table(self.settings), storage.code_store(self.settings))
 
     @functools.cached_property
     def jobs(self) -> JobStore:

@@ -7,3 +7,4 @@ API, the reaper and the log formatter can name a task without importing the work
 RUN_TASK = "nanogrid.run_job"
 ARCHIVE_TASK = "nanogrid.archive_code"
 CALLBACK_TASK = "nanogrid.deliver_callback"
+BUILD_TASK = "nanogrid.build_layer"  # on the builds queue (Settings.build_queue_name), for `nanogrid builder`

@@ -16,7 +16,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from nanogrid import bundles, functions, schedules
+from nanogrid import bundles, functions, layers, schedules
 from nanogrid.ai import client as ai_client
 from nanogrid.api import auth, ratelimit, schema, streams
 from nanogrid.api.errors import ApiError
@@ -28,12 +28,14 @@ from nanogrid.jobs import retries
 from nanogrid.jobs.records import error
 from nanogrid.limits import LimitError, Limits
 from nanogrid.services import Services
+from nanogrid.task_names import BUILD_TASK
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
-FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url"}
+FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url",
+                   "requirements", "init"}
 RUN_FIELDS = {"input", "wait_s", "limits", "callback_url"}
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
@@ -139,7 +141,48 @@ def function_options(body: dict) -> dict:
             raise ApiError(str(exc)) from None
     if "callback_url" in body:
         options["callback_url"] = callback_url(body["callback_url"] or None)
+    if "init" in body:
+        if body["init"] not in functions.INIT_MODES:
+            raise ApiError(f"init must be one of: {', '.join(functions.INIT_MODES)}")
+        options["init"] = body["init"]
+    if "requirements" in body:
+        options.update(requirements_options(body["requirements"]))
     return options
+
+
+def requirements_options(text) -> dict:
+    """The normalised requirements and the layer they name (none: {"requirements": ""})."""
+    if text is None:
+        text = ""
+    try:
+        normalised = layers.normalise(text)
+    except layers.RequirementsError as exc:
+        raise ApiError(str(exc), code="invalid_requirements") from None
+    sha = layers.layer_key(normalised, services().settings) if normalised else None
+    return {"requirements": normalised, "layer_sha256": sha}
+
+
+def request_build(doc: dict) -> None:
+    """Queue the build of the function's layer when it needs one (new, or failed before)."""
+    sha = doc.get("layer_sha256")
+    svc = services()
+    if sha and svc.layers.request(sha, doc["requirements"]):
+        svc.broker.send(BUILD_TASK, [sha], queue=svc.settings.build_queue_name)
+
+
+def function_view(doc: dict) -> dict:
+    view = functions.public(doc, services().settings)
+    view["build"] = layers.build_view(layer_of(doc))
+    return view
+
+
+def layer_of(doc: dict) -> dict | None:
+    if not doc.get("layer_sha256"):
+        return None
+    try:
+        return services().layers.get(doc["layer_sha256"])
+    except NotFound:  # the API died between the function and its layer: a deploy makes it
+        return {"layer_sha256": doc["layer_sha256"], "status": layers.Status.PENDING, "error": None, "log": ""}
 
 
 def callback_url(url) -> str | None:
@@ -168,8 +211,16 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
         body: dict = dict(form)
         json_body = None
         upload = request.files.get("file")
-        if set(request.files) - {"file"}:
-            raise ApiError("send the code as one form file named 'file'")
+        if set(request.files) - {"file", "requirements"}:
+            raise ApiError("send the code as one form file named 'file' (and requirements.txt as 'requirements')")
+        if "requirements" in request.files:
+            if "requirements" in form:
+                raise ApiError("requirements given twice (a form field and a file)")
+            text = request.files["requirements"].stream.read(layers.MAX_REQUIREMENTS_BYTES + 1)
+            try:
+                body["requirements"] = text.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise ApiError("requirements must be UTF-8 text", code="invalid_requirements") from None
         code = None
         if upload is not None:
             data = upload.stream.read(settings.max_code_bytes + 1)
@@ -200,6 +251,11 @@ def read_function_upload(require_name: bool) -> tuple[dict, bundles.Bundle | Non
     bundle = None
     if code is not None:
         bundle = _bundle(code, handler or None)
+        if bundle.requirements is not None:
+            if "requirements" in options:
+                raise ApiError(f"requirements given twice: a 'requirements' field and the zip's "
+                               f"{bundles.REQUIREMENTS}", code="invalid_requirements")
+            options.update(requirements_options(bundle.requirements))
     return {"name": name, "handler": handler, **options}, bundle
 
 
@@ -317,7 +373,8 @@ def openapi():
 def create_function():
     fields, bundle = read_function_upload(require_name=True)
     doc = services().functions.create(fields["name"], bundle, fields, tenant=auth.tenant())
-    response = jsonify(functions.public(doc, services().settings))
+    request_build(doc)
+    response = jsonify(function_view(doc))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_function", function_id=doc["function_id"])
     return response
@@ -326,12 +383,22 @@ def create_function():
 @bp.get("/functions")
 def list_functions():
     docs = services().functions.list(auth.tenant())
-    return jsonify({"functions": [functions.public(d, services().settings) for d in docs]})
+    return jsonify({"functions": [function_view(d) for d in docs]})
 
 
 @bp.get("/functions/<function_id>")
 def get_function(function_id: str):
-    return jsonify(functions.public(services().functions.get(function_id, auth.tenant()), services().settings))
+    return jsonify(function_view(services().functions.get(function_id, auth.tenant())))
+
+
+@bp.get("/functions/<function_id>/build")
+def get_build(function_id: str):
+    doc = services().functions.get(function_id, auth.tenant())
+    layer = layer_of(doc)
+    if layer is None:
+        raise ApiError("the function has no requirements, so nothing is built for it", status=404, code="no_build")
+    return jsonify({**layers.build_view(layer), "requirements": doc["requirements"], "log": layer.get("log") or "",
+                    "build_s": layer.get("build_s")})
 
 
 @bp.put("/functions/<function_id>")
@@ -344,14 +411,20 @@ def update_function(function_id: str):
     if bundle is None and fields["handler"] is not None:
         bundle = _bundle(("main.py", svc.functions.code_of(current)), fields["handler"])
     options = {k: v for k, v in fields.items() if k in functions.SETTINGS_FIELDS}
-    return jsonify(functions.public(svc.functions.update(function_id, bundle, options, auth.tenant()), svc.settings))
+    if "requirements" in options:
+        options["layer_sha256"] = fields["layer_sha256"]
+    doc = svc.functions.update(function_id, bundle, options, auth.tenant())
+    request_build(doc)
+    return jsonify(function_view(doc))
 
 
 @bp.delete("/functions/<function_id>")
 def delete_function(function_id: str):
     svc = services()
-    svc.functions.delete(function_id, auth.tenant())
+    doc = svc.functions.delete(function_id, auth.tenant())
     svc.schedules.delete_all(function_id)  # after the function: a tick meanwhile finds no function
+    for sha in svc.functions.layers_unused_after(doc):  # the last function that used a layer: collect it
+        svc.layers.delete(sha)
     return "", 204
 
 
@@ -423,6 +496,11 @@ def run_function(function_id: str):
     svc = services()
     settings = svc.settings
     function = svc.functions.get(function_id, auth.tenant())
+    layer = layer_of(function)
+    if layer is not None and layer["status"] == layers.Status.FAILED:
+        raise ApiError(f"the function's requirements could not be installed: {layer['error']} "
+                       f"(GET /functions/{function_id}/build has the log; deploy again to retry)",
+                       status=409, code="build_failed")
     if auth.guard().queue.overloaded():
         # Backpressure: refuse before anything is written (the job record, its Redis entries).
         raise ApiError(f"the queue holds {settings.max_queue_depth} or more waiting runs; try again later",

@@ -18,7 +18,8 @@ import jsonschema
 
 from nanogrid import __version__, schedules
 from nanogrid.config import Settings
-from nanogrid.functions import ID_PATTERN, NAME_PATTERN
+from nanogrid.functions import ID_PATTERN, INIT_MODES, NAME_PATTERN
+from nanogrid.layers import MAX_REQUIREMENTS_BYTES
 from nanogrid.jobs import ErrorType, Status, retries
 from nanogrid.limits import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
 
@@ -86,6 +87,21 @@ def schedule_request_schemas() -> dict[str, dict]:
             "ScheduleUpdate": {"type": "object", "additionalProperties": False, "properties": fields}}
 
 
+REQUIREMENTS = {"type": ["string", "null"], "maxLength": MAX_REQUIREMENTS_BYTES,
+                "description": "requirements.txt text: PEP 508 requirements, one per line (no pip options, no "
+                               "URLs); installed once, wheels only, into a layer shared by every function with the "
+                               "same set (a zip's requirements.txt beside main.py does the same)"}
+INIT = {"type": "string", "enum": list(INIT_MODES),
+        "description": "handler mode: import main.py once per warm sandbox and fork each run from that state "
+                       "(once, the default), or import it for every run (per_run)"}
+BUILD = {"type": "object", "additionalProperties": False,
+         "required": ["status", "layer_sha256", "size_bytes", "error"], "properties": {
+             "status": {"type": "string", "enum": ["pending", "building", "ready", "failed"]},
+             "layer_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+             "size_bytes": {"type": ["integer", "null"], "description": "the stored layer's size"},
+             "error": {"type": ["string", "null"]}}}
+
+
 def request_schemas(settings: Settings) -> dict[str, dict]:
     """The JSON request bodies, self-contained (no $ref), as `check` validates them."""
     limits = requested_limits(settings)
@@ -103,6 +119,8 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "env": env_schema(),
         "retries": retries_schema(),
         "callback_url": {**CALLBACK_URL, "description": "the default callback_url of the function's runs"},
+        "requirements": REQUIREMENTS,
+        "init": INIT,
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -137,6 +155,9 @@ def _form_schema(settings: Settings, create: bool) -> dict:
         "env": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.env)"},
         "retries": {"type": "string", "description": "a JSON object, as text (see FunctionCreate.retries)"},
         "callback_url": {"type": "string", "description": "see FunctionCreate.callback_url"},
+        "requirements": {"type": "string", "description": "requirements.txt text, as a field or a file part "
+                                                          "(see FunctionCreate.requirements)"},
+        "init": {"type": "string", "enum": list(INIT_MODES), "description": "see FunctionCreate.init"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -161,10 +182,18 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "memory_mb": {"type": ["integer", "null"]},
             "retries": retries_schema(),
             "callback_url": {"type": ["string", "null"]},
+            "requirements": {"type": ["string", "null"], "description": "the normalised requirements"},
+            "init": {"type": "string", "enum": list(INIT_MODES)},
+            "build": {"oneOf": [{"type": "null"}, BUILD], "description": "null: no requirements"},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
                        "properties": effective, "description": "the effective limits of a run"},
         }},
+        "Build": {"type": "object", "additionalProperties": False,
+                  "required": [*BUILD["required"], "requirements", "log", "build_s"], "properties": {
+                      **BUILD["properties"], "requirements": {"type": "string"},
+                      "log": {"type": "string", "description": "the tail of pip's output"},
+                      "build_s": {"type": ["number", "null"], "description": "how long the build took"}}},
         "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
                          "properties": {"functions": {"type": "array",
                                                       "items": {"$ref": "#/components/schemas/Function"}}}},
@@ -253,7 +282,8 @@ ERROR_TEXT = {
     401: "a key is required (some key exists) and none, or no valid one, was given",
     404: "no such function or job, or another tenant's",
     405: "the path does not take this method",
-    409: "the name is taken, or the job already ended",
+    409: "the name is taken, the job already ended, or the function's requirements could not be installed "
+         "(build_failed)",
     413: "the body, the code, the input or the unpacked zip is too large",
     415: "the body is not JSON (or multipart where the route takes it)",
     422: "the Idempotency-Key was used before for a different request",
@@ -356,6 +386,12 @@ def _document(settings: Settings) -> dict:
             "delete": {"operationId": "deleteFunction", "summary": "Delete a function and its code",
                        "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
         },
+        "/functions/{function_id}/build": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "getBuild", "summary": "The function's dependency build, with pip's log",
+                    "responses": {"200": {"description": "the build", "content": _json("Build")},
+                                  **_errors(404, *GUARDED)}},
+        },
         "/functions/{function_id}/run": {
             "parameters": [_function_id()],
             "post": {"operationId": "runFunction",
@@ -372,7 +408,7 @@ def _document(settings: Settings) -> dict:
                                    "202": {"description": "the job is queued or running", **job_response,
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
-                                   **_errors(400, 404, 413, 415, 422, *GUARDED)}},
+                                   **_errors(400, 404, 409, 413, 415, 422, *GUARDED)}},
         },
         "/jobs": {"get": {"operationId": "listJobs", "summary": "The tenant's jobs, newest first, a page at a time",
                           "parameters": [_function_id(required=False), *HISTORY_PARAMETERS],

@@ -48,6 +48,9 @@ MAX_REDISPATCH_INTERVAL_S = 3600
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key stands for its job
 # The table's indexes (nanogrid.storage.TABLES): unfinished jobs, and the history by tenant and function.
 DUE, TENANT_JOBS, FUNCTION_JOBS = "due", "tenant_jobs", "function_jobs"
+# The runs that wait for a layer's build (a Redis set per layer); the reaper's redispatch covers a
+# set that Redis lost.
+LAYER_WAITERS = "nanogrid:layer-waiters:{sha}"
 HISTORY_PAGE_MAX = 200
 HISTORY_SCAN_PAGES = 20  # pages of one index read for one history page when a status filter skips most
 
@@ -57,6 +60,7 @@ class JobStore:
                  broker: Broker):
         self.settings = settings
         self.table = table
+        self.redis = redis_client
         self.index = JobIndex(settings, redis_client)
         self.events = JobEvents(redis_client)
         self.outputs = outputs
@@ -84,7 +88,8 @@ class JobStore:
             "status": Status.PENDING,
             "input": run_input,
             # What the run needs from the function at this version, so an update cannot change it.
-            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env", "retries")},
+            "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env", "retries",
+                                                     "layer_sha256", "init")},
                      # The requested limits: the function's (top-level shortcuts of older documents
                      # included), then this run's; the worker resolves them against the settings.
                      "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},
@@ -426,6 +431,35 @@ class JobStore:
         except Unavailable:  # the record is PENDING: the reaper's sweep dispatches it again
             log.warning("could not publish the requeued job; the reaper will", extra={"job_id": job_id})
         return True
+
+    def hold_for_layer(self, job_id: str, worker_id: str, sha: str) -> bool:
+        """Give a claimed job back (PROCESSING -> PENDING) to wait for its layer's build, which
+        dispatches it again when it ends (release_waiting); False when it is not this holder's."""
+        def change(job: JobRecord) -> bool:
+            if job["status"] != Status.PROCESSING or job["worker_id"] != worker_id:
+                return False
+            job.update(status=Status.PENDING, worker_id=None, started_at=None, lease_until=None)
+            return True
+
+        try:
+            self.redis.sadd(LAYER_WAITERS.format(sha=sha), job_id)
+        except redis.RedisError as exc:
+            log.warning("could not note the run as waiting for its layer (%s); the reaper will dispatch it", exc,
+                        extra={"job_id": job_id})
+        return self.transition(job_id, change) is not None
+
+    def release_waiting(self, sha: str) -> int:
+        """Dispatch again the runs that wait for this layer (its build ended); how many."""
+        key = LAYER_WAITERS.format(sha=sha)
+        try:
+            waiting = [member.decode() for member in self.redis.smembers(key)]
+            for job_id in waiting:
+                self.redis.srem(key, job_id)
+                self.publish(job_id)
+        except (redis.RedisError, Unavailable) as exc:  # they stay PENDING: the reaper dispatches them again
+            log.warning("could not dispatch the runs that waited for layer %s: %s", sha[:12], exc)
+            return 0
+        return len(waiting)
 
     def renew(self, job_id: str, worker_id: str) -> bool:
         def change(job: JobRecord) -> bool:

@@ -72,6 +72,8 @@ class RunSpec:
     # Sees the run's output as it arrives (FrameReader's on_output): the live event stream.
     on_output: Callable[[str, object], None] | None = None
     attempt: int = 1  # which attempt of the job this run is (the function's retry policy)
+    layer_dir: Path | None = None  # the function's installed requirements (a layer), read-only
+    init: str = "once"  # handler mode: import main.py once per sandbox ("once") or for every run ("per_run")
 
     def request(self, nonce: bytes, ai_socket: str | None = None) -> bytes:
         """The runner's request (and nonce) frames for this run; the context's deadline starts now."""

@@ -26,12 +26,12 @@ class Broker:
     def app(self) -> Celery:
         return make_celery(self.settings)
 
-    def send(self, task: str, args: list, countdown_s: float = 0) -> None:
+    def send(self, task: str, args: list, countdown_s: float = 0, queue: str | None = None) -> None:
         """Publish one task message (ignore_result: the job record is the result), to run no
-        sooner than countdown_s from now; Unavailable when the broker refuses it (Celery has
-        retried, per task_publish_retry_policy)."""
+        sooner than countdown_s from now, on the task queue unless another is named; Unavailable
+        when the broker refuses it (Celery has retried, per task_publish_retry_policy)."""
         try:
-            self.app.send_task(task, args=args, ignore_result=True, countdown=countdown_s or None)
+            self.app.send_task(task, args=args, ignore_result=True, countdown=countdown_s or None, queue=queue)
         except Exception as exc:  # noqa: BLE001 - kombu, redis, botocore: every way a publish fails
             raise Unavailable(f"broker: {exc}") from exc
 

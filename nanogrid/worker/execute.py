@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nanogrid import logs, metrics
+from nanogrid import layers, logs, metrics
 from nanogrid.ai.channel import Channel
 from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
@@ -38,9 +38,13 @@ from nanogrid.outcomes import Outcome, classify
 from nanogrid.host import pid_alive
 from nanogrid.sandbox import EngineUnavailable, RunSpec
 from nanogrid.services import Services, worker_id
+from nanogrid.task_names import BUILD_TASK
+from nanogrid.worker.layers import LayerCache
 
 log = logging.getLogger(__name__)
 CODE_FETCH_ATTEMPTS = 3
+# A layer still pending this long after it was asked for has lost its build message.
+BUILD_MESSAGE_LOST_S = 60
 ENGINE_RETRIES = 1  # a run the engine refused before it started goes back to the queue this often
 # Extracted code directories kept per worker process beyond those its warm containers mount.
 MAX_CODE_DIRS = 16
@@ -97,6 +101,11 @@ def _run(services: Services, job_id: str) -> str:
         metrics.record_dropped("duplicate")
         return "duplicate"
     logs.bind(function_id=job["function_id"], function_version=job["function_version"])
+    layer = job["spec"].get("layer_sha256")
+    if layer and layer not in READY_LAYERS:
+        waiting = wait_for_layer(services, job_id, holder, layer)
+        if waiting is not None:
+            return waiting
     log.info("run started")
     with LeaseKeeper(services, job_id, holder):
         try:
@@ -121,6 +130,33 @@ def _run(services: Services, job_id: str) -> str:
     return status
 
 
+def wait_for_layer(services: Services, job_id: str, holder: str, sha: str) -> str | None:
+    """None when the run's layer is ready; else the job is given back to wait for its build
+    (PENDING: the build dispatches it again when it ends) or, if the build failed, finished."""
+    try:
+        layer = services.layers.get(sha)
+    except NotFound:
+        layer = None
+    if layer is not None and layer["status"] == layers.Status.READY:
+        READY_LAYERS.add(sha)
+        return None
+    if layer is None or layer["status"] == layers.Status.FAILED:
+        reason = layer["error"] if layer else "the function's layer is gone"
+        done = services.jobs.finish(job_id, holder, Status.FAILED, error=error(
+            ErrorType.BUILD_FAILED, f"the function's requirements could not be installed: {reason}"))
+        metrics.record_run(str(Status.FAILED), ErrorType.BUILD_FAILED, 0)
+        return str(done["status"]) if done else "lost"
+    services.jobs.hold_for_layer(job_id, holder, sha)
+    log.info("the function's layer is %s; the run waits for its build", layer["status"])
+    if time.time() - layer["updated_at"] > BUILD_MESSAGE_LOST_S and layers.needs_build(layer, time.time()):
+        # Nobody took its build message (lost, or its builder died): send it again.
+        services.broker.send(BUILD_TASK, [sha], queue=services.settings.build_queue_name)
+    if services.layers.get(sha)["status"] in (layers.Status.READY, layers.Status.FAILED):
+        services.jobs.release_waiting(sha)  # it ended meanwhile, maybe before this run was held
+    metrics.record_dropped("waiting_for_build")
+    return "waiting_for_build"
+
+
 def execute(services: Services, job: dict) -> dict:
     settings = services.settings
     spec = job["spec"]
@@ -133,6 +169,14 @@ def execute(services: Services, job: dict) -> dict:
     except Unavailable as exc:
         return failure(ErrorType.CODE_UNAVAILABLE, f"the code store did not answer: {exc}")
     sandbox = services.sandbox
+    layer_dir = None
+    if spec.get("layer_sha256"):
+        try:
+            layer_dir = layer_folder(services, spec["layer_sha256"])
+        except NotFound:
+            return failure(ErrorType.CODE_UNAVAILABLE, "the function's layer is gone from the code store")
+        except Unavailable as exc:
+            return failure(ErrorType.CODE_UNAVAILABLE, f"the code store did not answer: {exc}")
     if getattr(sandbox, "current_version", False) is None:  # lets warm pools drop deleted or superseded code
         sandbox.watch_functions(functools.partial(latest_version, services))
     # The run's AI channel (nanogrid/ai): the sandbox's only way to the AI node, with budgets. The
@@ -148,7 +192,8 @@ def execute(services: Services, job: dict) -> dict:
                 version=job["function_version"], code_sha=sha,
                 tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
                 ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
-                on_output=publish, attempt=job.get("attempt", 1),
+                on_output=publish, attempt=job.get("attempt", 1), layer_dir=layer_dir,
+                init=spec.get("init") or "once",
             )
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)
@@ -258,6 +303,21 @@ class CodeDirs:
 
 
 CODE_DIRS = CodeDirs()
+# The layers this process found ready: a ready layer stays ready (its key names its content).
+READY_LAYERS: set[str] = set()
+
+
+@functools.cache
+def layer_cache(root: Path, limit_mb: int) -> LayerCache:
+    return LayerCache(root, limit_mb)
+
+
+def layer_folder(services: Services, sha: str) -> Path:
+    """The unpacked layer on this host (fetched from the code store the first time)."""
+    settings = services.settings
+    cache = layer_cache(settings.layer_cache_dir, settings.layer_cache_mb)
+    in_use = getattr(services.sandbox, "layer_dirs_in_use", set)
+    return cache.path(sha, lambda: services.layers.store.get(layers.archive_key(sha)), in_use)
 
 
 def latest_version(services: Services, function_id: str) -> int | None:

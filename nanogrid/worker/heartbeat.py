@@ -32,6 +32,7 @@ from nanogrid.errors import Unavailable
 from nanogrid.sandbox import EngineUnavailable
 from nanogrid.services import current as current_services
 from nanogrid.task_names import RUN_TASK
+from nanogrid.worker import serves_runs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
+        self.enabled = serves_runs(worker)
         self.worker = worker
         self.wake = threading.Event()
         self.stopping = threading.Event()

@@ -14,6 +14,7 @@ from celery import bootsteps, signals
 from nanogrid import metrics, services
 from nanogrid.config import Settings
 from nanogrid.transport.depth import queue_depth
+from nanogrid.worker import serves_runs
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class MetricsStep(bootsteps.StartStopStep):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
+        self.enabled = serves_runs(worker)
         self.exporter: WorkerExporter | None = None
 
     def start(self, worker) -> None:

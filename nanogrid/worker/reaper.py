@@ -35,6 +35,7 @@ from nanogrid.jobs import ErrorType, JobRecord, Status
 from nanogrid.jobs.index import alive
 from nanogrid.jobs.records import error
 from nanogrid.services import Services, current as current_services
+from nanogrid.worker import serves_runs
 
 log = logging.getLogger(__name__)
 PER_PASS = 500  # jobs of each kind one pass handles; the rest wait for the next
@@ -115,6 +116,7 @@ class ReaperStep(bootsteps.StartStopStep):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
+        self.enabled = serves_runs(worker)
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 

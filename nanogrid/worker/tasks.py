@@ -12,8 +12,8 @@ from nanogrid.functions import archive_key, code_key, tenant_of
 from nanogrid.jobs import Status
 from nanogrid.keys import DEFAULT_TENANT
 from nanogrid.services import current as services
-from nanogrid.task_names import ARCHIVE_TASK, CALLBACK_TASK, RUN_TASK
-from nanogrid.worker import execute
+from nanogrid.task_names import ARCHIVE_TASK, BUILD_TASK, CALLBACK_TASK, RUN_TASK
+from nanogrid.worker import build, execute
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,10 @@ def archive_code(function_id: str, version: int, tenant: str = DEFAULT_TENANT) -
         log.info("function deleted before its code was archived", extra={"function_id": function_id})
         return False
     return svc.archive.store_once(archive_key(tenant, function_id, version), data)
+
+
+@shared_task(name=BUILD_TASK, autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=60, max_retries=5,
+             ignore_result=True)
+def build_layer(sha: str) -> str:
+    """Build a layer (sent to the builds queue, taken by `nanogrid builder`: never a run's slot)."""
+    return build.build(services(), sha)

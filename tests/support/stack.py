@@ -159,6 +159,8 @@ class Stack:
             "VisibilityTimeout": str(visibility_s),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letters_arn,
                                          "maxReceiveCount": DEAD_LETTER_AFTER_RECEIVES})})["QueueUrl"]
+        # The builds' queue beside it (Settings.build_queue: the task queue's URL plus "-builds").
+        sqs.create_queue(QueueName=f"{name}-builds", Attributes={"VisibilityTimeout": str(visibility_s)})
         stack = cls(processes, workdir, environ, f"http://127.0.0.1:{port}")
         ensure_resources(stack.settings)
         stack._start_services(api=True, worker=True)
@@ -221,6 +223,14 @@ class Stack:
         worker = self.start(name, [*CLI, "worker", "-n", node, "--concurrency", str(concurrency)], env=env)
         worker.wait_for(f"{node} ready.", STARTUP_TIMEOUT_S)
         return worker
+
+    def start_builder(self, name: str = "builder") -> Process:
+        """`nanogrid builder` (the dependency layers' builds, on their own queue); returns once
+        Celery says it is ready."""
+        node = f"{name}-{self.node}"
+        builder = self.start(name, [*CLI, "builder", "-n", node], env=self.operator_env)
+        builder.wait_for(f"{node} ready.", STARTUP_TIMEOUT_S)
+        return builder
 
     def start_scheduler(self, name: str = "scheduler") -> Process:
         """`nanogrid scheduler`, as each controller runs it (on `nanogrid dev`: one more, from an
