@@ -254,6 +254,8 @@ class Settings:
     file_size_mb: Limit = _setting("FILE_SIZE_MB", Limit(64, 1024))
     tmpfs_mb: Limit = _setting("TMPFS_MB", Limit(64, 1024))
     output_bytes: Limit = _setting("OUTPUT_BYTES", Limit(1024 * 1024, 16 * 1024 * 1024))
+    # main.py's import when a sandbox initialises once (its first run gets this on top of timeout_s).
+    init_timeout_s: Limit = _setting("INIT_TIMEOUT_S", Limit(60, 900))
     # Warm containers (nanogrid/sandbox/warm.py), per worker PROCESS: each prefork child keeps its own.
     # Idle containers per function version; 0: no reuse, a container per run.
     warm_pool_size: int = _setting("NANOGRID_WARM_POOL_SIZE", 2, **_AT_LEAST_0)
@@ -378,7 +380,8 @@ class Settings:
         return self.bind or f"{self.host}:{self.port}"
 
     def limits_document(self) -> dict:
-        names = ("timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes")
+        names = ("timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes",
+                 "init_timeout_s")
         return {n: {"default": getattr(self, n).default, "ceiling": getattr(self, n).ceiling} for n in names}
 
     def replace(self, **changes) -> "Settings":

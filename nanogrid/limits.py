@@ -20,8 +20,8 @@ class LimitError(ValueError):
 # and crun sets up the container under the container's own RLIMIT_NOFILE (at 32 it cannot start
 # one: "openat2 proc/fs: Too many open files"; 48 was enough here, 64 leaves room).
 LIMIT_FLOORS = {"timeout_s": 0.1, "memory_mb": 16, "cpus": 0.05, "pids": 8, "open_files": 64, "file_size_mb": 1,
-                "tmpfs_mb": 1, "output_bytes": 1024}
-FRACTIONAL_LIMITS = frozenset({"timeout_s", "cpus"})
+                "tmpfs_mb": 1, "output_bytes": 1024, "init_timeout_s": 0.1}
+FRACTIONAL_LIMITS = frozenset({"timeout_s", "cpus", "init_timeout_s"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Limits:
     file_size_mb: int
     tmpfs_mb: int
     output_bytes: int
+    # How long main.py's one import (init once) may take, on top of the first run's timeout_s.
+    init_timeout_s: float = 60.0
 
     @classmethod
     def resolve(cls, settings: Settings, requested: dict | None = None) -> "Limits":

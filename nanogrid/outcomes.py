@@ -56,6 +56,18 @@ def classify(raw: RawRun, limits: Limits) -> Outcome:
     if raw.garbled:
         return failed(ErrorType.RUNTIME_ERROR, "the run wrote into the sandbox's own output stream, which no longer "
                                                "made sense; the run was stopped")
+    if raw.init_error is not None:
+        if raw.init_error == "timeout":
+            return failed(ErrorType.INIT_ERROR, f"importing main.py took longer than its init timeout of "
+                                                f"{limits.init_timeout_s:g} s and was stopped (init timed out)")
+        how = {"exit": "main.py exited (SystemExit) while it was being imported",
+               "died": "the process importing main.py died"}.get(raw.init_error, "importing main.py raised an exception")
+        last_line = next((line for line in reversed(raw.stderr.decode("utf-8", "replace").splitlines())
+                          if line.strip()), "")
+        detail = f": {last_line.strip()[:300]}" if last_line and raw.init_error != "died" else ""
+        if raw.init_error == "died" and raw.exit_signal is not None:
+            detail = f" (signal {_signal_name(raw.exit_signal)})"
+        return failed(ErrorType.INIT_ERROR, f"{how}; the handler did not run{detail}")
     if raw.exit_signal == signal.SIGXFSZ:
         return failed(ErrorType.FILE_LIMIT, f"the run wrote a file larger than {limits.file_size_mb} MB")
     if raw.exit_code is None and raw.exit_signal is None and (raw.runner_exit_code or 0) > 128:

@@ -39,6 +39,7 @@ class ErrorType(enum.StrEnum):
     OUTPUT_LIMIT = "output_limit"
     FILE_LIMIT = "file_limit"
     AI_UNAVAILABLE = "ai_unavailable"  # the function let nanogrid_ai.AIUnavailable escape
+    INIT_ERROR = "init_error"  # importing main.py failed (an exception, SystemExit) or took over init_timeout_s
     # The platform
     SANDBOX_ERROR = "sandbox_error"  # the sandbox could not be made, or ended without reporting the run
     CODE_UNAVAILABLE = "code_unavailable"  # the code store did not answer, or the function was deleted

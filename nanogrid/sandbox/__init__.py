@@ -72,15 +72,24 @@ class RunSpec:
     # Sees the run's output as it arrives (FrameReader's on_output): the live event stream.
     on_output: Callable[[str, object], None] | None = None
     attempt: int = 1  # which attempt of the job this run is (the function's retry policy)
-    layer_dir: Path | None = None  # the function's installed requirements (a layer), read-only
-    init: str = "once"  # handler mode: import main.py once per sandbox ("once") or for every run ("per_run")
+    # Installed third-party packages for the run (a pip --target tree), read-only; on the import
+    # path right after the code (Docker: mounted at /opt/layer).
+    layer_dir: Path | None = None
+    # Handler mode: "once" imports main.py once per sandbox (in the runner's zygote) and forks every
+    # run from that state; "per_run" imports it in every run. Script mode always runs per run.
+    init: str = "once"
+
+    @property
+    def inits_once(self) -> bool:
+        return self.handler is not None and self.init != "per_run"
 
     def request(self, nonce: bytes, ai_socket: str | None = None) -> bytes:
         """The runner's request (and nonce) frames for this run; the context's deadline starts now."""
         spec = {"handler": self.handler, "env": dict(self.env),
                 "context": {"job_id": self.job_id, "function_id": self.function_id,
                             "function_version": self.version, "attempt": self.attempt,
-                            "deadline": time.time() + self.limits.timeout_s}}
+                            "deadline": time.time() + self.limits.timeout_s},
+                "init": self.init, "init_timeout_s": self.limits.init_timeout_s}
         if ai_socket is not None:
             spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
         return request_frame(spec, self.input_json, nonce)
@@ -109,6 +118,8 @@ class RawRun:
     peak_memory_bytes: int | None = None
     cpu_time_ms: int | None = None
     garbled: bool = False  # the frame stream broke (something wrote into the runner's own stdout)
+    # main.py's import (init once) failed: "exception", "exit" (SystemExit), "died" or "timeout".
+    init_error: str | None = None
 
     def add_frames(self, frames: FrameReader) -> None:
         """What the runner's frames reported: output, result, and the user process's exit."""
@@ -126,6 +137,8 @@ class RawRun:
                 self.peak_memory_bytes = exit_info["max_rss_kb"] * 1024
             if isinstance(exit_info.get("cpu_ms"), int):
                 self.cpu_time_ms = exit_info["cpu_ms"]
+            if exit_info.get("init_error"):
+                self.init_error = str(exit_info["init_error"])
         self.garbled = self.garbled or frames.garbled
 
 

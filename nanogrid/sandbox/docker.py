@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 BUILD_HINT = "run `nanogrid image build`"
 CODE_MOUNT = "/code"
+LAYER_MOUNT = "/opt/layer"  # a run's installed packages (RunSpec.layer_dir), read-only
 # The runner empties the container's writable places (and its IPC namespace) after every run.
 RUNNER_COMMAND = ["python3", "-I", "-B", "/opt/nanogrid/runner.py", CODE_MOUNT,
                   "--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub-ipc"]
@@ -475,7 +476,10 @@ class DockerSandbox:
                 if not first_run:
                     raise _Stale() from None
                 # A container that died at once: its state below says why.
-            self._read(slot, frames, runner_stderr, supervisor, usage, started + limits.timeout_s, first_run)
+            # A container's first run of a handler that initialises once also imports main.py:
+            # the runner bounds that by init_timeout_s, which the run's own timeout does not pay for.
+            init_s = limits.init_timeout_s if first_run and spec.inits_once else 0
+            self._read(slot, frames, runner_stderr, supervisor, usage, started + limits.timeout_s + init_s, first_run)
         finally:
             supervisor.end()
             self._unregister(spec.job_id)
@@ -489,8 +493,10 @@ class DockerSandbox:
         if frames.exit is not None and supervisor.reason is None and not frames.over_cap and not frames.garbled:
             # The runner reported the run and has cleaned up: the container lives on.
             raw.runner_stderr = bytes(runner_stderr[-RUNNER_STDERR_KEEP:])
+            # A failed init, or a zygote that is gone or broke its protocol: the runner retires too.
             reusable = (frames.exit.get("clean") is True and raw.exit_signal is None and not raw.oom_killed
-                        and not raw.memory_error and not slot.pending)
+                        and not raw.memory_error and not slot.pending and raw.init_error is None
+                        and not frames.exit.get("retire"))
             return raw, reusable
         # Killed, or it died: read how it ended before it goes.
         if first_run and raw.peak_memory_bytes is None and usage.peak_memory_bytes is not None:
@@ -691,12 +697,14 @@ class DockerSandbox:
         labels.update({LABEL_WARM: _owner()} if warm else {LABEL_JOB: spec.job_id})
         options = dict(
             image=self.settings.runtime_image,
-            command=RUNNER_COMMAND,
+            command=RUNNER_COMMAND + (["--lib", LAYER_MOUNT] if spec.layer_dir is not None else []),
             user=SANDBOX_USER,
             working_dir=CODE_MOUNT,
             environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
             labels=labels,
-            mounts=[Mount(target=CODE_MOUNT, source=str(Path(spec.code_dir).resolve()), type="bind", read_only=True)],
+            mounts=[Mount(target=CODE_MOUNT, source=str(Path(spec.code_dir).resolve()), type="bind", read_only=True),
+                    *([Mount(target=LAYER_MOUNT, source=str(Path(spec.layer_dir).resolve()), type="bind",
+                             read_only=True)] if spec.layer_dir is not None else [])],
             network_mode="none",
             read_only=True,
             tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777"},

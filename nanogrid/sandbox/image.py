@@ -37,9 +37,16 @@ LABEL_DIGEST = "nanogrid.runtime.digest"
 METHODS = ("auto", "dockerfile", "rootfs")
 BASE_REPOSITORY = "nanogrid-runtime-base"
 DEBIAN_SUITE = "bookworm"
+# The libraries of the manylinux2014 policy (PEP 599), which manylinux wheels (numpy, pandas, ...)
+# assume every system has, from the Debian packages that provide them: libstdc++.so.6, libgcc_s,
+# libz, libgomp, libexpat, libglib/gobject/gthread, libX11, libXext, libXrender, libICE, libSM
+# (libc, libm, libdl, libpthread, librt, libcrypt come with libc6). Left out: libGL, whose package
+# (libgl1) pulls in Mesa's drivers, on the order of 100 MB, for a sandbox that has no GPU.
+MANYLINUX_PACKAGES = ("libstdc++6", "libgcc-s1", "zlib1g", "libgomp1", "libexpat1", "libglib2.0-0", "libx11-6",
+                      "libxext6", "libxrender1", "libice6", "libsm6")
 MMDEBSTRAP_ARGS = (
     "--variant=essential",
-    "--include=python3",
+    f"--include=python3,{','.join(MANYLINUX_PACKAGES)}",
     # Sets up merged /usr itself; otherwise bookworm installs usrmerge and with it all of perl.
     "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
     *(f"--dpkgopt=path-exclude=/usr/share/{folder}/*" for folder in ("doc", "man", "locale", "info")),

@@ -41,7 +41,7 @@ def _rlimits(limits: Limits) -> list[tuple[int, int]]:
     wanted = [
         (resource.RLIMIT_AS, limits.memory_mb * MiB),
         # A backstop only: the wall-clock deadline normally ends the run first.
-        (resource.RLIMIT_CPU, math.ceil(limits.timeout_s) + 1),
+        (resource.RLIMIT_CPU, math.ceil(limits.timeout_s + limits.init_timeout_s) + 1),
         (resource.RLIMIT_NOFILE, limits.open_files),
         (resource.RLIMIT_FSIZE, limits.file_size_mb * MiB),
         (resource.RLIMIT_CORE, 0),
@@ -138,8 +138,10 @@ class ProcessSandbox:
                            "LANG": "C.UTF-8"}
             started = time.monotonic()
             nonce = new_nonce()
+            layer = ["--lib", str(spec.layer_dir)] if spec.layer_dir is not None else []
             process = subprocess.Popen(
-                [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), "--scrub", scratch],
+                [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), *layer,
+                 "--scrub", scratch],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=scratch, env=environment, start_new_session=True,
                 preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits)),
@@ -203,7 +205,8 @@ class ProcessSandbox:
         raw = RawRun()
         frames = FrameReader(limits.output_bytes, on_output=spec.on_output, nonce=nonce)
         runner_stderr = bytearray()
-        deadline = started + limits.timeout_s
+        # One run per runner: with init once it also imports main.py, bounded by init_timeout_s.
+        deadline = started + limits.timeout_s + (limits.init_timeout_s if spec.inits_once else 0)
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             selector.register(process.stderr, selectors.EVENT_READ)

@@ -51,13 +51,16 @@ class Key:
     code_dir: str  # the directory mounted at /code (one per version and sha in a worker process)
     limits: Limits  # the container's own (memory, CPUs, processes, files, tmpfs); per-run ones zeroed
     ai: bool
+    layer_dir: str | None = None  # the directory mounted at /opt/layer, if any
+    init: str = "once"  # main.py imported once per container (its zygote), or per run
 
     @classmethod
     def of(cls, spec) -> "Key":
-        # The deadline and the output cap are the worker's, per run: they do not make another container.
-        container_limits = dataclasses.replace(spec.limits, timeout_s=0, output_bytes=0)
+        # The deadlines and the output cap are the worker's, per run: they do not make another container.
+        container_limits = dataclasses.replace(spec.limits, timeout_s=0, output_bytes=0, init_timeout_s=0)
         return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir), container_limits,
-                   spec.ai_channel is not None or spec.ai_socket_dir is not None)
+                   spec.ai_channel is not None or spec.ai_socket_dir is not None,
+                   None if spec.layer_dir is None else str(spec.layer_dir), spec.init)
 
     @property
     def memory_mb(self) -> int:

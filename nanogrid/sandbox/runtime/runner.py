@@ -54,6 +54,7 @@ import json
 import os
 import select
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -315,11 +316,19 @@ def exit_code_of(exc):
     return 1
 
 
-def run_user_code(code_dir, spec, result_fd):
-    # The runner runs with -I (PYTHONPATH ignored); its own folder holds nanogrid_ai.
-    sys.path[:0] = [code_dir, os.path.dirname(os.path.abspath(__file__))]
+def setup_interpreter(code_dir, libs):
+    """The user code's import path: its code, then its layers (--lib), then the runtime's own folder
+    (which holds nanogrid_ai). The runner runs with -I, so PYTHONPATH is ignored."""
+    sys.path[:0] = [code_dir, *libs, os.path.dirname(os.path.abspath(__file__))]
     sys.argv = [os.path.join(code_dir, "main.py")]
     sys.dont_write_bytecode = True
+
+
+def run_user_code(code_dir, libs, spec, result_fd, module=None):
+    """Run the request in this process; its exit code. module: main, already imported (by the
+    zygote, before this process was forked from it), else it is imported here."""
+    if module is None:
+        setup_interpreter(code_dir, libs)
     handler = spec.get("handler")
     try:
         if spec.get("ai"):  # this run's AI channel (socket path, timeout), for nanogrid_ai
@@ -329,7 +338,8 @@ def run_user_code(code_dir, spec, result_fd):
 
             runpy.run_path(sys.argv[0], run_name="__main__")
             return 0
-        module = importlib.import_module("main")
+        if module is None:
+            module = importlib.import_module("main")
         function = getattr(module, handler)
         event = json.load(sys.stdin)
         value = function(event, Context(**spec["context"]))
@@ -395,32 +405,23 @@ def _async_items(generator):
         loop.close()
 
 
-def child(code_dir, spec, input_fd, pipes, out_fd):
-    nonce[:] = bytes(NONCE_SIZE)  # before anything else: the run's own processes never know it
-    install_filter()
-    # The user code gets an ordinary process: readable /proc/self, core-dump rules as usual.
-    prctl(PR_SET_DUMPABLE, 1)
-    (r_out, w_out), (r_err, w_err), (r_res, w_res) = pipes
-    for fd in (r_out, r_err, r_res, out_fd):
-        os.close(fd)
+def output_to(w_out, w_err):
+    """Make w_out and w_err this process's stdout and stderr (fds 1 and 2)."""
     os.dup2(w_out, 1)
     os.dup2(w_err, 2)
     os.close(w_out)
     os.close(w_err)
+
+
+def unbuffered_streams():
     # Unbuffered: what the user code prints reaches the worker (and anyone watching) as it prints it.
     for name, fd in (("stdout", 1), ("stderr", 2)):
         old = getattr(sys, name)
         setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=old.encoding,
                                             errors=old.errors, line_buffering=True, write_through=True))
-    # The input replaces the runner's stdin, so the user code has no way to the request stream.
-    os.dup2(input_fd, 0)
-    os.close(input_fd)
-    os.chdir(code_dir)
-    # Python ignores SIGXFSZ and raises EFBIG instead; the default action lets the worker see
-    # the file size limit as what it is.
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    os.environ.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
-    code = run_user_code(code_dir, spec, w_res)
+
+
+def flush_and_exit(code):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -429,8 +430,35 @@ def child(code_dir, spec, input_fd, pipes, out_fd):
     os._exit(code & 0xFF if code >= 0 else 1)
 
 
+def user_env(spec):
+    return {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+
+
+def child(code_dir, libs, spec, input_fd, pipes, closed):
+    nonce[:] = bytes(NONCE_SIZE)  # before anything else: the run's own processes never know it
+    install_filter()
+    # The user code gets an ordinary process: readable /proc/self, core-dump rules as usual.
+    prctl(PR_SET_DUMPABLE, 1)
+    (r_out, w_out), (r_err, w_err), (r_res, w_res) = pipes
+    for fd in (r_out, r_err, r_res, *closed):  # the runner's output, the zygote's channel
+        os.close(fd)
+    output_to(w_out, w_err)
+    unbuffered_streams()
+    # The input replaces the runner's stdin, so the user code has no way to the request stream.
+    os.dup2(input_fd, 0)
+    os.close(input_fd)
+    os.chdir(code_dir)
+    # Python ignores SIGXFSZ and raises EFBIG instead; the default action lets the worker see
+    # the file size limit as what it is.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    os.environ.update(user_env(spec))
+    flush_and_exit(run_user_code(code_dir, libs, spec, w_res))
+
+
 def reap(pid):
-    """Reap every exited child (orphans reparented to this subreaper included); pid's (status, rusage) or None."""
+    """Reap every exited child (orphans reparented to this subreaper included); pid's (status, rusage) or None.
+
+    The zygote's own end is kept in its Zygote (its `ended`), whoever reaped it."""
     found = None
     while True:
         try:
@@ -441,11 +469,14 @@ def reap(pid):
             return found
         if done == pid:
             found = (status, usage)
+        if _zygote and done == _zygote[0].pid:
+            _zygote[0].ended = (status, usage)
 
 
-def children():
-    """This process's children, from /proc (the task's children file needs a kernel option)."""
-    me = os.getpid()
+def children(parent=None):
+    """The live children of parent (default: this process), from /proc (the task's children file
+    needs a kernel option). Zombies are left out: killed already, they wait for their parent."""
+    me = os.getpid() if parent is None else parent
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -457,17 +488,22 @@ def children():
             continue
         # The command name may hold spaces and parentheses: the fields after the last ")" are safe.
         fields = stat_line[stat_line.rfind(b")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == me:
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] not in (b"Z", b"X"):
             found.append(int(name))
     return found
 
 
-def kill_orphans():
-    """Kill what the user code left running; True once none is left (they were reparented here)."""
+def kill_orphans(keep=None):
+    """Kill what the user code left running; True once none is left (they were reparented here).
+
+    keep: the zygote's pid; it stays, but every child of its own (processes its init left running,
+    or forked since) is killed too."""
     deadline = time.monotonic() + ORPHAN_KILL_S
     while True:
         reap(None)
-        pids = children()
+        pids = [pid for pid in children() if pid != keep]
+        if keep is not None:
+            pids += children(keep)
         if not pids:
             return True
         if time.monotonic() >= deadline:
@@ -648,12 +684,54 @@ def relay(pid, pipes, out_fd, control_fd):
     return status, usage, records.final()
 
 
-def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable=True):
-    """One run, start to exit frame; returns whether the sandbox is clean for the next run.
+def exit_report(status, usage, clean, oom_before, **extra):
+    """The exit frame's payload (nonce included). usage: (utime, stime, maxrss) of the user process."""
+    oom_after = oom_kills()
+    utime, stime, maxrss = usage
+    # The user process's own accounting (its waited-for descendants included): per run, where
+    # the container's cgroup figures would span every run the container served.
+    exit_info = {"exit_code": None, "signal": None, "memory_error": False,
+                 "max_rss_kb": int(maxrss), "cpu_ms": int((utime + stime) * 1000),
+                 "oom_kill": None if oom_before is None or oom_after is None else oom_after > oom_before,
+                 "clean": clean, **extra, "nonce": nonce.hex()}
+    if status is None:
+        pass
+    elif os.WIFSIGNALED(status):
+        exit_info["signal"] = os.WTERMSIG(status)
+    else:
+        exit_info["exit_code"] = os.WEXITSTATUS(status)
+    return exit_info
+
+
+def send_exit(out_fd, exit_info, result):
+    if result:
+        try:  # the user code can write anything into its result pipe
+            exit_info["memory_error"] = exit_info["memory_error"] or json.loads(result).get("error") == "memory_limit"
+        except (ValueError, RecursionError, AttributeError):
+            pass
+        frame(out_fd, b"r", result)
+    frame(out_fd, b"x", json.dumps(exit_info).encode())
+
+
+def cleaned(scrub_dirs, ipc, ipc_verifiable, keep=None):
+    """Kill what is left (but the zygote, keep) and empty the writable places; True if all went."""
+    clean = kill_orphans(keep)
+    clean = scrub(scrub_dirs) and clean
+    if ipc:
+        clean = scrub_ipc() and ipc_verifiable and clean
+    return clean
+
+
+def run_once(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable=True, zygote_args=()):
+    """One run, start to exit frame; returns (clean, retire): whether the sandbox is clean for the
+    next run, and whether it must not serve another all the same (its zygote is gone or broken).
 
     ipc_verifiable is False where IPC objects can be neither listed nor refused (no listing and no
     seccomp filter): then no run is clean, and the sandbox serves only one."""
     spec = request["spec"]
+    if spec.get("handler") is not None and spec.get("init", "once") != "per_run":
+        return run_in_zygote(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable,
+                             zygote_args)
     oom_before = oom_kills()
     input_fd = input_descriptor(request.get("input") or "null")
     pipes = [os.pipe(), os.pipe(), os.pipe()]
@@ -661,7 +739,7 @@ def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifia
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        child(code_dir, spec, input_fd, pipes, out_fd)
+        child(code_dir, libs, spec, input_fd, pipes, [out_fd, *(z.sock.fileno() for z in _zygote)])
     os.close(input_fd)
     for _, w in pipes:
         os.close(w)
@@ -674,52 +752,423 @@ def run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifia
             pass
         kill_orphans()
         raise
-    clean = kill_orphans()
-    clean = scrub(scrub_dirs) and clean
-    if ipc:
-        clean = scrub_ipc() and ipc_verifiable and clean
-    oom_after = oom_kills()
-    # The user process's own accounting (its waited-for descendants included): per run, where
-    # the container's cgroup figures would span every run the container served.
-    exit_info = {"exit_code": None, "signal": None, "memory_error": False,
-                 "max_rss_kb": usage.ru_maxrss, "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
-                 "oom_kill": None if oom_before is None or oom_after is None else oom_after > oom_before,
-                 "clean": clean, "nonce": nonce.hex()}
-    if os.WIFSIGNALED(status):
-        exit_info["signal"] = os.WTERMSIG(status)
-    else:
-        exit_info["exit_code"] = os.WEXITSTATUS(status)
-    if result:
-        try:  # the user code can write anything into its result pipe
-            exit_info["memory_error"] = json.loads(result).get("error") == "memory_limit"
-        except (ValueError, RecursionError, AttributeError):
-            pass
-        frame(out_fd, b"r", result)
-    frame(out_fd, b"x", json.dumps(exit_info).encode())
-    return clean
+    keep = _zygote[0].pid if _zygote else None
+    clean = cleaned(scrub_dirs, ipc, ipc_verifiable, keep)
+    send_exit(out_fd, exit_report(status, (usage.ru_utime, usage.ru_stime, usage.ru_maxrss), clean, oom_before),
+              result)
+    return clean, False
+
+
+# -- init once: the zygote ------------------------------------------------------------------------
+
+# The live zygote, if any (at most one): Zygote.
+_zygote = []
+ZYGOTE_MESSAGE_CAP = 4096
+INIT_ERRORS = ("exception", "exit")
+
+
+class Zygote:
+    """The runner's side of its zygote: the process (a child of the runner) and the channel to it."""
+
+    def __init__(self, pid, sock):
+        self.pid = pid
+        self.sock = sock
+        self.initialised = False
+        self.ended = None  # (status, rusage) once reaped
+
+    def kill(self):
+        """Kill the zygote and wait for it; its (status, rusage)."""
+        if self.ended is None:  # once reaped, its pid may be another process's
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+                self.ended = (status, usage)
+            except ChildProcessError:
+                pass
+        self.sock.close()
+        if _zygote and _zygote[0] is self:
+            _zygote.clear()
+        return self.ended
+
+
+def start_zygote(code_dir, libs, zygote_args):
+    """A new zygote: a fresh interpreter (exec'd, so nothing of this process's memory, no request
+    and no nonce, is in it) running this file in zygote mode, with one end of a socketpair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            nonce[:] = bytes(NONCE_SIZE)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            # Neither the request stream nor the frame stream: stdin and stdout are /dev/null. Its
+            # stderr stays the runner's until the zygote's init replaces it (a crash of its own shows).
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.set_inheritable(theirs.fileno(), True)
+            arguments = [sys.executable, "-I", "-B", os.path.abspath(__file__), "--zygote", str(theirs.fileno()),
+                         code_dir, *(f"--lib={lib}" for lib in libs), *zygote_args]
+            os.execv(sys.executable, arguments)
+        finally:
+            os._exit(127)
+    theirs.close()
+    zygote = Zygote(pid, ours)
+    _zygote[:] = [zygote]
+    return zygote
+
+
+def zygote_message(zygote):
+    """The zygote's next message (a dict), or None when it is gone or said something that is not one."""
+    try:
+        data, fds, _, _ = socket.recv_fds(zygote.sock, ZYGOTE_MESSAGE_CAP, 4)
+    except OSError:
+        return None
+    for fd in fds:  # it has nothing to hand over
+        os.close(fd)
+    if not data:
+        return None
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def number(value, kind=int):
+    return value if isinstance(value, kind) and not isinstance(value, bool) and value >= 0 else None
+
+
+def parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def run_in_zygote(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable, zygote_args):
+    """A handler run forked from the zygote (started, and main imported in it, by the first such run)."""
+    spec = request["spec"]
+    oom_before = oom_kills()
+    zygote = _zygote[0] if _zygote else None
+    if zygote is not None and zygote.ended is not None:
+        zygote.kill()
+        zygote = None
+    if zygote is None:
+        zygote = start_zygote(code_dir, libs, zygote_args)
+    input_fd = input_descriptor(request.get("input") or "null")
+    spec_fd = os.memfd_create("nanogrid-spec", os.MFD_CLOEXEC)
+    write_all(spec_fd, json.dumps(spec).encode())
+    os.lseek(spec_fd, 0, os.SEEK_SET)
+    pipes = [os.pipe(), os.pipe(), os.pipe()]
+    # Exactly this run's own descriptors; never its nonce.
+    handed = [spec_fd, input_fd, *(w for _, w in pipes)]
+    try:
+        socket.send_fds(zygote.sock, [b'{"op": "run"}'], handed)
+        sent = True
+    except OSError:
+        sent = False  # the zygote is gone (its own code ended it): the run below reports so
+    for fd in handed:
+        os.close(fd)
+    try:
+        outcome = zygote_relay(zygote, sent, pipes, out_fd, control_fd, float(spec.get("init_timeout_s") or 60),
+                               scrub_dirs, ipc, ipc_verifiable)
+    except Stop:
+        zygote.kill()
+        kill_orphans()
+        raise
+    status, usage, result, extra, clean = outcome
+    retire = bool(extra.get("init_error") or extra.get("retire"))
+    if retire:
+        ended = zygote.kill()
+        if extra.get("init_error") and ended is not None:
+            # The init's process was the zygote itself: how it ended, and what it used.
+            status = ended[0] if status is None else status
+            usage = usage or (ended[1].ru_utime, ended[1].ru_stime, ended[1].ru_maxrss)
+        if extra.get("init_error") == "timeout":
+            status = None  # killed by this runner, not by itself
+    keep = None if retire else zygote.pid
+    clean = cleaned(scrub_dirs, ipc, ipc_verifiable, keep) and clean
+    if retire:
+        extra["retire"] = True
+    send_exit(out_fd, exit_report(status, usage or (0, 0, 0), clean, oom_before, **extra), result)
+    return clean, retire
+
+
+def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_dirs, ipc, ipc_verifiable):
+    """Relay a zygote run's output until it ends, and follow the zygote's reports: (status, usage,
+    result, extra exit-frame fields, clean). The zygote is the user's code: what it says is
+    believed only about its own run (its exit status and accounting), and anything that is not a
+    report in order ends the zygote and retires the sandbox."""
+    readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
+    records = ResultRecords(out_fd)
+    initialising = not zygote.initialised
+    init_deadline = time.monotonic() + init_timeout_s
+    init_usage = (0.0, 0.0, 0)
+    phase = "init" if initialising else "fork"  # then "run", then "done"
+    pid = status = usage = None
+    extra, clean = {}, True
+    lost = not sent
+    ended_at = None
+    channel = zygote.sock.fileno()
+    while True:
+        if phase == "done":
+            ended_at = ended_at or time.monotonic()
+            if not readers:
+                break
+        wait = 0.05 if phase == "done" else 0.5
+        if phase == "init":
+            wait = max(0.0, min(wait, init_deadline - time.monotonic()))
+        watched = [*readers, control_fd] + ([channel] if not lost and phase != "done" else [])
+        ready, _, _ = select.select(watched, [], [], wait)
+        if control_fd in ready:
+            raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
+        for fd in ready:
+            if fd not in readers:
+                continue
+            data = os.read(fd, CHUNK)
+            if not data:
+                del readers[fd]
+                os.close(fd)
+            elif readers[fd] == b"r":
+                records.feed(data)
+            else:
+                frame(out_fd, readers[fd], data)
+        if channel in ready:
+            message = zygote_message(zygote)
+            if message is None:
+                lost = True
+            elif phase == "init" and message.get("ready") is True:
+                zygote.initialised = True
+                init_usage = (number(message.get("utime"), float) or 0.0, number(message.get("stime"), float) or 0.0,
+                              number(message.get("maxrss")) or 0)
+                # Before the first run: whatever the init left running, and left in the writable
+                # places, goes (the zygote stays), so every run starts from the same sandbox.
+                clean = cleaned(scrub_dirs, ipc, ipc_verifiable, zygote.pid)
+                try:
+                    zygote.sock.send(b'{"op": "go"}')
+                    phase = "fork"
+                except OSError:
+                    lost = True
+            elif phase == "init" and message.get("init_error") in INIT_ERRORS:
+                extra["init_error"] = message["init_error"]
+                code = number(message.get("exit_code"))
+                status = (min(code, 255) << 8) if code is not None else None
+                if message.get("memory_error") is True:
+                    extra["memory_error_at_init"] = True
+                phase = "done"
+            elif (phase == "fork" and number(message.get("pid")) and message["pid"] != os.getpid()
+                  # the zygote's child; this runner's if it killed the zygote; gone if it was quick
+                  and parent_of(message["pid"]) in (zygote.pid, os.getpid(), None)):
+                pid, phase = message["pid"], "run"
+            elif phase in ("fork", "run") and number(message.get("status")) is not None:
+                status = message["status"] & 0xFFFF
+                usage = (number(message.get("utime"), float) or 0.0, number(message.get("stime"), float) or 0.0,
+                         number(message.get("maxrss")) or 0)
+                phase = "done"
+            else:
+                lost = True  # not a report in order: the zygote is not to be trusted with another run
+            if lost:
+                extra["retire"] = True
+        if phase == "init" and time.monotonic() >= init_deadline:
+            zygote.kill()
+            extra["init_error"] = "timeout"
+            phase = "done"
+        # Orphans are reaped as they end; a run whose zygote is gone is this subreaper's child now.
+        reaped = reap(pid)
+        if lost and phase != "done":
+            extra["retire"] = True
+            if phase == "init":
+                extra["init_error"] = "died"  # at import: os._exit, a signal, the kernel
+                phase = "done"
+            elif pid is None:
+                phase = "done"  # it died before it started the run: nothing of the run ran
+            elif reaped is not None:
+                status, raw_usage = reaped
+                usage = (raw_usage.ru_utime, raw_usage.ru_stime, raw_usage.ru_maxrss)
+                phase = "done"
+        if phase == "done" and ended_at is not None and (not ready or time.monotonic() - ended_at > DRAIN_S * 5):
+            break  # a double-forked orphan can hold the pipes open forever
+    for fd in readers:
+        os.close(fd)
+    if initialising and extra.get("init_error") is None:
+        usage = usage or (0.0, 0.0, 0)
+        # The first run pays for the init: its CPU time and memory are that run's too.
+        usage = (usage[0] + init_usage[0], usage[1] + init_usage[1], max(usage[2], init_usage[2]))
+    if extra.pop("memory_error_at_init", False):
+        extra["memory_error"] = True
+    return status, usage, records.final(), extra, clean
+
+
+def zygote_main(channel_fd, code_dir, libs, enosys):
+    """The zygote: imports main once (with the first run's output, environment and AI channel),
+    then forks each run from that state and reports the run's pid and how it ended."""
+    prctl(PR_SET_DUMPABLE, 0)  # execve made it dumpable again: no run may ptrace it or open its fds
+    # A fresh image: the nonce buffer is all zeros, and the runner never sends a nonce here.
+    try:
+        _filter.append(seccomp_filter(enosys))
+    except (ImportError, OSError):
+        _filter.append(None)
+    install_filter()
+    sock = socket.socket(fileno=channel_fd)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.chdir(code_dir)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    module, init_s = None, 0.0
+
+    def receive():
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, ZYGOTE_MESSAGE_CAP, 8)
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # the runner is gone
+        return json.loads(data), fds
+
+    def send(**message):
+        try:
+            sock.send(json.dumps(message).encode())
+        except OSError:
+            os._exit(0)
+
+    def reap_strays():
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
+
+    while True:
+        message, fds = receive()
+        if message.get("op") != "run" or len(fds) != 5:
+            os._exit(2)
+        spec_fd, input_fd, w_out, w_err, w_res = fds
+        with os.fdopen(spec_fd, "rb") as f:
+            spec = json.loads(f.read())
+        if module is None:
+            started = time.monotonic()
+            os.dup2(w_out, 1)
+            os.dup2(w_err, 2)
+            unbuffered_streams()
+            os.environ.update(user_env(spec))
+            setup_interpreter(code_dir, libs)
+            try:
+                if spec.get("ai"):
+                    importlib.import_module("nanogrid_ai").configure(**spec["ai"])
+                module = importlib.import_module("main")
+            except SystemExit as exc:
+                code = exit_code_of(exc)
+                print(f"main.py exited while it was being imported (SystemExit: {exc.code!r})", file=sys.stderr)
+                error = {"init_error": "exit", "exit_code": code if 0 < code < 256 else 1}
+            except BaseException as exc:  # noqa: B036 - everything the user raises at import is reported
+                print_user_traceback(exc)
+                error = {"init_error": "exception", "exit_code": 1, "memory_error": isinstance(exc, MemoryError)}
+            else:
+                error = None
+            if error is not None:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:  # noqa: BLE001 - the report matters, not the stream
+                        pass
+                send(**error)
+                os._exit(error["exit_code"])
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
+            # The zygote keeps no run's output open: each run's child gets its own.
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            init_s = time.monotonic() - started
+            gc.freeze()  # what the init made stays out of the collector's way in every run
+            import resource
+
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            send(ready=True, utime=own.ru_utime, stime=own.ru_stime, maxrss=own.ru_maxrss)
+            go, more = receive()
+            for fd in more:
+                os.close(fd)
+            if go.get("op") != "go":
+                os._exit(2)
+        else:
+            init_s = 0.0
+        reap_strays()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.write(w_err, f"cannot start the run: {exc}\n".encode())
+            pid = None
+        if pid == 0:
+            run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_out, w_err, w_res)
+        for fd in (input_fd, w_out, w_err, w_res):
+            os.close(fd)
+        if pid is None:
+            send(status=1 << 8, utime=0.0, stime=0.0, maxrss=0)
+            continue
+        send(pid=pid)
+        _, status, usage = os.wait4(pid, 0)
+        reap_strays()
+        send(status=status, utime=usage.ru_utime, stime=usage.ru_stime, maxrss=usage.ru_maxrss)
+
+
+def run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_out, w_err, w_res):
+    """A run's process, forked from the zygote: the state right after main's import, its own
+    descriptors, environment, context and AI channel; no way to the zygote's channel."""
+    sock.close()
+    os.close(devnull)
+    prctl(PR_SET_DUMPABLE, 1)  # an ordinary process, as a run forked from the runner
+    output_to(w_out, w_err)
+    os.dup2(input_fd, 0)
+    os.close(input_fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding=sys.stdin.encoding,
+                                 errors=sys.stdin.errors)
+    os.environ.update(user_env(spec))
+    context = spec.get("context")
+    if init_s and isinstance(context, dict) and isinstance(context.get("deadline"), (int, float)):
+        context["deadline"] += init_s  # the init was not part of the run's own time
+    flush_and_exit(run_user_code(code_dir, libs, spec, w_res, module=module))
 
 
 def parse_arguments(argv):
-    code_dir, scrub_dirs, ipc = None, [], False
+    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = None, [], False, [], None, []
     arguments = iter(argv)
     for argument in arguments:
         if argument == "--scrub":
             scrub_dirs.append(next(arguments))
         elif argument == "--scrub-ipc":
             ipc = True
+        elif argument == "--lib":
+            libs.append(next(arguments))
+        elif argument.startswith("--lib="):
+            libs.append(argument.removeprefix("--lib="))
+        elif argument == "--zygote":
+            zygote_fd = int(next(arguments))
+        elif argument.startswith("--enosys="):
+            enosys = [name for name in argument.removeprefix("--enosys=").split(",") if name]
         elif code_dir is None:
             code_dir = argument
         else:
             raise SystemExit(f"runner: unexpected argument {argument!r}")
     if code_dir is None:
-        raise SystemExit("usage: runner.py CODE_DIR [--scrub DIR]... [--scrub-ipc]")
-    return code_dir, scrub_dirs, ipc
+        raise SystemExit("usage: runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc]")
+    return code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys
 
 
 def main():
     prctl(PR_SET_DUMPABLE, 0)
+    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = parse_arguments(sys.argv[1:])
+    if zygote_fd is not None:
+        return zygote_main(zygote_fd, code_dir, libs, enosys)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    code_dir, scrub_dirs, ipc = parse_arguments(sys.argv[1:])
     unlisted = []  # the IPC calls whose objects this runner could not find again to remove them
     if ipc:
         if os.path.isdir("/dev/mqueue"):
@@ -733,6 +1182,7 @@ def main():
     except (ImportError, OSError):
         _filter.append(None)
     ipc_verifiable = not unlisted or filter_works()
+    zygote_args = [f"--enosys={','.join(unlisted)}"]
     out_fd = os.dup(1)
     control_fd = 0
     # Everything loaded so far stays out of the collector's way: a collection in a run's process
@@ -747,7 +1197,8 @@ def main():
         if request is None:
             return 0
         try:
-            clean = run_once(code_dir, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable)
+            clean, retire = run_once(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable,
+                                     zygote_args)
         except Stop as exc:
             print(f"runner: {exc}; the run was killed", file=sys.stderr, flush=True)
             return 3
@@ -755,6 +1206,10 @@ def main():
             print("runner: the run left something that could not be removed; not serving again",
                   file=sys.stderr, flush=True)
             return 4
+        if retire:
+            print("runner: the function's init failed, or its zygote is gone or broke the protocol; not serving "
+                  "again", file=sys.stderr, flush=True)
+            return 5
 
 
 if __name__ == "__main__":
