@@ -348,6 +348,12 @@ class DockerSandbox:
             return set()
         return self._pool.code_dirs()
 
+    def layer_dirs_in_use(self) -> set[Path]:
+        """The layer directories this process's containers mount (the layer cache keeps them)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            return set()
+        return self._pool.layer_dirs()
+
     def ping(self) -> None:
         try:
             self.client.ping()

@@ -274,6 +274,12 @@ class WarmPool:
         with self._lock:
             return {s.code_dir for s in self._busy} | {s.code_dir for slots in self._idle.values() for s in slots}
 
+    def layer_dirs(self) -> set[Path]:
+        """The layer directories mounted by this pool's containers (the host's cache keeps them)."""
+        with self._lock:
+            slots = [*self._busy, *(s for slots in self._idle.values() for s in slots)]
+            return {Path(s.key.layer_dir) for s in slots if s.key.layer_dir}
+
     def close(self, timeout_s: float = 30) -> None:
         """Remove every idle container (in parallel); runs in progress remove theirs when they end."""
         with self._lock:
