@@ -194,3 +194,28 @@ def test_on_the_production_stack_the_layer_is_stored_in_s3_and_fetched_by_the_wo
         assert s3.list_objects_v2(Bucket=stack.settings.s3_code_bucket, Prefix="layers/").get("KeyCount") == 0
     finally:
         stack.stop()
+
+
+HEAVY_INIT = '''
+import time
+time.sleep(1.5)
+blob = bytearray(50 * 2**20)
+calls = 0
+
+def handler(event, context):
+    global calls
+    calls += 1
+    return {"calls": calls, "blob_mib": len(blob) >> 20}
+'''
+
+
+def test_a_heavy_module_is_imported_once_per_warm_sandbox_and_every_run_starts_from_its_clean_state(public):
+    doc = create(public, "heavy-init", HEAVY_INIT, "")
+    assert doc["build"] is None and doc["init"] == "once"
+    jobs = [run(public, doc["function_id"]).json() for _ in range(6)]
+    assert all(job["status"] == "SUCCESS" and job["result"] == {"calls": 1, "blob_mib": 50} for job in jobs), jobs
+    # The import (1.5 s) is paid once per sandbox: each of the worker's two pool processes keeps
+    # its own warm sandboxes, so at most two runs are first runs; every other is well under 0.3 s.
+    first_runs = [job["duration_ms"] for job in jobs if job["duration_ms"] >= 1500]
+    warm_runs = [job["duration_ms"] for job in jobs if job["duration_ms"] < 1500]
+    assert 1 <= len(first_runs) <= 2 and all(ms < 300 for ms in warm_runs), [job["duration_ms"] for job in jobs]
