@@ -36,12 +36,13 @@ RUNNER_STDERR_KEEP = 64 * 1024
 EXIT_WAIT_S = 10
 
 
-def _rlimits(limits: Limits) -> list[tuple[int, int]]:
-    """(resource, value) pairs, lowered to this process's hard limits so setrlimit cannot fail."""
+def _rlimits(limits: Limits, init_s: float = 0) -> list[tuple[int, int]]:
+    """(resource, value) pairs, lowered to this process's hard limits so setrlimit cannot fail.
+    init_s: the init's own time (init once: the one run also imports main.py, in its zygote)."""
     wanted = [
         (resource.RLIMIT_AS, limits.memory_mb * MiB),
         # A backstop only: the wall-clock deadline normally ends the run first.
-        (resource.RLIMIT_CPU, math.ceil(limits.timeout_s + limits.init_timeout_s) + 1),
+        (resource.RLIMIT_CPU, math.ceil(limits.timeout_s + init_s) + 1),
         (resource.RLIMIT_NOFILE, limits.open_files),
         (resource.RLIMIT_FSIZE, limits.file_size_mb * MiB),
         (resource.RLIMIT_CORE, 0),
@@ -139,12 +140,13 @@ class ProcessSandbox:
             started = time.monotonic()
             nonce = new_nonce()
             layer = ["--lib", str(spec.layer_dir)] if spec.layer_dir is not None else []
+            init_s = limits.init_timeout_s if spec.inits_once else 0
             process = subprocess.Popen(
                 [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), *layer,
                  "--scrub", scratch],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=scratch, env=environment, start_new_session=True,
-                preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits)),
+                preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits, init_s)),
             )
             run = _Run(process)
             with self._lock:

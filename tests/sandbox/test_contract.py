@@ -110,8 +110,21 @@ class DockerBackend(Backend):
         return found
 
 
-# Run in a container: its processes but PID 1 (the runner) and the listing itself.
-LIST_PROCESSES = "import os; print(*(p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())))"
+# Run in a container: its processes but PID 1 (the runner), the runner's zygote (init once: the one
+# child of PID 1 started as `runner.py --zygote`, which stays between runs) and the listing itself.
+LIST_PROCESSES = """
+import os
+def zygote(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()
+        command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[1] == b"1" and b"--zygote" in command
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
+zygotes = [pid for pid in pids if zygote(pid)]
+print(*(pid for pid in pids if pid not in zygotes[:1]))
+"""
 
 
 # The Docker backend under each OCI runtime, as the rest of the Docker sandbox's tests (support.runtimes).
