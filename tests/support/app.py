@@ -17,8 +17,9 @@ def bearer(key: str) -> dict[str, str]:
 
 class Sent(NamedTuple):
     task: str
-    job_id: str  # the message's first argument
+    job_id: str  # the message's first argument (a build's: the layer's sha256)
     countdown_s: float
+    queue: str | None = None  # None: the task queue
 
 
 class RecordingBroker:
@@ -30,9 +31,9 @@ class RecordingBroker:
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
 
-    def send(self, task: str, args: list, countdown_s: float = 0) -> None:
+    def send(self, task: str, args: list, countdown_s: float = 0, queue: str | None = None) -> None:
         with self._lock:
-            self.sent.append(Sent(task, args[0], countdown_s))
+            self.sent.append(Sent(task, args[0], countdown_s, queue))
 
     def job_ids(self, task: str | None = None) -> list[str]:
         """The job ids of the messages sent (of task only, when given), in order."""
