@@ -3,6 +3,7 @@
     nanogrid bench                 (or: python bench/run.py)
     nanogrid bench --quick         (shorter phases, for a smoke test; not for the README)
     nanogrid bench --json out.json (the raw numbers too)
+    nanogrid bench --only-layers   (the warm runs and the dependency layer rows alone)
 
 It starts `nanogrid dev --sandbox docker` (embedded Redis as broker and job store, the Docker
 sandbox with warm containers) and measures, each against a floor taken on the same machine
@@ -13,6 +14,11 @@ moments before:
 - warm runs: sequential synchronous runs through HTTP, p50/p95/p99, against a bare Celery no-op
   task round trip on the same broker and the same worker (Celery's built-in celery.accumulate), and
   against `docker exec <running container> python3 -c pass`;
+- dependency layers, on the same stack right after the warm runs: the first build of a numpy layer
+  (wall time from the POST to the build being ready, with the builder's own build_s and the
+  layer's size; a figure, no target), then warm runs of a function that imports numpy, p50 against
+  the warm no-op's p50 of the same run (left out, with a message, when the index is unreachable;
+  pip gets the host's CA bundle as NANOGRID_PIP_CERT: $PIP_CERT or $SSL_CERT_FILE by default);
 - throughput: warm runs per second at concurrency 1, 8 and 32 (30 s each), with the error count
   and the CPU per run of each process, against bare Celery no-ops per second at concurrency 32
   through the same broker and worker;
@@ -27,10 +33,10 @@ moments before:
   cgroup, gVisor's kernel included).
 
 Targets (ratios within one run; reported, never asserted): warm p50 <= 2x and p99 <= 3x the
-Celery round trip's, on SQS p50 <= 1.3x; cold p50 <= 0.3x bare docker run --network none; at
-concurrency 32 >= 0.4x the bare Celery throughput with zero errors; memory growth <= 10 % over
-5,000 runs. The whole run takes about nine minutes (five without the runtime comparison:
---runtimes none).
+Celery round trip's, on SQS p50 <= 1.3x; the numpy-importing function's warm p50 <= 1.2x the
+warm no-op's; cold p50 <= 0.3x bare docker run --network none; at concurrency 32 >= 0.4x the bare
+Celery throughput with zero errors; memory growth <= 10 % over 5,000 runs. The whole run takes
+about nine minutes plus numpy's build (five without the runtime comparison: --runtimes none).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -72,9 +79,25 @@ def handler(event, context):
         print(repr(time.time()), flush=True)
         time.sleep(0.02)
 """
+# A function with a dependency layer: numpy imported once per container (init), used in each run.
+NUMPY_HANDLER = "import numpy\n\ndef handler(event, context):\n    return {\"n\": int(numpy.add(event[\"n\"], 1))}\n"
+# Plain numpy: every bench run has a fresh data directory, whose code store keeps the layers, and pip runs
+# without a cache (nanogrid/pip.py), so its layer is really built, downloaded and unpacked each time.
+NUMPY_REQUIREMENTS = "numpy\n"
+PUBLIC_INDEX = "https://pypi.org/simple/"
+BUILD_WAIT_S = 900  # how long the benchmark waits for that build (the builder's own limit: NANOGRID_BUILD_TIMEOUT_S)
 RUNTIMES = ("runc", "crun", "runsc")
+
+
+def pip_cert() -> str:
+    """The CA bundle the builder's pip checks the index with: pip runs with NanoGrid's settings
+    only, so the host's own (PIP_CERT, SSL_CERT_FILE) is handed over as NANOGRID_PIP_CERT."""
+    return (os.environ.get("NANOGRID_PIP_CERT") or os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+            or "/etc/ssl/certs/ca-certificates.crt")
+
+
 # Never limit the benchmark's own client: the API's default rate limit is per client address.
-STACK_ENV = {"NANOGRID_RATE_LIMIT": "off"}
+STACK_ENV = {"NANOGRID_RATE_LIMIT": "off", "NANOGRID_PIP_CERT": pip_cert()}
 
 
 # -- numbers ------------------------------------------------------------------------------------
@@ -306,9 +329,19 @@ class Client:
         self._connection: http.client.HTTPConnection | None = None
 
     def deploy(self, name: str, code: str) -> str:
-        response = self.session.post(f"{self.url}/functions", json={"name": name, "code": code}, timeout=60)
+        return self.create(name, code)["function_id"]
+
+    def create(self, name: str, code: str, requirements: str | None = None) -> dict:
+        """POST /functions: the new function's document (with "build" when it has requirements)."""
+        body = {"name": name, "code": code, **({"requirements": requirements} if requirements is not None else {})}
+        response = self.session.post(f"{self.url}/functions", json=body, timeout=60)
         response.raise_for_status()
-        return response.json()["function_id"]
+        return response.json()
+
+    def build(self, function_id: str) -> dict:
+        response = self.session.get(f"{self.url}/functions/{function_id}/build", timeout=30)
+        response.raise_for_status()
+        return response.json()
 
     def update(self, function_id: str, code: str) -> int:
         response = self.session.put(f"{self.url}/functions/{function_id}", json={"code": code}, timeout=60)
@@ -370,6 +403,60 @@ def wait_ready(client: Client, function_id: str, timeout_s: float = 120) -> None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def index_unreachable() -> str | None:
+    """Why the builder's pip cannot reach the public index, if it cannot (None: it can, or the
+    installation has an index of its own, whose failure shows as a failed build)."""
+    if os.environ.get("NANOGRID_PIP_INDEX_URL") or os.environ.get("NANOGRID_PIP_NO_INDEX", "").lower() in (
+            "1", "true", "yes", "on"):
+        return None
+    cert = STACK_ENV["NANOGRID_PIP_CERT"]
+    try:
+        context = ssl.create_default_context(cafile=cert)
+        urllib.request.urlopen(urllib.request.Request(PUBLIC_INDEX + "numpy/", method="HEAD"), timeout=15,
+                               context=context).close()
+    except (OSError, ValueError) as exc:  # ssl.SSLError and urllib's errors are OSErrors
+        return f"the public index ({PUBLIC_INDEX}) cannot be reached with the CA bundle {cert} ({exc})"
+    return None
+
+
+def measure_layers(client: Client, results: dict, count: int) -> None:
+    """The first build of a numpy layer: from the POST to the build being ready (polled every
+    0.1 s), with the builder's own build_s and the layer's size; then `count` warm sequential runs
+    of a function that imports numpy. Without numpy (no index, a failed build) the rows are left
+    out with a message, and the rest of the benchmark goes on."""
+    unreachable = index_unreachable()
+    if unreachable:
+        say(f"leaving out the numpy rows: {unreachable}")
+        return
+    say("first build of numpy (a dependency layer), POST to ready ...")
+    started = time.perf_counter()
+    created = client.create("bench-numpy", NUMPY_HANDLER, NUMPY_REQUIREMENTS)
+    function_id, deadline = created["function_id"], time.monotonic() + BUILD_WAIT_S
+    while True:
+        build = client.build(function_id)
+        if build["status"] in ("ready", "failed"):
+            break
+        if time.monotonic() > deadline:
+            say(f"leaving out the numpy rows: its build was still {build['status']} after {BUILD_WAIT_S} s")
+            return
+        time.sleep(0.1)
+    wall_s = time.perf_counter() - started
+    if build["status"] == "failed":
+        tail = " | ".join((build.get("log") or "").strip().splitlines()[-3:])
+        say(f"leaving out the numpy rows: the build failed ({build.get('error')}); pip's last lines: {tail[-600:]}")
+        return
+    results["numpy_build"] = {"wall_s": wall_s, "build_s": build.get("build_s"), "size_bytes": build.get("size_bytes"),
+                              "layer_sha256": build["layer_sha256"],
+                              # ready at the POST: the layer was there already, nothing was built
+                              "fresh": (created.get("build") or {}).get("status") != "ready"}
+    say("warm runs of the numpy-importing function ...")
+    try:
+        results["numpy_build"]["first_run_ms"] = timed(lambda: client.run(function_id), 1)[0]
+        results["numpy_warm"] = timed(lambda: client.run(function_id), count, warmup=20)
+    except RuntimeError as exc:
+        say(f"leaving out the numpy warm row: {exc}")
 
 
 def celery_round_trips(operator_env: dict, count: int) -> list[float]:
@@ -599,10 +686,21 @@ def measure(args) -> dict:
     seconds = 5 if quick else args.seconds
     if quick:
         args.memory_runs = min(args.memory_runs, 500)
+    warm_runs = 200 if quick else 1000
     image = Settings.from_env().runtime_image
     results: dict = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                      "machine": machine(), "worker_concurrency": args.worker_concurrency,
                      "throughput_seconds": seconds}
+    if args.only_layers:
+        with tempfile.TemporaryDirectory(prefix="nanogrid-bench-") as tmp:
+            say("starting nanogrid dev --sandbox docker ...")
+            with dev_stack(Path(tmp), args.worker_concurrency) as stack:
+                client = Client(stack["url"])
+                say("warm runs ...")
+                warm_id = client.deploy("bench-warm", HANDLER)
+                results["warm"] = timed(lambda: client.run(warm_id), warm_runs, warmup=20)
+                measure_layers(client, results, warm_runs)
+        return results
     with tempfile.TemporaryDirectory(prefix="nanogrid-bench-") as tmp:
         workdir = Path(tmp)
         say("floor: bare docker run / docker exec ...")
@@ -625,7 +723,8 @@ def measure(args) -> dict:
             results["cold"] = cold
             say("warm runs ...")
             warm_id = client.deploy("bench-warm", HANDLER)
-            results["warm"] = timed(lambda: client.run(warm_id), 200 if quick else 1000, warmup=20)
+            results["warm"] = timed(lambda: client.run(warm_id), warm_runs, warmup=20)
+            measure_layers(client, results, warm_runs)
             say("streaming latency ...")
             streamer_id = client.deploy("bench-streamer", STREAMER)
             streaming_latencies(stack["url"], streamer_id, 10)  # a warm container for it
@@ -714,28 +813,47 @@ def table(results: dict) -> str:
     def verdict(ok: bool, detail: str) -> str:
         return f"{'PASS' if ok else 'MISS'} ({detail})"
 
-    floor_run, floor_exec, celery = p50("docker_run"), p50("docker_exec"), p50("celery")
-    row("bare `docker run --rm <image> python3 -c pass`", f"p50 {floor_run:.0f} ms")
-    row("the same with `--network none`", f"p50 {p50('docker_run_none'):.0f} ms")
-    row("bare `docker exec <running> python3 -c pass`", f"p50 {floor_exec:.1f} ms")
-    celery_p99 = percentile(results["celery"], .99)
-    row("bare Celery no-op round trip (Redis)", f"p50 {celery:.1f}, p95 {percentile(results['celery'], .95):.1f}, "
-                                                f"p99 {celery_p99:.1f} ms")
+    # --only-layers: the warm runs and the layer rows alone, the other phases' rows left out.
+    full = "celery" in results
+    if full:
+        floor_run, floor_exec, celery = p50("docker_run"), p50("docker_exec"), p50("celery")
+        row("bare `docker run --rm <image> python3 -c pass`", f"p50 {floor_run:.0f} ms")
+        row("the same with `--network none`", f"p50 {p50('docker_run_none'):.0f} ms")
+        row("bare `docker exec <running> python3 -c pass`", f"p50 {floor_exec:.1f} ms")
+        celery_p99 = percentile(results["celery"], .99)
+        row("bare Celery no-op round trip (Redis)", f"p50 {celery:.1f}, p95 {percentile(results['celery'], .95):.1f}, "
+                                                    f"p99 {celery_p99:.1f} ms")
     bare_throughput = results.get("celery_throughput")
     if bare_throughput:
         row(f"bare Celery no-op throughput, concurrency 32 ({bare_throughput['seconds']:.0f} s)",
             f"{bare_throughput['per_s']:.1f} /s, {bare_throughput['errors']} errors")
-    cold, floor_none = results["cold"], p50("docker_run_none")
-    row("cold run, new version (HTTP)", f"p50 {p50('cold'):.0f} ms, p95 {percentile(cold, .95):.0f} ms",
-        f"{p50('cold') / floor_none:.2f}x docker run --network none ({p50('cold') / floor_run:.2f}x without)",
-        verdict(p50("cold") <= 0.3 * floor_none, "<= 0.3x docker run --network none"))
+    if full:
+        cold, floor_none = results["cold"], p50("docker_run_none")
+        row("cold run, new version (HTTP)", f"p50 {p50('cold'):.0f} ms, p95 {percentile(cold, .95):.0f} ms",
+            f"{p50('cold') / floor_none:.2f}x docker run --network none ({p50('cold') / floor_run:.2f}x without)",
+            verdict(p50("cold") <= 0.3 * floor_none, "<= 0.3x docker run --network none"))
     warm = results["warm"]
     warm_p99 = percentile(warm, .99)
+    warm_compared = warm_target = ""
+    if full:
+        warm_compared = (f"p50 {p50('warm') / celery:.2f}x, p99 {warm_p99 / celery_p99:.2f}x Celery's; "
+                         f"{p50('warm') / floor_exec:.2f}x docker exec")
+        warm_target = verdict(p50("warm") <= 2 * celery and warm_p99 <= 3 * celery_p99, "p50 <= 2x, p99 <= 3x Celery's")
     row("warm sync run (HTTP)", f"p50 {p50('warm'):.1f}, p95 {percentile(warm, .95):.1f}, p99 {warm_p99:.1f} ms",
-        f"p50 {p50('warm') / celery:.2f}x, p99 {warm_p99 / celery_p99:.2f}x Celery's; "
-        f"{p50('warm') / floor_exec:.2f}x docker exec",
-        verdict(p50("warm") <= 2 * celery and warm_p99 <= 3 * celery_p99, "p50 <= 2x, p99 <= 3x Celery's"))
-    for entry in results["throughput"]:
+        warm_compared, warm_target)
+    if "numpy_build" in results:
+        built = results["numpy_build"]
+        builder = f" (builder's build_s {built['build_s']:.1f} s)" if built.get("build_s") is not None else ""
+        size = f", layer {built['size_bytes'] / 2**20:.1f} MiB" if built.get("size_bytes") is not None else ""
+        row("first build of numpy (POST to build ready)", f"{built['wall_s']:.1f} s{builder}{size}",
+            "" if built.get("fresh", True) else "the layer existed already: nothing was built", "figure, no target")
+    if "numpy_warm" in results:
+        numpy_warm = results["numpy_warm"]
+        numpy_p50, ratio = p50("numpy_warm"), p50("numpy_warm") / p50("warm")
+        row("warm p50, numpy-importing function (HTTP)",
+            f"p50 {numpy_p50:.1f}, p99 {percentile(numpy_warm, .99):.1f} ms ({len(numpy_warm)} runs)",
+            f"{ratio:.2f}x the warm no-op's p50", verdict(ratio <= 1.2, "<= 1.2x the warm no-op's"))
+    for entry in results.get("throughput", []):
         concurrency, target, compared = entry["concurrency"], "", ""
         if concurrency == 32 and not bare_throughput:
             target = "no bare Celery throughput in this run"
@@ -746,7 +864,7 @@ def table(results: dict) -> str:
         row(f"throughput, concurrency {concurrency} ({entry['seconds']:.0f} s)",
             f"{entry['per_s']:.1f} runs/s, {entry['errors']} errors",
             f"{compared}latency p50 {entry['p50']:.1f}, p99 {entry['p99']:.1f} ms", target)
-    cpu = results["throughput"][-1].get("cpu_ms_per_run")
+    cpu = results["throughput"][-1].get("cpu_ms_per_run") if results.get("throughput") else None
     if cpu:
         names = ("api", "worker", "redis", "runners", *(("gvisor",) if cpu.get("gvisor", 0) >= 0.05 else ()), "docker",
                  "client")
@@ -754,8 +872,8 @@ def table(results: dict) -> str:
         parts = ", ".join(f"{name} {cpu[name]:.1f}" for name in names)
         row("CPU per run at concurrency 32 (ms)", f"{ours:.1f} (machine {cpu['machine']:.1f})",
             f"{parts}; the rest: kernel, other load", f"2 cores: at most ~{2000 / cpu['machine']:.0f} runs/s")
-    before, after = results["memory_before"], results["memory_after"]
-    for part in ("api", "worker"):
+    before, after = results.get("memory_before"), results.get("memory_after")
+    for part in ("api", "worker") if before and after else ():
         growth = (after[part] - before[part]) / before[part] * 100 if before[part] else float("nan")
         start = results.get("memory_start", {}).get(part)
         row(f"{'API (gunicorn)' if part == 'api' else 'worker (celery)'} RSS, {after['runs']} runs",
@@ -775,12 +893,13 @@ def table(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows + [("metric", "measured", "ratio (same run)", "target")]) for i in range(4)]
     header = ("metric", "measured", "ratio (same run)", "target")
     lines = [f"NanoGrid benchmark, {results['date']}", f"machine: {results['machine']}",
-             f"worker concurrency {results['worker_concurrency']} (prefork), throughput phases "
-             f"{results['throughput_seconds']:g} s each", ""]
+             f"worker concurrency {results['worker_concurrency']} (prefork), " + (
+                 f"throughput phases {results['throughput_seconds']:g} s each" if full else
+                 "only the warm runs and the dependency layer rows (--only-layers)"), ""]
     lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    errors = [e for e in results["throughput"] if e["first_error"]]
+    errors = [e for e in results.get("throughput", []) if e["first_error"]]
     if errors:
         lines.append("")
         lines += [f"first error at concurrency {e['concurrency']}: {e['first_error']}" for e in errors]
@@ -829,13 +948,17 @@ def main(argv: list[str] | None = None) -> int:
                              "the comparison out")
     parser.add_argument("--runtime-seconds", type=float, default=15,
                         help="length of each runtime's throughput phase (default 15)")
+    parser.add_argument("--only-layers", action="store_true",
+                        help="only the dependency layer rows (numpy's first build, warm runs importing it) and the "
+                             "warm no-op runs they are compared to")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
     args = parser.parse_args(argv)
     if args.render:
         print(table(json.loads(args.render.read_text())))
         return 0
-    args.runtimes = [] if args.runtimes == "none" else [name.strip() for name in args.runtimes.split(",")]
+    args.runtimes = ([] if args.runtimes == "none" or args.only_layers
+                     else [name.strip() for name in args.runtimes.split(",")])
     unknown = sorted(set(args.runtimes) - set(RUNTIMES))
     if unknown:
         parser.error(f"unknown runtimes {', '.join(unknown)}: expected some of {', '.join(RUNTIMES)}")
