@@ -274,8 +274,14 @@ class Settings:
     pip_extra_index_url: str = _setting("NANOGRID_PIP_EXTRA_INDEX_URL", "", repr=False)
     pip_find_links: str = _setting("NANOGRID_PIP_FIND_LINKS", "")
     pip_cert: str = _setting("NANOGRID_PIP_CERT", "")
+    # Hosts whose plain-HTTP index pip may use (it refuses any but localhost otherwise).
+    pip_trusted_host: str = _setting("NANOGRID_PIP_TRUSTED_HOST", "")
     pip_no_index: bool = _setting("NANOGRID_PIP_NO_INDEX", False)
     build_timeout_s: float = _setting("NANOGRID_BUILD_TIMEOUT_S", 600.0, **_POSITIVE)
+    # 1: a package with no wheel is built from its source distribution, in a throwaway container
+    # of the runtime image on this Docker network (nanogrid/sandbox/source_build.py); 0: it fails.
+    build_from_source: bool = _setting("NANOGRID_BUILD_FROM_SOURCE", False)
+    build_network: str = _setting("NANOGRID_BUILD_NETWORK", "bridge")
     # A layer's installed size and file count; a build past either fails.
     layer_max_mb: int = _setting("NANOGRID_LAYER_MAX_MB", 1024, **_AT_LEAST_1)
     layer_max_files: int = _setting("NANOGRID_LAYER_MAX_FILES", 50_000, **_AT_LEAST_1)

@@ -12,6 +12,7 @@ every user of the host in /proc), and removed from everything pip prints before 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -57,10 +58,21 @@ class Pip:
         self.settings = settings
         self.secrets = [url for url in (settings.pip_index_url, settings.pip_extra_index_url) if "@" in url]
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, find_links: Sequence[Path] = ()) -> dict[str, str]:
+        """pip's whole environment on the host: the index settings and nothing of the host's pip."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-               "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-               "PIP_NO_INPUT": "1", "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+               "LANG": "C.UTF-8", **self.index_environment()}
+        links = " ".join([*(str(path) for path in find_links), *filter(None, [self.settings.pip_find_links])])
+        if links:
+            env["PIP_FIND_LINKS"] = links
+        if self.settings.pip_cert:
+            env["PIP_CERT"] = self.settings.pip_cert
+        return env
+
+    def index_environment(self) -> dict[str, str]:
+        """The options that choose the index, as pip's variables (a source build's container gets these)."""
+        env = {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+               "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         s = self.settings
         if s.pip_no_index:
             env["PIP_NO_INDEX"] = "1"
@@ -68,16 +80,16 @@ class Pip:
             env["PIP_INDEX_URL"] = s.pip_index_url
         if s.pip_extra_index_url:
             env["PIP_EXTRA_INDEX_URL"] = s.pip_extra_index_url
-        if s.pip_find_links:
-            env["PIP_FIND_LINKS"] = s.pip_find_links
-        if s.pip_cert:
-            env["PIP_CERT"] = s.pip_cert
+        if s.pip_trusted_host:
+            env["PIP_TRUSTED_HOST"] = s.pip_trusted_host
         return env
 
-    def install(self, requirements_file: Path, target_dir: Path, target: Target, timeout_s: float) -> Installed:
+    def install(self, requirements_file: Path, target_dir: Path, target: Target, timeout_s: float,
+                find_links: Sequence[Path] = ()) -> Installed:
+        """Wheels only, for target, into target_dir; find_links: folders of wheels to look in too."""
         command = [sys.executable, "-m", "pip", "install", "--no-compile", "--no-warn-script-location",
                    *PROGRESS_OFF, "--target", str(target_dir), *target.options(), "-r", str(requirements_file)]
-        code, log, timed_out = self._run(command, timeout_s)
+        code, log, timed_out = self._run(command, timeout_s, self.environment(find_links))
         match = NO_MATCH.search(log)
         return Installed(code == 0 and not timed_out, log, timed_out, match.group(1) if match else None)
 
@@ -85,7 +97,8 @@ class Pip:
         """Whether the index has any release of the requirement's project, in any format (a
         project whose releases are all source distributions has some, but no wheel)."""
         name = re.split(r"[\s<>=!~;\[(@]", requirement, maxsplit=1)[0]
-        code, log, _ = self._run([sys.executable, "-m", "pip", "index", "versions", name], timeout_s)
+        code, log, _ = self._run([sys.executable, "-m", "pip", "index", "versions", name], timeout_s,
+                                 self.environment())
         return code == 0 and "Available versions:" in log
 
     def redact(self, text: str) -> str:
@@ -97,14 +110,22 @@ class Pip:
                 text = text.replace(f"{user}:****@", "****@").replace(f"{user}@", "****@")
         return text
 
-    def _run(self, command: list[str], timeout_s: float) -> tuple[int | None, str, bool]:
+    def _run(self, command: list[str], timeout_s: float, env: dict[str, str]) -> tuple[int | None, str, bool]:
         try:
-            done = subprocess.run(command, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             output = (exc.output or b"").decode("utf-8", "replace")
             return None, self.redact(output + f"\nthe build took longer than {timeout_s:g} s and was stopped\n"), True
         return done.returncode, self.redact(done.stdout.decode("utf-8", "replace")), False
+
+
+def package_dir() -> Path:
+    """The folder of the pip package this interpreter runs (mounted into a source build's container)."""
+    spec = importlib.util.find_spec("pip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip is not installed for this interpreter")
+    return Path(spec.submodule_search_locations[0])
 
 
 def _redacted(url: str) -> str:

@@ -76,6 +76,30 @@ def mirror(processes, tmp_path_factory, redis_url, runtime_image, index):
     stack.stop()
 
 
+def bridge_address() -> str:
+    """The host's address on Docker's bridge network: where a build's container finds the index."""
+    import docker
+
+    return docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+
+
+@pytest.fixture(scope="module")
+def source(processes, tmp_path_factory, redis_url, runtime_image):
+    """A stack that builds source distributions (in throwaway containers), its index on the host's
+    bridge address."""
+    folder = tmp_path_factory.mktemp("index-bridge")
+    package_index.buildable_sdist(folder, "fromsrc", "1.0")
+    address = bridge_address()
+    with package_index.serving(folder, address) as served:
+        workdir = tmp_path_factory.mktemp("layers-source")
+        stack = Stack.on_redis(processes, workdir, redis_url, db=9, env={
+            **sandbox_env(runtime_image, workdir), "NANOGRID_PIP_INDEX_URL": served.url(),
+            "NANOGRID_PIP_TRUSTED_HOST": address, "NANOGRID_BUILD_FROM_SOURCE": "1"})
+        stack.start_builder()
+        yield stack
+        stack.stop()
+
+
 def create(stack: Stack, name: str, code: str, requirements: str) -> dict:
     response = requests.post(f"{stack.url}/functions", json={"name": name, "code": code,
                                                              "requirements": requirements}, timeout=30)
@@ -142,6 +166,18 @@ def test_a_package_with_only_a_source_distribution_fails_with_the_message_that_s
     assert build["status"] == "failed", build
     assert "sdistonly has no wheel for the runtime" in build["error"], build
     assert "only source distributions" in build["error"] and "building from source is not enabled" in build["error"]
+
+
+def test_opted_in_a_source_distribution_is_built_in_a_throwaway_container_as_the_sandbox_user(source):
+    doc = create(source, "from-source", "import fromsrc\n\ndef handler(event, context):\n    return fromsrc.VALUE\n",
+                 "fromsrc\n")
+    build = built(source, doc["function_id"])
+    assert build["status"] == "ready", build["log"]
+    assert "fromsrc has no wheel for the runtime: building from source in a container" in build["log"], build["log"]
+    job = run(source, doc["function_id"]).json()
+    # Its build code ran as the sandbox's user (65534) in the container, not as the builder (root).
+    assert job["status"] == "SUCCESS" and job["result"] == "built by uid 65534", job
+    assert package_index.PASSWORD not in build["log"] + source.log("builder")
 
 
 def test_a_layer_past_the_size_bound_fails_its_build(mirror, index):

@@ -59,20 +59,65 @@ def sdist(folder: Path, name: str, version: str) -> Path:
     return path
 
 
+BACKEND = """
+import os, zipfile, base64, hashlib
+
+def _digest(data):
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # Says where it was built: the uid of the process that ran this build code.
+    files = {"{module}/__init__.py": ('VALUE = "built by uid %d"\\n' % os.getuid()).encode(),
+             "{module}-{version}.dist-info/METADATA": b"Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n",
+             "{module}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+    record = "".join("%s,sha256=%s,%d\\n" % (p, _digest(d), len(d)) for p, d in files.items())
+    files["{module}-{version}.dist-info/RECORD"] = (record + "{module}-{version}.dist-info/RECORD,,\\n").encode()
+    name = "{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return name
+
+def build_sdist(sdist_directory, config_settings=None):
+    raise NotImplementedError
+"""
+
+
+def buildable_sdist(folder: Path, name: str, version: str) -> Path:
+    """A source distribution whose in-tree build backend (no build requirements) makes a wheel
+    whose VALUE names the uid that built it: where the build code ran."""
+    module = name.replace("-", "_")
+    root = f"{module}-{version}"
+    backend = BACKEND.replace("{module}", module).replace("{version}", version).replace("{name}", name)
+    members = {
+        f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{root}/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        f"{root}/backend.py": backend,
+    }
+    path = folder / f"{root}.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for member, text in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
 def _digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 class PackageIndex:
-    def __init__(self, folder: Path, port: int):
+    def __init__(self, folder: Path, port: int, address: str = "127.0.0.1"):
         self.folder = folder
         self.port = port
+        self.address = address
         self.requests: list[str] = []  # the paths asked for, in order
         self.refused = 0  # requests without the credentials
 
     def url(self, with_credentials: bool = True) -> str:
         auth = f"{USER}:{PASSWORD}@" if with_credentials else ""
-        return f"http://{auth}127.0.0.1:{self.port}/simple/"
+        return f"http://{auth}{self.address}:{self.port}/simple/"
 
     def projects_asked(self) -> set[str]:
         return {path.strip("/").split("/")[1] for path in self.requests
@@ -122,11 +167,12 @@ def _handler(index: PackageIndex):
 
 
 @contextlib.contextmanager
-def serving(folder: Path) -> Iterator[PackageIndex]:
-    """The index of folder's packages, on a free local port, for as long as the block lasts."""
+def serving(folder: Path, address: str = "127.0.0.1") -> Iterator[PackageIndex]:
+    """The index of folder's packages on a free port of address (the host's on Docker's bridge
+    for builds in containers), for as long as the block lasts."""
     folder.mkdir(parents=True, exist_ok=True)
-    index = PackageIndex(folder, 0)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(index))
+    index = PackageIndex(folder, 0, address)
+    server = http.server.ThreadingHTTPServer((address, 0), _handler(index))
     index.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="package-index", daemon=True)
     thread.start()
