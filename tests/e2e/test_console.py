@@ -249,3 +249,21 @@ def test_with_keys_a_wrong_key_is_refused_clearly_and_the_right_one_signs_in(pag
     page.goto(keyed_stack.url + "/console#/jobs")
     page.wait_for_selector("#api-key")  # signed out: the history is not shown
     only_the_api(page, keyed_stack.url)
+
+
+def test_requirements_are_declared_in_the_editor_and_the_function_page_shows_its_build(page, open_stack):
+    page.goto(open_stack.url + "/console#/functions/new")
+    page.wait_for_selector("#requirements")
+    page.fill("#name", "with-deps")
+    page.fill("#requirements", "-e git+https://example.com/x.git")
+    page.click("button[type=submit]")
+    page.wait_for_selector("[role=alert]:has-text('pip options (-e) are not accepted')")  # the API's 400, as text
+    page.fill("#requirements", "Six>=1\n")
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:text-is('with-deps')")
+    facts = page.inner_text(".facts")
+    assert "six>=1" in facts and "init\nonce" in facts, facts
+    assert page.inner_text("#build-status").split()[0] in ("pending", "building", "ready", "failed")
+    page.click("summary:text-is('Build log')")
+    page.wait_for_selector("#build-log:not(:empty)")
+    only_the_api(page, open_stack.url)

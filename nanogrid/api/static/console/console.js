@@ -286,6 +286,8 @@ async function newFunctionPage() {
     event.preventDefault();
     code.setRangeText("    ", code.selectionStart, code.selectionEnd, "end");
   });
+  const requirements = el("textarea", { id: "requirements", rows: 3, cols: 80, spellcheck: "false",
+    placeholder: "numpy>=2" });
   const file = el("input", { id: "file", type: "file", accept: ".py,.zip" });
   const message = el("div");
   const form = el("form", { class: "card", onsubmit: async (event) => {
@@ -295,6 +297,7 @@ async function newFunctionPage() {
     const chosen = {};
     if (values.handler) chosen.handler = values.handler;
     for (const name of ["timeout_s", "memory_mb"]) if (values[name]) chosen[name] = Number(values[name]);
+    if (requirements.value.trim()) chosen.requirements = requirements.value;
     try {
       let created;
       if (file.files.length) {
@@ -319,6 +322,7 @@ async function newFunctionPage() {
   field("memory_mb", "Memory (MB)", { type: "number", min: 16, max: limits.memory_mb.ceiling },
     `default ${limits.memory_mb.default}, at most ${limits.memory_mb.ceiling}`),
   el("p", {}, el("label", { for: "code" }, "Code (main.py)")), code,
+  el("p", {}, el("label", { for: "requirements" }, "Requirements (requirements.txt, optional)")), requirements,
   el("p", {}, el("label", { for: "file" }, "…or upload a .py or .zip "), file),
   el("button", { type: "submit" }, "Create"), message);
   show(el("h1", {}, "New function"), form);
@@ -361,12 +365,26 @@ async function functionPage(functionId) {
     }
   } }, el("label", { for: "input" }, "Input (JSON)"), input, runButton, runArea);
   const limits = Object.entries(fn.limits || {}).map(([name, value]) => `${name} ${value}`).join(", ");
+  const build = fn.build ? el("span", { id: "build-status" }, statusBadge(fn.build.status),
+    fn.build.error ? ` ${fn.build.error}` : "", fn.build.size_bytes ? ` (${(fn.build.size_bytes / 2 ** 20).toFixed(1)} MiB)` : "")
+    : null;
+  const buildLog = el("pre", { id: "build-log" });
+  const buildSection = fn.build ? el("details", { ontoggle: async (event) => {
+    if (!event.target.open || buildLog.textContent) return;
+    try {
+      buildLog.textContent = (await api(`${path}/build`)).log || "(no output yet)";
+    } catch (error) {
+      buildLog.replaceChildren(problem(error));
+    }
+  } }, el("summary", {}, "Build log"), buildLog) : null;
   show(el("div", { class: "title" }, el("h1", {}, fn.name),
     link(`#/jobs?function_id=${encodeURIComponent(fn.function_id)}`, "All its jobs")),
   facts([["id", fn.function_id], ["version", fn.version], ["handler", fn.handler || "script mode"],
-    ["code sha256", fn.code_sha256], ["limits", limits],
+    ["code sha256", fn.code_sha256], ["limits", limits], ["init", fn.init],
+    ["requirements", fn.requirements ? el("pre", {}, fn.requirements) : null], ["build", build],
     ["retries", fn.retries ? json(fn.retries) : null], ["callback", fn.callback_url],
     ["created", when(fn.created_at)], ["updated", when(fn.updated_at)]]),
+  buildSection,
   el("h2", {}, "Run"), runForm,
   el("h2", {}, "Schedules"),
   table(["id", "when", "overlap", "enabled", "next run"], schedules.map((s) => [s.schedule_id,
