@@ -1,7 +1,7 @@
 # NanoGrid on AWS: the founding document's architecture in five modules.
 #
 #   network        VPC, five subnets, IGW, NAT, routes, S3/DynamoDB endpoints, security groups
-#   data           S3 buckets, DynamoDB tables, SQS queue + DLQ, ElastiCache Redis, secrets
+#   data           S3 buckets, DynamoDB tables, SQS queues (tasks, builds) + DLQs, ElastiCache Redis, secrets
 #   edge           ALB, target group, listeners, WAF
 #   compute        instance roles, controllers, AI node, worker launch template + ASG, scaling
 #   observability  alarm topic, alarms, flow logs, dashboard
@@ -28,25 +28,26 @@ module "network" {
 module "data" {
   source = "./modules/data"
 
-  name                             = var.project
-  account_id                       = local.account_id
-  code_bucket_name                 = var.code_bucket_name
-  user_data_bucket_prefix          = var.user_data_bucket_prefix
-  job_retention_days               = var.job_retention_days
-  functions_table_name             = var.functions_table_name
-  jobs_table_name                  = var.jobs_table_name
-  keys_table_name                  = var.keys_table_name
-  task_queue_name                  = var.task_queue_name
-  queue_visibility_timeout_seconds = var.queue_visibility_timeout_seconds
-  dlq_max_receive_count            = var.dlq_max_receive_count
-  redis_node_type                  = var.redis_node_type
-  redis_engine_version             = var.redis_engine_version
-  redis_subnet_ids                 = [module.network.subnet_ids["private_a"], module.network.subnet_ids["private_c"]]
-  redis_az                         = var.subnets["private_a"].az
-  redis_security_group_id          = module.network.security_group_ids["redis"]
-  gcp_credentials_secret_name      = var.gcp_credentials_secret_name
-  redis_auth_secret_name           = var.redis_auth_secret_name
-  secret_recovery_window_days      = var.secret_recovery_window_days
+  name                                   = var.project
+  account_id                             = local.account_id
+  code_bucket_name                       = var.code_bucket_name
+  user_data_bucket_prefix                = var.user_data_bucket_prefix
+  job_retention_days                     = var.job_retention_days
+  functions_table_name                   = var.functions_table_name
+  jobs_table_name                        = var.jobs_table_name
+  keys_table_name                        = var.keys_table_name
+  task_queue_name                        = var.task_queue_name
+  queue_visibility_timeout_seconds       = var.queue_visibility_timeout_seconds
+  build_queue_visibility_timeout_seconds = var.build_queue_visibility_timeout_seconds
+  dlq_max_receive_count                  = var.dlq_max_receive_count
+  redis_node_type                        = var.redis_node_type
+  redis_engine_version                   = var.redis_engine_version
+  redis_subnet_ids                       = [module.network.subnet_ids["private_a"], module.network.subnet_ids["private_c"]]
+  redis_az                               = var.subnets["private_a"].az
+  redis_security_group_id                = module.network.security_group_ids["redis"]
+  gcp_credentials_secret_name            = var.gcp_credentials_secret_name
+  redis_auth_secret_name                 = var.redis_auth_secret_name
+  secret_recovery_window_days            = var.secret_recovery_window_days
 }
 
 module "edge" {
@@ -115,6 +116,7 @@ module "compute" {
   keys_table        = module.data.keys_table
   task_queue        = module.data.task_queue
   dead_letter_queue = module.data.dead_letter_queue
+  build_queue       = module.data.build_queue
   redis             = module.data.redis
   secrets           = module.data.secrets
   gcp_bucket_name   = var.gcp_bucket_name

@@ -23,6 +23,11 @@ output "dead_letter_queue_url" {
   value       = module.data.dead_letter_queue.url
 }
 
+output "build_queue_url" {
+  description = "URL of the builds queue (NANOGRID_BUILD_QUEUE_URL; unset on the instances, which derive it from SQS_QUEUE_URL)."
+  value       = module.data.build_queue.url
+}
+
 output "redis_endpoint" {
   description = "Primary endpoint of Redis (REDIS_HOST)."
   value       = module.data.redis.host

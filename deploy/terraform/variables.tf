@@ -383,6 +383,17 @@ variable "queue_visibility_timeout_seconds" {
   }
 }
 
+variable "build_queue_visibility_timeout_seconds" {
+  description = "Visibility timeout of the builds queue: above the builders' NANOGRID_BUILD_TIMEOUT_S (600 s by default) plus the time to pack and upload a layer."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.build_queue_visibility_timeout_seconds > 600 && var.build_queue_visibility_timeout_seconds <= 43200
+    error_message = "build_queue_visibility_timeout_seconds must be above 600 (the build timeout) and at most 43200 (12 h, the SQS maximum)."
+  }
+}
+
 variable "dlq_max_receive_count" {
   description = "Receives after which a message moves to the dead-letter queue."
   type        = number

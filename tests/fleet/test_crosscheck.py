@@ -73,6 +73,14 @@ PROCESSES = {
         "unit": "worker/templates/nanogrid-worker.service.j2", "exec": "/bin/nanogrid worker",
         "iam": "worker",
     },
+    # `nanogrid builder`: a Celery worker on the builds queue only, on the worker instances, with
+    # the worker's env file.
+    "builder": {
+        "entries": ["celeryconfig", "nanogrid.celery", "nanogrid.worker.tasks"],
+        "role": "worker", "env": "worker.env.j2",
+        "unit": "worker/templates/nanogrid-builder.service.j2", "exec": "/bin/nanogrid builder",
+        "iam": "worker",
+    },
 }
 
 # Inventory group -> IAM role of its instances (deploy/terraform/modules/compute).
@@ -113,8 +121,9 @@ IMPLIED_ACTIONS = {
 # no longer holds).
 NOT_GRANTED = {
     "worker": {
-        "s3:DeleteObject": ("BlobStore.delete is called only by FunctionRegistry.delete, from the API's DELETE /functions route",
-                            {"functions", "code", "outputs"}),
+        "s3:DeleteObject": ("BlobStore.delete is called only by FunctionRegistry.delete and LayerRegistry.delete, "
+                            "from the API's DELETE /functions route",
+                            {"functions", "code", "outputs", "layers", "registry", "store"}),
     },
 }
 # The only actions granted on every resource: IAM offers no resource-level permission for them.
@@ -144,6 +153,11 @@ WARM_POOL_REASON = ("warm sandbox pool of each worker process (nanogrid/sandbox/
                     "sandboxes): reuse bounded per process by idle containers per function version, containers, "
                     "the sum of their memory limits and idle time, at the defaults of nanogrid/config.py; "
                     "NANOGRID_WARM_POOL_SIZE=0 turns reuse off")
+PIP_REASON = ("empty means pip's default index (PyPI); operators with a private mirror or a wheelhouse set "
+              "nanogrid_pip_index_url (and the other nanogrid_pip_* variables) in the inventory, which both env "
+              "files then set: the API names a layer after them, the builders install with them")
+LAYER_LIMITS_REASON = ("a layer's installed size and file count; the defaults in nanogrid/config.py are the "
+                       "documented ones (a build past either fails)")
 OPTIONAL_EVERYWHERE = {
     "AWS_DEFAULT_REGION": "fallback when AWS_REGION is unset; the templates always set AWS_REGION",
     "AWS_ENDPOINT_URL": "points boto3 at a local emulator (moto); must stay unset against AWS",
@@ -218,6 +232,22 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_WARM_IDLE_TTL_S": WARM_POOL_REASON,
     "NANOGRID_WARM_MAX_CONTAINERS": WARM_POOL_REASON,
     "NANOGRID_WARM_MEMORY_BUDGET_MB": WARM_POOL_REASON,
+    "NANOGRID_BUILD_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-builds', the name Terraform gives the builds queue "
+                                "(checked by test_the_builds_queue_is_the_one_terraform_makes)",
+    "NANOGRID_BUILD_TIMEOUT_S": "a build's pip run may take 600 s by default, less than the builds queue's visibility "
+                                "timeout (checked by test_the_builds_queue_is_the_one_terraform_makes) and the "
+                                "builder unit's stop timeout",
+    "NANOGRID_BUILD_CONCURRENCY": "one build at a time per worker host (the default): pip's downloads and unpacking "
+                                  "take one core beside the runs, and a host's builds queue up behind each other",
+    "NANOGRID_LAYER_MAX_MB": LAYER_LIMITS_REASON,
+    "NANOGRID_LAYER_MAX_FILES": LAYER_LIMITS_REASON,
+    "NANOGRID_LAYER_CACHE_MB": "unpacked layers a worker host keeps, default 8 GiB of its 30 GB root volume (the "
+                               "launch template's), least recently used ones removed first",
+    "NANOGRID_PIP_INDEX_URL": PIP_REASON,
+    "NANOGRID_PIP_EXTRA_INDEX_URL": PIP_REASON,
+    "NANOGRID_PIP_FIND_LINKS": PIP_REASON,
+    "NANOGRID_PIP_CERT": PIP_REASON,
+    "NANOGRID_PIP_NO_INDEX": PIP_REASON,
     "NANOGRID_TASK_EVENTS": "Celery task events from the start, off by default because they cost CPU on every run "
                             "(nanogrid/transport/app.py); Flower on the controllers turns worker events on in "
                             "the workers it watches (its --enable_events default), which is when anything reads them",
@@ -234,6 +264,7 @@ OPTIONAL_BY_PROCESS = {
         "NANOGRID_RUNTIME_IMAGE": "only workers run sandboxes",
         "NANOGRID_DOCKER_RUNTIME": "only workers run sandboxes",
         "NANOGRID_WORKER_CONCURRENCY": "only workers consume the queue",
+        "NANOGRID_LAYER_CACHE_DIR": "only workers unpack layers (worker.env sets it outside the units' private /var/tmp)",
     },
     "worker": {
         "NANOGRID_WORKER_ASG": "only the scaling publisher on the controllers reads the worker group",
@@ -249,6 +280,7 @@ OPTIONAL_BY_PROCESS = {
 OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
 OPTIONAL_BY_PROCESS["publisher"] = OPTIONAL_BY_PROCESS["flower"]
 OPTIONAL_BY_PROCESS["scheduler"] = OPTIONAL_BY_PROCESS["flower"]
+OPTIONAL_BY_PROCESS["builder"] = OPTIONAL_BY_PROCESS["worker"]
 # Names the production templates must set whatever the code does: the backends.
 ALWAYS_REQUIRED = {"NANOGRID_STORAGE", "NANOGRID_ARCHIVE", "AWS_REGION"}
 PUBLISHER_REQUIRED = {"NANOGRID_WORKER_ASG"}
@@ -524,7 +556,9 @@ def test_grants_are_scoped_to_resources(iam):
                 assert resources == [f"${{local.{local}}}"], (action, resources)
                 assert tf_module("modules/compute").locals[local] == arn, (local, arn)
             if action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
-                assert all(r.endswith("/*") and "bucket" in r for r in resources), (action, resources)
+                # Objects of a bucket: all of them, or the dependency layers' keys.
+                assert all((r.endswith("/*") or r.endswith("/layers/*.tar.gz")) and "bucket" in r
+                           for r in resources), (action, resources)
             if action == "s3:ListBucket":
                 assert all("bucket" in r and not r.endswith("/*") for r in resources), resources
             if action.startswith("sns:"):
@@ -563,11 +597,12 @@ def test_dynamic_prefix_grants_are_what_the_transport_does_there(modules, iam):
 
 
 def test_controller_processes_run_no_worker():
-    """NOT_ON_DYNAMIC_QUEUES["controller"] holds while no controller unit runs a Celery worker."""
+    """NOT_ON_DYNAMIC_QUEUES["controller"] holds while no controller unit runs a Celery worker
+    (`nanogrid worker`, or `nanogrid builder`, a Celery worker on the builds queue)."""
     for process, spec in PROCESSES.items():
         unit = (ANSIBLE / "roles" / spec["unit"]).read_text()
         exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-        runs_worker = re.search(r"\bworker\b", exec_start.split("=", 1)[1].split("--")[0]) is not None
+        runs_worker = re.search(r"\b(worker|builder)\b", exec_start.split("=", 1)[1].split("--")[0]) is not None
         assert runs_worker == (spec["iam"] == "worker"), (process, exec_start)
 
 
@@ -794,7 +829,7 @@ def test_rendered_environment_loads_as_production_settings(process):
     assert settings.jobs_table == root_default("jobs_table_name")
     assert settings.aws_region == root_default("region")
     assert settings.aws_endpoint_url is None
-    if process == "worker":
+    if PROCESSES[process]["env"] == "worker.env.j2":
         assert settings.archive == "gcs" and settings.gcp_bucket_name
         assert settings.extra["GOOGLE_APPLICATION_CREDENTIALS"].startswith("/etc/nanogrid/")
         assert settings.ai_endpoint.endswith(":11434")
@@ -925,3 +960,90 @@ def test_the_dead_letter_queue_is_the_one_terraform_makes():
     assert Settings.from_env({"SQS_QUEUE_URL": url}).dead_letter_queue == url + "-dlq"
     for process in PROCESSES:
         assert "NANOGRID_DEAD_LETTER_QUEUE_URL" not in render_env(process), process
+
+
+@pytest.mark.parametrize(("iam", "actions"), [
+    # `nanogrid builder` consumes it like the task queue; a worker re-sends a lost build message
+    ("worker", {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes", "sqs:SendMessage"}),
+    # the API publishes build requests (kombu reads the queue when it declares it)
+    ("controller", {"sqs:SendMessage", "sqs:GetQueueAttributes"}),
+])
+def test_the_builds_queue_is_granted_to_who_uses_it(iam, actions):
+    """Like the dead-letter queue: the action check names actions, not queues, so an action
+    granted on the task queue alone would pass it and still be refused on the builds queue."""
+    on_the_queue = {action for statement in policy_statements(iam, root_default("celery_sns_fanout"))
+                    if statement.get("effect", "Allow") == "Allow"
+                    and statement["resources"] == ["${var.build_queue.arn}"]
+                    for action in statement["actions"]}
+    assert on_the_queue == actions
+    assert "${var.build_queue.arn}" in tf_module("modules/compute").locals["fixed_queue_arns"]
+
+
+def test_the_builds_queue_is_the_one_terraform_makes():
+    """Unset, NANOGRID_BUILD_QUEUE_URL is the task queue's URL with '-builds': the queue Terraform
+    creates beside the task queue, whose visibility timeout outlasts a build, with a dead-letter
+    queue of its own like the task queue's."""
+    from nanogrid.config import Settings
+
+    data = tf_module("modules/data")
+    builds = data.resource("aws_sqs_queue", "builds")
+    assert builds["name"] == "${var.task_queue_name}-builds"
+    assert builds["sqs_managed_sse_enabled"] is True
+    assert "deadLetterTargetArn = aws_sqs_queue.builds_dlq.arn" in builds["redrive_policy"]
+    assert re.search(r"maxReceiveCount\s*=\s*var.dlq_max_receive_count", builds["redrive_policy"])
+    assert data.resource("aws_sqs_queue", "builds_dlq")["name"] == "${var.task_queue_name}-builds-dlq"
+    assert "aws_sqs_queue.builds.arn" in str(data.resource("aws_sqs_queue_redrive_allow_policy", "builds_dlq"))
+    assert builds["visibility_timeout_seconds"] == "${var.build_queue_visibility_timeout_seconds}"
+    assert tf_module().modules["data"]["build_queue_visibility_timeout_seconds"] == \
+        "${var.build_queue_visibility_timeout_seconds}"
+    stop = yaml.safe_load((ANSIBLE / "roles" / "worker" / "defaults" / "main.yml").read_text())
+    assert root_default("build_queue_visibility_timeout_seconds") > Settings.build_timeout_s
+    assert int(stop["worker_builder_stop_timeout_s"]) > Settings.build_timeout_s
+    assert tf_module().modules["compute"]["build_queue"] == "${module.data.build_queue}"
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/nanogrid-task-queue"
+    settings = Settings.from_env({"SQS_QUEUE_URL": url})
+    assert settings.build_queue == url + "-builds"
+    assert settings.build_queue_name == root_default("task_queue_name") + "-builds"
+    for process in PROCESSES:
+        assert "NANOGRID_BUILD_QUEUE_URL" not in render_env(process), process
+
+
+def test_the_workers_write_only_the_layers_in_the_code_bucket():
+    """The builder stores layers/<sha256>.tar.gz (nanogrid/layers.py archive_key) in the code
+    bucket; the worker role may put exactly those keys there, never a function's code."""
+    from nanogrid import layers
+    from nanogrid.functions import code_key
+
+    assert re.fullmatch(r"layers/[0-9a-f]+\.tar\.gz", layers.archive_key("ab" * 32))
+    assert not code_key("layers", "f", 1).endswith(".tar.gz")  # a tenant named "layers" keeps its code
+    puts = [statement["resources"] for statement in policy_statements("worker", root_default("celery_sns_fanout"))
+            if "s3:PutObject" in statement["actions"] and any("code_bucket" in r for r in statement["resources"])]
+    assert puts == [["${var.code_bucket.arn}/layers/*.tar.gz"]], puts
+    controller = granted("controller", root_default("celery_sns_fanout"))
+    assert "${var.code_bucket.arn}/*" in controller["s3:DeleteObject"]  # LayerRegistry.delete, from the API
+
+
+def layer_registry_table_methods() -> set[str]:
+    """The DocumentTable methods nanogrid.layers.LayerRegistry calls on its table (self.table.X(...))."""
+    tree = ast.parse((PACKAGE / "layers.py").read_text())
+    registry = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LayerRegistry")
+    return {node.func.attr for node in ast.walk(registry)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "table"}
+
+
+def test_layer_documents_are_writable_by_who_writes_them(modules):
+    """Layer documents live in the functions table: the API inserts and replaces them, the
+    builder (on the workers) replaces them to claim and finish a build, the workers read them.
+    Both roles get on that table the actions of the DocumentTable methods LayerRegistry calls
+    (except delete, which only the API's DELETE /functions route reaches)."""
+    used = layer_registry_table_methods()
+    assert {"get", "insert", "replace", "delete"} <= used, used
+    by_method = dynamodb_table_actions(modules)
+    fanout = root_default("celery_sns_fanout")
+    for iam, methods in (("controller", used), ("worker", used - {"delete", "insert"})):
+        expected = set().union(*(by_method[m] for m in methods))
+        on_table = granted_on(iam, fanout, "${var.functions_table.arn}")
+        assert expected <= on_table, f"{iam} on the functions table lacks {sorted(expected - on_table)}"
+    assert "dynamodb:DeleteItem" not in granted_on("worker", fanout, "${var.functions_table.arn}")

@@ -7,7 +7,7 @@ locals {
   worker_asg_arn      = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.worker_asg_name}"
   dynamic_topic_arn   = "arn:${var.partition}:sns:${var.region}:${var.account_id}:${var.dynamic_queue_prefix}*"
   dynamic_queue_arn   = "arn:${var.partition}:sqs:${var.region}:${var.account_id}:${var.dynamic_queue_prefix}*"
-  fixed_queue_arns    = [var.task_queue.arn, var.dead_letter_queue.arn]
+  fixed_queue_arns    = [var.task_queue.arn, var.dead_letter_queue.arn, var.build_queue.arn]
   lifecycle_hook_name = "${var.name}-worker-drain"
 
   # sqs:ListQueues is authorized on the region's queues of the account as a whole: the SQS
@@ -112,6 +112,15 @@ data "aws_iam_policy_document" "controller" {
     resources = [var.task_queue.arn]
   }
 
+  # The API asks for a layer build when a function's requirements are new (nanogrid/api/routes.py
+  # request_build): Celery publishes it to the builds queue (SendMessage); kombu reads the queue
+  # when it declares it before publishing (GetQueueAttributes). Only the builders consume it.
+  statement {
+    sid       = "BuildQueuePublish"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
+    resources = [var.build_queue.arn]
+  }
+
   # `nanogrid dlq list|redrive` on a controller (nanogrid/transport/deadletters.py): read the
   # dead letters and their count, hold them while listing or sending them back, delete the ones
   # sent back (they go to the task queue through TaskQueuePublish).
@@ -202,12 +211,23 @@ resource "aws_iam_role_policy" "controller" {
   policy = data.aws_iam_policy_document.controller.json
 }
 
-# --- Worker: the Celery worker, its reaper, and the drain script ----------------------------
+# --- Worker: the Celery worker, its reaper, the layer builder, and the drain script ----------------------------
 data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "CodeBucketRead"
     actions   = ["s3:GetObject"]
     resources = ["${var.code_bucket.arn}/*"]
+  }
+
+  # Dependency layers (nanogrid/worker/build.py): `nanogrid builder` stores a built layer under
+  # layers/<sha256>.tar.gz; the workers read it through CodeBucketRead, and the API deletes it
+  # with the last function that uses it. Function code stays read-only to the workers: code keys
+  # are <tenant>/functions/<id>/v<n>.zip, and a tenant may be named "layers", so the grant names
+  # the layers' suffix too.
+  statement {
+    sid       = "LayersWrite"
+    actions   = ["s3:PutObject"]
+    resources = ["${var.code_bucket.arn}/layers/*.tar.gz"]
   }
 
   statement {
@@ -238,9 +258,12 @@ data "aws_iam_policy_document" "worker" {
     resources = ["${var.jobs_table.arn}/index/*"]
   }
 
+  # Functions and layer documents (layer:<sha256> items) are read; the builder claims and
+  # finishes a build by replacing its layer document (nanogrid/layers.py LayerRegistry.claim and
+  # finish: DocumentTable.replace, a PutItem conditional on the document's rev).
   statement {
-    sid       = "FunctionsTableRead"
-    actions   = ["dynamodb:GetItem"]
+    sid       = "FunctionsTable"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
     resources = [var.functions_table.arn]
   }
 
@@ -248,6 +271,15 @@ data "aws_iam_policy_document" "worker" {
     sid       = "TaskQueueConsume"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage"]
     resources = [var.task_queue.arn]
+  }
+
+  # `nanogrid builder` (a Celery worker on the builds queue only) consumes it like the task
+  # queue; a worker that finds a run's build message lost sends it again
+  # (nanogrid/worker/execute.py wait_for_layer).
+  statement {
+    sid       = "BuildQueueConsume"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage"]
+    resources = [var.build_queue.arn]
   }
 
   # A message no worker can process goes to the dead-letter queue (nanogrid/worker/deadletters.py).

@@ -183,6 +183,11 @@ variable "dead_letter_queue" {
   type        = object({ name = string, url = string, arn = string })
 }
 
+variable "build_queue" {
+  description = "Builds queue name, URL and ARN."
+  type        = object({ name = string, url = string, arn = string })
+}
+
 variable "redis" {
   description = "Redis host, port and replication group ID."
   type        = object({ host = string, port = number, id = string })

@@ -38,6 +38,16 @@ output "dead_letter_queue" {
   value       = { name = aws_sqs_queue.dlq.name, url = aws_sqs_queue.dlq.url, arn = aws_sqs_queue.dlq.arn }
 }
 
+output "build_queue" {
+  description = "Name, URL and ARN of the builds queue (layer builds, consumed by `nanogrid builder`)."
+  value       = { name = aws_sqs_queue.builds.name, url = aws_sqs_queue.builds.url, arn = aws_sqs_queue.builds.arn }
+}
+
+output "build_dead_letter_queue" {
+  description = "Name, URL and ARN of the builds queue's dead-letter queue."
+  value       = { name = aws_sqs_queue.builds_dlq.name, url = aws_sqs_queue.builds_dlq.url, arn = aws_sqs_queue.builds_dlq.arn }
+}
+
 output "redis" {
   description = "Endpoint, port and replication group ID of Redis."
   value = {

@@ -48,6 +48,11 @@ variable "queue_visibility_timeout_seconds" {
   type        = number
 }
 
+variable "build_queue_visibility_timeout_seconds" {
+  description = "Visibility timeout of the builds queue: longer than a layer build may take."
+  type        = number
+}
+
 variable "dlq_max_receive_count" {
   description = "Receives after which SQS moves a message to the dead-letter queue."
   type        = number
