@@ -25,6 +25,8 @@ from nanogrid.storage import DocumentTable
 
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# A tenant's code sits under <tenant>/ in the code store: these prefixes belong to the platform.
+RESERVED_TENANTS = frozenset({"layers"})
 KEY_PATTERN = re.compile(r"^ng_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 NO_KEYS_CACHE_S = 5.0  # how long a process believes "no key exists" before asking the store again
 VERIFIED_CACHE_S = 5.0  # how long a verified key is trusted without a store read (revocation delay)
@@ -39,7 +41,7 @@ class Principal:
 
 
 def valid_tenant(tenant: str) -> bool:
-    return isinstance(tenant, str) and bool(TENANT_PATTERN.match(tenant))
+    return isinstance(tenant, str) and bool(TENANT_PATTERN.match(tenant)) and tenant not in RESERVED_TENANTS
 
 
 def _digest(secret: str) -> str:
@@ -58,6 +60,8 @@ class KeyStore:
 
     def create(self, tenant: str, label: str = "") -> tuple[str, dict]:
         """A new key for tenant: (the key, shown this once; its stored document, without the secret)."""
+        if tenant in RESERVED_TENANTS:
+            raise ValueError(f"tenant {tenant!r} is reserved (the code store keeps the dependency layers under it)")
         if not valid_tenant(tenant):
             raise ValueError(f"tenant {tenant!r}: expected 1-64 of [A-Za-z0-9_-], starting with a letter or digit")
         for _ in range(5):

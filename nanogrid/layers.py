@@ -3,7 +3,7 @@
 A function may declare requirements (requirements.txt text). They are normalised (one PEP 508
 requirement per line, names canonical, sorted, no pip options and no direct URLs: a URL or a
 local path would let an upload make the builder fetch anything) and keyed by the sha256 of that
-text, the installer's index settings and the runtime it installs for. One layer document per key
+text, the installer's index settings and the interpreter and platforms it installs for. One layer document per key
 (`layer:<sha256>` in the functions table) records its build: pending -> building -> ready |
 failed, with the log's tail and, when ready, the stored archive's size. Every function asking for
 the same set shares the layer: the second one is ready at once, and a key is built again only
@@ -32,7 +32,9 @@ MAX_REQUIREMENTS = 200
 MAX_REQUIREMENTS_BYTES = 64 * 1024
 LOG_KEEP = 32 * 1024  # the tail of a build's log kept in its document
 # What the layers are installed for: the runtime image's interpreter and the platforms its C
-# library and the manylinux baseline it carries can load (nanogrid/sandbox/image.py).
+# library and the manylinux baseline it carries can load (nanogrid/sandbox/image.py). Part of
+# every layer's key, so a runtime of another Python gets layers of its own; the API computes the
+# key from these and the index settings alone, which controllers and workers share.
 PYTHON_VERSION = "3.11"
 IMPLEMENTATION = "cp"
 ABI = "cp311"
@@ -100,7 +102,7 @@ def layer_key(requirements: str, settings: Settings) -> str:
         "index": without_credentials(settings.pip_index_url),
         "extra_index": without_credentials(settings.pip_extra_index_url),
         "find_links": settings.pip_find_links, "no_index": settings.pip_no_index,
-        "target": [PYTHON_VERSION, IMPLEMENTATION, ABI, *PLATFORMS], "image": settings.runtime_image,
+        "target": [PYTHON_VERSION, IMPLEMENTATION, ABI, *PLATFORMS],
     }
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 

@@ -61,7 +61,7 @@ def run_and_deliver(services, api, body) -> tuple[dict, list[float]]:
     execute.run(services, job_id)
     waits = []
     queued = [sent for sent in services.broker.sent if sent[0] == "nanogrid.deliver_callback"]
-    assert queued == [("nanogrid.deliver_callback", job_id, 0)], "the finish queues one delivery"
+    assert queued == [("nanogrid.deliver_callback", job_id, 0, None)], "the finish queues one delivery, on the task queue"
     while (delay := services.callbacks.deliver(job_id)) is not None:
         waits.append(delay)
     return api.get(f"/jobs/{job_id}").get_json(), waits

@@ -248,6 +248,11 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_PIP_FIND_LINKS": PIP_REASON,
     "NANOGRID_PIP_CERT": PIP_REASON,
     "NANOGRID_PIP_NO_INDEX": PIP_REASON,
+    "NANOGRID_PIP_TRUSTED_HOST": PIP_REASON,
+    "NANOGRID_BUILD_FROM_SOURCE": "off by default: a package with no wheel fails its build and says so; "
+                                  "nanogrid_build_from_source in the inventory turns source builds on",
+    "NANOGRID_BUILD_NETWORK": "Docker's bridge, the engine's default network, is how a source build's container "
+                              "reaches the package index",
     "NANOGRID_TASK_EVENTS": "Celery task events from the start, off by default because they cost CPU on every run "
                             "(nanogrid/transport/app.py); Flower on the controllers turns worker events on in "
                             "the workers it watches (its --enable_events default), which is when anything reads them",

@@ -61,7 +61,9 @@ def b_requests(fn_id: str, done: str, queued: str, schedule: str) -> list[tuple[
         z.writestr("main.py", "def handler(e, c):\n    return 'hijacked'\n")
     return [
         ("GET", f"/functions/{fn_id}", {}),
+        ("GET", f"/functions/{fn_id}/build", {}),
         ("PUT", f"/functions/{fn_id}", {"json": {"code": "def handler(e, c):\n    return 'hijacked'\n"}}),
+        ("PUT", f"/functions/{fn_id}", {"json": {"requirements": "six"}}),
         ("PUT", f"/functions/{fn_id}", {"json": {"timeout_s": 1}}),
         ("PUT", f"/functions/{fn_id}", {"data": {"file": (io.BytesIO(zipped.getvalue()), "code.zip")},
                                         "content_type": "multipart/form-data"}),
@@ -161,3 +163,8 @@ def test_the_owner_still_can_do_everything(world):
         response = client.open(path, method=method, headers=a, **kwargs)
         assert response.status_code == status, (method, path, response.get_json())
         conforms(doc, method, path, response)
+
+
+def test_no_tenant_can_be_named_after_the_code_stores_layers_prefix(world):
+    with pytest.raises(ValueError, match="reserved"):
+        world["app"].keys.create("layers")

@@ -13,11 +13,13 @@ def test_requirements_are_one_canonical_text():
     assert layers.normalise("  \n# nothing\n") == ""
 
 
-def test_the_key_follows_the_index_but_not_its_credentials():
+def test_the_key_follows_the_index_but_not_its_credentials_nor_the_controllers_other_settings():
     plain = Settings().replace(pip_index_url="https://mirror.example/simple/")
     secret = Settings().replace(pip_index_url="https://user:token@mirror.example/simple/")
     other = Settings().replace(pip_index_url="https://other.example/simple/")
     assert layers.layer_key("six", plain) == layers.layer_key("six", secret) != layers.layer_key("six", other)
+    # The API computes it: a setting only the workers have (their image's name) is not part of it.
+    assert layers.layer_key("six", plain) == layers.layer_key("six", plain.replace(runtime_image="other:1"))
     assert layers.without_credentials("https://user:token@mirror.example:8443/simple/") == \
         "https://mirror.example:8443/simple/"
 
