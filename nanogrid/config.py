@@ -201,6 +201,9 @@ class Settings:
     max_zip_members: int = _setting("NANOGRID_MAX_ZIP_MEMBERS", 1000, **_AT_LEAST_1)
     max_unpacked_bytes: int = _setting("NANOGRID_MAX_UNPACKED_BYTES", 50 * 1024 * 1024, **_AT_LEAST_1)
     max_compression_ratio: int = _setting("NANOGRID_MAX_COMPRESSION_RATIO", 100, **_AT_LEAST_1)
+    # A function's versions kept (runnable, listed) besides those an alias points at; older ones
+    # and their code are removed.
+    keep_versions: int = _setting("NANOGRID_KEEP_VERSIONS", 20, **_AT_LEAST_1)
     default_wait_s: float = _setting("NANOGRID_DEFAULT_WAIT_S", 30.0, **_AT_LEAST_0)
     max_wait_s: float = _setting("NANOGRID_MAX_WAIT_S", 300.0, **_AT_LEAST_0)
     # The longest one event stream (SSE) stays open; then the client reconnects with Last-Event-ID.

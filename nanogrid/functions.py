@@ -28,10 +28,17 @@ from nanogrid.storage import BlobStore, DocumentTable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
-SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url", "requirements", "init")
+SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url", "requirements", "init",
+                   "max_concurrency")
+# What a version is: its code and every setting a run of it uses. A version's document keeps them,
+# so a run of an older version (pinned, or through an alias) runs as that version did.
+VERSION_FIELDS = ("version", "code_sha256", "handler", "env", "retries", "callback_url", "requirements",
+                  "layer_sha256", "init", "limits", "timeout_s", "memory_mb")
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+MAX_ALIAS_WEIGHTS = 4  # other versions one alias may split its traffic with
 PUBLIC_FIELDS = (
     "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "callback_url",
-    "requirements", "init", "created_at", "updated_at",
+    "requirements", "init", "max_concurrency", "created_at", "updated_at",
 )
 INIT_MODES = ("once", "per_run")  # handler mode: import main.py once per warm sandbox, or for every run
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
@@ -63,7 +70,8 @@ class FunctionRegistry:
             "code_sha256": bundle.sha256, "handler": bundle.handler,
             "env": options.get("env") or {}, "retries": options.get("retries"),
             "callback_url": options.get("callback_url"), "created_at": now, "updated_at": now,
-            "init": options.get("init") or "once",
+            "init": options.get("init") or "once", "max_concurrency": options.get("max_concurrency"),
+            "kept_versions": [1], "aliases": {},
         }
         _set_requirements(doc, options.get("requirements") or "", options.get("layer_sha256"))
         _set_limits(doc, options, {})
@@ -74,6 +82,7 @@ class FunctionRegistry:
                            "(or `nanogrid deploy`, which does), or choose another name") from None
         try:
             self.code.put(code_key(tenant, function_id, 1), bundle.data)
+            self.table.insert(version_id(function_id, 1), version_doc(doc, now))
             self.table.insert(function_id, doc)
         except BaseException:
             self.table.delete(_name_id(tenant, name))
@@ -101,13 +110,16 @@ class FunctionRegistry:
         docs = [d for d in self.table.scan() if "name" in d and (tenant is None or tenant_of(d) == tenant)]
         return sorted(docs, key=lambda d: d["created_at"])
 
-    def update(self, function_id: str, bundle: Bundle | None, options: dict, tenant: str | None = None) -> dict:
-        """New code or settings make a new version; an identical update changes nothing."""
+    def update(self, function_id: str, bundle: Bundle | None, options: dict, tenant: str | None = None,
+               keep_versions: int = 20) -> dict:
+        """New code or settings make a new version; an identical update changes nothing. Settings of
+        the function as a whole (max_concurrency) change it without a new version. The last
+        keep_versions versions and those an alias points at are kept; older ones are removed."""
         current = self.get(function_id, tenant)
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
-        for name in ("retries", "callback_url", "init"):
+        for name in ("retries", "callback_url", "init", "max_concurrency"):
             if name in options and options[name] != current.get(name):
                 doc[name] = options[name]
         if "requirements" in options and (options["requirements"] or "") != (current.get("requirements") or ""):
@@ -118,12 +130,70 @@ class FunctionRegistry:
             doc.update(code_sha256=bundle.sha256, handler=bundle.handler)
         if doc == current:
             return current
-        doc.update(version=current["version"] + 1, rev=current["rev"] + 1, updated_at=time.time())
-        self.code.put(code_key(tenant_of(doc), function_id, doc["version"]),
-                      bundle.data if bundle else self.code_of(current))
+        now = time.time()
+        doc.update(rev=current["rev"] + 1, updated_at=now)
+        dropped = []
+        if any(doc.get(name) != current.get(name) for name in VERSION_FIELDS):
+            doc["version"] = current["version"] + 1
+            kept = [*kept_versions(current), doc["version"]]
+            pinned = alias_targets(doc)
+            dropped = [v for v in kept[:-keep_versions] if v not in pinned] if len(kept) > keep_versions else []
+            doc["kept_versions"] = [v for v in kept if v not in dropped]
+            self.code.put(code_key(tenant_of(doc), function_id, doc["version"]),
+                          bundle.data if bundle else self.code_of(current))
+            self.table.insert(version_id(function_id, doc["version"]), version_doc(doc, now))
         if not self.table.replace(function_id, doc, current["rev"]):
             raise Conflict(f"function {function_id} was changed concurrently; retry")
+        for version in dropped:
+            self._remove_version(doc, version)
         return doc
+
+    def versions(self, doc: dict) -> list[dict]:
+        """The function's kept versions, newest first."""
+        found = []
+        for version in sorted(kept_versions(doc), reverse=True):
+            try:
+                found.append(self.version(doc, version))
+            except NotFound:
+                continue
+        return found
+
+    def version(self, doc: dict, version: int) -> dict:
+        """One kept version's document: its code and settings (NotFound for another)."""
+        if not isinstance(version, int) or isinstance(version, bool) or version not in kept_versions(doc):
+            raise NotFound(f"{doc['function_id']} version {version}")
+        if "kept_versions" not in doc:  # a function from before version documents: its current version
+            return version_doc(doc, doc["updated_at"])
+        return self.table.get(version_id(doc["function_id"], version))
+
+    def set_alias(self, function_id: str, name: str, alias: dict, tenant: str | None = None) -> dict:
+        """Point an alias at a version (and optionally weights of others); the function afterwards.
+        Moving an alias keeps where it pointed before, for a rollback."""
+        return self._change_aliases(function_id, tenant, lambda aliases, doc: aliases.__setitem__(
+            name, {**alias, "previous": (aliases.get(name) or {}).get("version"), "updated_at": time.time()}))
+
+    def delete_alias(self, function_id: str, name: str, tenant: str | None = None) -> dict:
+        def remove(aliases: dict, doc: dict) -> None:
+            if name not in aliases:
+                raise NotFound(f"alias {name}")
+            del aliases[name]
+
+        return self._change_aliases(function_id, tenant, remove)
+
+    def _change_aliases(self, function_id: str, tenant: str | None, change) -> dict:
+        for _ in range(5):
+            current = self.get(function_id, tenant)
+            doc = copy.deepcopy(current)
+            aliases = doc.setdefault("aliases", {})
+            change(aliases, doc)
+            doc.update(rev=current["rev"] + 1, updated_at=time.time())
+            if self.table.replace(function_id, doc, current["rev"]):
+                return doc
+        raise Conflict(f"function {function_id} was changed concurrently; retry")
+
+    def _remove_version(self, doc: dict, version: int) -> None:
+        self.table.delete(version_id(doc["function_id"], version))
+        self.code.delete(code_key(tenant_of(doc), doc["function_id"], version))
 
     def code_of(self, doc: dict) -> bytes:
         return self.code.get(code_key(tenant_of(doc), doc["function_id"], doc["version"]))
@@ -134,6 +204,7 @@ class FunctionRegistry:
         self.table.delete(_name_id(tenant_of(doc), doc["name"]))
         for version in range(1, doc["version"] + 1):
             self.code.delete(code_key(tenant_of(doc), function_id, version))
+            self.table.delete(version_id(function_id, version))
         return doc
 
     def layers_unused_after(self, deleted: dict) -> set[str]:
@@ -142,6 +213,71 @@ class FunctionRegistry:
         for other in self.list():
             used -= set(other.get("layers_used") or [])
         return used
+
+
+def version_id(function_id: str, version: int) -> str:
+    return f"version:{function_id}:{version}"
+
+
+def version_doc(doc: dict, created_at: float) -> dict:
+    """The document of the function's current version: what a run of it needs."""
+    return {"rev": 1, "function_id": doc["function_id"], "tenant": tenant_of(doc),
+            **{name: copy.deepcopy(doc.get(name)) for name in VERSION_FIELDS}, "created_at": created_at}
+
+
+def kept_versions(doc: dict) -> list[int]:
+    """The versions that can still run (documents from before versions were kept: the current one)."""
+    return doc.get("kept_versions") or [doc["version"]]
+
+
+def alias_targets(doc: dict) -> set[int]:
+    """Every version an alias of the function points at, or sends some of its runs to."""
+    targets = set()
+    for alias in (doc.get("aliases") or {}).values():
+        targets.add(alias["version"])
+        targets.update(int(version) for version in (alias.get("weights") or {}))
+    return targets
+
+
+def served_versions(doc: dict) -> frozenset[int]:
+    """The versions runs arrive for without naming one: the current one and the aliases' (warm pools keep these)."""
+    return frozenset({doc["version"], *alias_targets(doc)})
+
+
+class AliasError(ValueError):
+    """An alias that cannot be set as asked; the message says why."""
+
+
+def check_alias(doc: dict, name: str, version, weights) -> dict:
+    """The alias {version, weights} if the function can have it: kept versions, weights in (0, 1)
+    with a sum below 1 (the rest of the runs go to `version`)."""
+    if not ALIAS_PATTERN.match(name):
+        raise AliasError("an alias name is a letter then up to 63 letters, digits, - and _ (e.g. prod)")
+    kept = kept_versions(doc)
+    if not isinstance(version, int) or isinstance(version, bool) or version not in kept:
+        raise AliasError(f"version must be one of the function's versions: {', '.join(map(str, sorted(kept)))}")
+    weights = weights or {}
+    if not isinstance(weights, dict) or len(weights) > MAX_ALIAS_WEIGHTS:
+        raise AliasError(f"weights must be an object of at most {MAX_ALIAS_WEIGHTS} \"<version>\": share pairs")
+    checked = {}
+    for other, share in weights.items():
+        if not str(other).isdigit() or int(other) not in kept or int(other) == version:
+            raise AliasError(f"weights: {other!r} is not another version of the function")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise AliasError(f"weights: the share of version {other} must be a number between 0 and 1")
+        checked[str(int(other))] = float(share)
+    if sum(checked.values()) >= 1:
+        raise AliasError("weights: the shares add up to 1 or more; the alias's own version needs the rest")
+    return {"version": version, "weights": checked}
+
+
+def resolve_alias(alias: dict, draw: float) -> int:
+    """The version a run through the alias goes to, for a uniform draw in [0, 1)."""
+    for other, share in sorted((alias.get("weights") or {}).items()):
+        if draw < share:
+            return int(other)
+        draw -= share
+    return alias["version"]
 
 
 def _set_requirements(doc: dict, requirements: str, layer_sha: str | None) -> None:

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import logging
+import random
 import re
 import time
 
@@ -35,8 +36,9 @@ bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url",
-                   "requirements", "init"}
-RUN_FIELDS = {"input", "wait_s", "limits", "callback_url"}
+                   "requirements", "init", "max_concurrency"}
+RUN_FIELDS = {"input", "wait_s", "limits", "callback_url", "version", "alias"}
+MAX_CONCURRENCY = 10_000
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 JSON_WHITESPACE = b" \t\r\n"  # what JSON allows around a value (not every byte Python calls space)
@@ -147,7 +149,20 @@ def function_options(body: dict) -> dict:
         options["init"] = body["init"]
     if "requirements" in body:
         options.update(requirements_options(body["requirements"]))
+    if "max_concurrency" in body:
+        options["max_concurrency"] = max_concurrency(body["max_concurrency"])
     return options
+
+
+def max_concurrency(value) -> int | None:
+    """At most this many runs of the function at once (None: no bound of its own)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ApiError(f"max_concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, or null for no bound")
+    return value
 
 
 def requirements_options(text) -> dict:
@@ -173,6 +188,21 @@ def request_build(doc: dict) -> None:
 def function_view(doc: dict) -> dict:
     view = functions.public(doc, services().settings)
     view["build"] = layers.build_view(layer_of(doc))
+    view["aliases"] = {name: alias_view(alias) for name, alias in sorted((doc.get("aliases") or {}).items())}
+    return view
+
+
+def alias_view(alias: dict) -> dict:
+    return {"version": alias["version"], "weights": alias.get("weights") or {}, "previous": alias.get("previous")}
+
+
+def version_view(function: dict, version: dict) -> dict:
+    view = {name: version.get(name) for name in ("version", "code_sha256", "handler", "requirements", "init")}
+    view["build"] = layers.build_view(layer_of(version))
+    view["aliases"] = sorted(name for name, alias in (function.get("aliases") or {}).items()
+                             if alias["version"] == version["version"]
+                             or str(version["version"]) in (alias.get("weights") or {}))
+    view["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version["created_at"]))
     return view
 
 
@@ -413,9 +443,92 @@ def update_function(function_id: str):
     options = {k: v for k, v in fields.items() if k in functions.SETTINGS_FIELDS}
     if "requirements" in options:
         options["layer_sha256"] = fields["layer_sha256"]
-    doc = svc.functions.update(function_id, bundle, options, auth.tenant())
+    doc = svc.functions.update(function_id, bundle, options, auth.tenant(), keep_versions=svc.settings.keep_versions)
     request_build(doc)
     return jsonify(function_view(doc))
+
+
+@bp.get("/functions/<function_id>/versions")
+def list_versions(function_id: str):
+    svc = services()
+    doc = svc.functions.get(function_id, auth.tenant())
+    return jsonify({"versions": [version_view(doc, v) for v in svc.functions.versions(doc)]})
+
+
+@bp.get("/functions/<function_id>/versions/<version>")
+def get_version(function_id: str, version: str):
+    svc = services()
+    doc = svc.functions.get(function_id, auth.tenant())
+    if not version.isdigit():
+        raise NotFound(f"{function_id} version {version}")
+    found = svc.functions.version(doc, int(version))
+    return jsonify({**version_view(doc, found), "env": found.get("env") or {}, "retries": found.get("retries"),
+                    "callback_url": found.get("callback_url"),
+                    "limits": functions.public({**doc, **found}, svc.settings)["limits"]})
+
+
+@bp.get("/functions/<function_id>/aliases")
+def list_aliases(function_id: str):
+    doc = services().functions.get(function_id, auth.tenant())
+    return jsonify({"aliases": [{"name": name, **alias_view(alias)}
+                                for name, alias in sorted((doc.get("aliases") or {}).items())]})
+
+
+@bp.get("/functions/<function_id>/aliases/<name>")
+def get_alias(function_id: str, name: str):
+    doc = services().functions.get(function_id, auth.tenant())
+    alias = (doc.get("aliases") or {}).get(name)
+    if alias is None:
+        raise ApiError(f"function {function_id} has no alias {name!r}", status=404, code="not_found")
+    return jsonify({"name": name, **alias_view(alias)})
+
+
+@bp.put("/functions/<function_id>/aliases/<name>")
+def put_alias(function_id: str, name: str):
+    svc = services()
+    doc = svc.functions.get(function_id, auth.tenant())
+    body = json_object(16 * 1024, {"version", "weights"})
+    try:
+        alias = functions.check_alias(doc, name, body.get("version"), body.get("weights"))
+    except functions.AliasError as exc:
+        raise ApiError(str(exc), code="invalid_alias") from None
+    check_schema("AliasRequest", body)
+    doc = svc.functions.set_alias(function_id, name, alias, auth.tenant())
+    return jsonify({"name": name, **alias_view(doc["aliases"][name])})
+
+
+@bp.delete("/functions/<function_id>/aliases/<name>")
+def delete_alias(function_id: str, name: str):
+    try:
+        services().functions.delete_alias(function_id, name, auth.tenant())
+    except NotFound:
+        raise ApiError(f"function {function_id} has no alias {name!r}", status=404, code="not_found") from None
+    return "", 204
+
+
+def run_target(function: dict, body: dict) -> tuple[dict, str | None]:
+    """What the run runs: the function at its current version, at the one named, or at the one its
+    alias sends it to (drawn by the alias's weights); with the alias's name."""
+    svc = services()
+    if "version" in body and "alias" in body:
+        raise ApiError("name a version or an alias, not both")
+    alias_name = body.get("alias")
+    if alias_name is not None:
+        alias = (function.get("aliases") or {}).get(alias_name) if isinstance(alias_name, str) else None
+        if alias is None:
+            raise ApiError(f"function {function['function_id']} has no alias {alias_name!r}", status=404,
+                           code="not_found")
+        version = functions.resolve_alias(alias, random.random())
+    else:
+        version = body.get("version", function["version"])
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ApiError("version must be a whole number (GET /functions/<id>/versions lists them)")
+    try:
+        found = svc.functions.version(function, version)
+    except NotFound:
+        raise ApiError(f"function {function['function_id']} has no version {version} (it was never made or is no "
+                       "longer kept)", status=404, code="not_found") from None
+    return {**function, **{name: found.get(name) for name in functions.VERSION_FIELDS}}, alias_name
 
 
 @bp.delete("/functions/<function_id>")
@@ -496,6 +609,8 @@ def run_function(function_id: str):
     svc = services()
     settings = svc.settings
     function = svc.functions.get(function_id, auth.tenant())
+    body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
+    function, alias = run_target(function, body)
     layer = layer_of(function)
     if layer is not None and layer["status"] == layers.Status.FAILED:
         raise ApiError(f"the function's requirements could not be installed: {layer['error']} "
@@ -506,7 +621,6 @@ def run_function(function_id: str):
         raise ApiError(f"the queue holds {settings.max_queue_depth} or more waiting runs; try again later",
                        status=503, code="overloaded",
                        headers={"Retry-After": str(ratelimit.BACKPRESSURE_RETRY_AFTER_S)})
-    body = json_object(settings.max_input_bytes + 1024, RUN_FIELDS, empty_ok=True)
     # No input at all is an empty event (as Lambda has it); "input": null is null.
     run_input = body.get("input", {})
     if len(json.dumps(run_input)) > settings.max_input_bytes:
@@ -518,10 +632,10 @@ def run_function(function_id: str):
         raise ApiError(str(exc)) from None
     run_callback = callback_url(body.get("callback_url"))
     check_schema("RunRequest", body)
-    idempotency = idempotency_of(function_id, run_input, run_limits, run_callback)
+    idempotency = idempotency_of(function_id, run_input, run_limits, run_callback, body.get("version"), alias)
     # QuotaExceeded (429) before anything is written; Unavailable (503) when the broker refuses the
     # message, after the job was recorded FAILED/enqueue_failed; IdempotencyConflict (422).
-    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency, run_callback)
+    job, replayed = svc.jobs.submit(function, run_input, run_limits, idempotency, run_callback, alias=alias)
     if wants_event_stream():
         response = streams.response(streams.job_events(svc, job, auth.tenant(), None))
     else:
@@ -537,7 +651,8 @@ def run_function(function_id: str):
     return response
 
 
-def idempotency_of(function_id: str, run_input, run_limits: dict, run_callback: str | None) -> tuple[str, str] | None:
+def idempotency_of(function_id: str, run_input, run_limits: dict, run_callback: str | None, version: int | None = None,
+                   alias: str | None = None) -> tuple[str, str] | None:
     """(Idempotency-Key, the request's fingerprint), or None without the header."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -545,6 +660,8 @@ def idempotency_of(function_id: str, run_input, run_limits: dict, run_callback: 
     if not IDEMPOTENCY_KEY.match(key):
         raise ApiError("Idempotency-Key must be 1 to 255 printable ASCII characters")
     request_said = {"function_id": function_id, "input": run_input, "limits": run_limits, "callback_url": run_callback}
+    if version is not None or alias is not None:  # a fingerprint of a plain request stays what it was
+        request_said.update(version=version, alias=alias)
     fingerprint = hashlib.sha256(json.dumps(request_said, sort_keys=True).encode()).hexdigest()
     return key, fingerprint
 

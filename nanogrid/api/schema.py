@@ -18,7 +18,7 @@ import jsonschema
 
 from nanogrid import __version__, schedules
 from nanogrid.config import Settings
-from nanogrid.functions import ID_PATTERN, INIT_MODES, NAME_PATTERN
+from nanogrid.functions import ID_PATTERN, INIT_MODES, MAX_ALIAS_WEIGHTS, NAME_PATTERN
 from nanogrid.layers import MAX_REQUIREMENTS_BYTES
 from nanogrid.jobs import ErrorType, Status, retries
 from nanogrid.limits import FRACTIONAL_LIMITS, LIMIT_FLOORS, Limits
@@ -94,6 +94,21 @@ REQUIREMENTS = {"type": ["string", "null"], "maxLength": MAX_REQUIREMENTS_BYTES,
 INIT = {"type": "string", "enum": list(INIT_MODES),
         "description": "handler mode: import main.py once per warm sandbox and fork each run from that state "
                        "(once, the default), or import it for every run (per_run)"}
+MAX_CONCURRENCY_SCHEMA = {"type": ["integer", "null"], "minimum": 1, "maximum": 10_000,
+                          "description": "at most this many runs of the function at once, on all workers; more "
+                                         "wait in PENDING for a slot (null: no bound of its own)"}
+WEIGHTS = {"type": "object", "maxProperties": MAX_ALIAS_WEIGHTS,
+           "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+           "description": "other versions (\"<n>\": share) that get that share of the alias's runs"}
+ALIAS = {"type": "object", "additionalProperties": False, "required": ["version", "weights", "previous"],
+         "properties": {"version": {"type": "integer", "minimum": 1}, "weights": WEIGHTS,
+                        "previous": {"type": ["integer", "null"], "description": "where it pointed before"}}}
+VERSION = {"type": "object", "required": ["version", "code_sha256", "handler", "requirements", "init", "build",
+                                          "aliases", "created_at"], "properties": {
+    "version": {"type": "integer", "minimum": 1}, "code_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "handler": {"type": ["string", "null"]}, "requirements": {"type": ["string", "null"]},
+    "init": {"type": ["string", "null"]}, "aliases": {"type": "array", "items": {"type": "string"}},
+    "created_at": TIMESTAMP}}
 BUILD = {"type": "object", "additionalProperties": False,
          "required": ["status", "layer_sha256", "size_bytes", "error"], "properties": {
              "status": {"type": "string", "enum": ["pending", "building", "ready", "failed"]},
@@ -121,6 +136,7 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "callback_url": {**CALLBACK_URL, "description": "the default callback_url of the function's runs"},
         "requirements": REQUIREMENTS,
         "init": INIT,
+        "max_concurrency": MAX_CONCURRENCY_SCHEMA,
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -138,7 +154,12 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                                       "0 returns 202 with the PENDING job at once"},
             "limits": limits,
             "callback_url": CALLBACK_URL,
+            "version": {"type": "integer", "minimum": 1, "description": "run this kept version (default: the "
+                                                                         "current one)"},
+            "alias": {"type": "string", "description": "run the version this alias sends the run to"},
         }},
+        "AliasRequest": {"type": "object", "additionalProperties": False, "required": ["version"], "properties": {
+            "version": {"type": "integer", "minimum": 1}, "weights": WEIGHTS}},
     }
 
 
@@ -158,6 +179,7 @@ def _form_schema(settings: Settings, create: bool) -> dict:
         "requirements": {"type": "string", "description": "requirements.txt text, as a field or a file part "
                                                           "(see FunctionCreate.requirements)"},
         "init": {"type": "string", "enum": list(INIT_MODES), "description": "see FunctionCreate.init"},
+        "max_concurrency": {"type": "string", "description": "a whole number, as text (see FunctionCreate)"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -185,6 +207,8 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "requirements": {"type": ["string", "null"], "description": "the normalised requirements"},
             "init": {"type": "string", "enum": list(INIT_MODES)},
             "build": {"oneOf": [{"type": "null"}, BUILD], "description": "null: no requirements"},
+            "max_concurrency": MAX_CONCURRENCY_SCHEMA,
+            "aliases": {"type": "object", "additionalProperties": ALIAS, "description": "the function's aliases"},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
                        "properties": effective, "description": "the effective limits of a run"},
@@ -194,6 +218,13 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                       **BUILD["properties"], "requirements": {"type": "string"},
                       "log": {"type": "string", "description": "the tail of pip's output"},
                       "build_s": {"type": ["number", "null"], "description": "how long the build took"}}},
+        "Version": {**VERSION, "properties": {**VERSION["properties"], "build": {"oneOf": [{"type": "null"}, BUILD]}}},
+        "VersionList": {"type": "object", "additionalProperties": False, "required": ["versions"], "properties": {
+            "versions": {"type": "array", "items": {"$ref": "#/components/schemas/Version"}}}},
+        "Alias": {**ALIAS, "required": ["name", *ALIAS["required"]],
+                  "properties": {"name": {"type": "string"}, **ALIAS["properties"]}},
+        "AliasList": {"type": "object", "additionalProperties": False, "required": ["aliases"], "properties": {
+            "aliases": {"type": "array", "items": {"$ref": "#/components/schemas/Alias"}}}},
         "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
                          "properties": {"functions": {"type": "array",
                                                       "items": {"$ref": "#/components/schemas/Function"}}}},
@@ -231,6 +262,8 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                     "duration_ms": {"type": ["integer", "null"]}}}},
             "callback_url": {"type": ["string", "null"]},
             "trigger": {"type": ["object", "null"], "description": "a schedule's run: {schedule_id, tick}"},
+            "alias": {"type": ["string", "null"], "description": "the alias the run was asked for by (its "
+                                                                 "function_version is the one it resolved to)"},
             "callbacks": {"type": "array", "description": "each callback's delivery", "items": {
                 "type": "object", "required": ["url", "attempts", "status"], "properties": {
                     "url": {"type": "string"}, "attempts": {"type": "integer", "minimum": 0},
@@ -385,6 +418,39 @@ def _document(settings: Settings) -> dict:
                                   **_errors(400, 404, 409, 413, 415, *GUARDED)}},
             "delete": {"operationId": "deleteFunction", "summary": "Delete a function and its code",
                        "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/versions": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "listVersions", "summary": "The function's kept versions, newest first",
+                    "responses": {"200": {"description": "the versions", "content": _json("VersionList")},
+                                  **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/versions/{version}": {
+            "parameters": [_function_id(), {"name": "version", "in": "path", "required": True,
+                                            "schema": {"type": "integer", "minimum": 1}}],
+            "get": {"operationId": "getVersion", "summary": "One version: its code's hash and settings",
+                    "responses": {"200": {"description": "the version", "content": _json("Version")},
+                                  **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/aliases": {
+            "parameters": [_function_id()],
+            "get": {"operationId": "listAliases", "summary": "The function's aliases",
+                    "responses": {"200": {"description": "the aliases", "content": _json("AliasList")},
+                                  **_errors(404, *GUARDED)}},
+        },
+        "/functions/{function_id}/aliases/{name}": {
+            "parameters": [_function_id(), {"name": "name", "in": "path", "required": True,
+                                            "schema": {"type": "string"}}],
+            "get": {"operationId": "getAlias", "summary": "One alias",
+                    "responses": {"200": {"description": "the alias", "content": _json("Alias")},
+                                  **_errors(404, *GUARDED)}},
+            "put": {"operationId": "putAlias", "summary": "Point an alias at a version (moving it is a rollback "
+                                                          "or a roll forward), with optional weights",
+                    "requestBody": {"required": True, "content": _json("AliasRequest")},
+                    "responses": {"200": {"description": "the alias", "content": _json("Alias")},
+                                  **_errors(400, 404, 415, *GUARDED)}},
+            "delete": {"operationId": "deleteAlias", "summary": "Remove an alias",
+                       "responses": {"204": {"description": "removed"}, **_errors(404, *GUARDED)}},
         },
         "/functions/{function_id}/build": {
             "parameters": [_function_id()],

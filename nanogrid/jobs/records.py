@@ -96,7 +96,7 @@ PUBLIC_FIELDS = (
     "job_id", "function_id", "function_version", "status", "result", "stdout", "stderr", "exit_code",
     "error", "truncated", "duration_ms", "created_at", "started_at", "finished_at", "ai_usage",
     "peak_memory_bytes", "cpu_time_ms", "attempt", "attempts", "callback_url", "callbacks",
-    "trigger",
+    "trigger", "alias",
 )
 CALLBACK_PENDING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "delivered", "failed"
 OUTPUT_FIELDS = ("result", "stdout", "stderr")

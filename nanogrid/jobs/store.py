@@ -71,7 +71,7 @@ class JobStore:
     # -- creation and dispatch -----------------------------------------------------------------
 
     def create(self, function: dict, run_input: Any, limits: dict | None = None, job_id: str | None = None,
-               callback_url: str | None = None, trigger: dict | None = None) -> JobRecord:
+               callback_url: str | None = None, trigger: dict | None = None, alias: str | None = None) -> JobRecord:
         """A PENDING job; limits: what this run asks for on top of the function's (already validated);
         callback_url: where to POST the job when it ends (else the function's, if any); trigger:
         what started it other than a request (a schedule's tick).
@@ -89,7 +89,7 @@ class JobStore:
             "input": run_input,
             # What the run needs from the function at this version, so an update cannot change it.
             "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env", "retries",
-                                                     "layer_sha256", "init")},
+                                                     "layer_sha256", "init", "max_concurrency")},
                      # The requested limits: the function's (top-level shortcuts of older documents
                      # included), then this run's; the worker resolves them against the settings.
                      "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},
@@ -100,7 +100,7 @@ class JobStore:
             # The caller publishes right after this insert; if it dies first, the reaper redispatches.
             "dispatch_attempts": 1, "worker_id": None, "lease_until": None,
             "attempt": 1, "attempts": [], "callback_url": callback_url or function.get("callback_url"),
-            "trigger": trigger,
+            "trigger": trigger, "alias": alias,
         }
         self.table.insert(job["job_id"], job, self._entries(job))
         try:
@@ -114,7 +114,7 @@ class JobStore:
 
     def submit(self, function: dict, run_input: Any, limits: dict | None = None,
                idempotency: tuple[str, str] | None = None,
-               callback_url: str | None = None) -> tuple[JobRecord, bool]:
+               callback_url: str | None = None, alias: str | None = None) -> tuple[JobRecord, bool]:
         """Create the job and publish its run; (the job, whether it is one an earlier request made).
 
         idempotency: (the client's key, the request's fingerprint). The same key (per tenant, for
@@ -128,7 +128,7 @@ class JobStore:
             if earlier is not None:
                 return earlier, True
         try:
-            job = self.create(function, run_input, limits, job_id, callback_url)
+            job = self.create(function, run_input, limits, job_id, callback_url, alias=alias)
         except Conflict:  # another request with the key made it just now
             return self.get(job_id), True
         try:

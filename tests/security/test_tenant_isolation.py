@@ -61,9 +61,15 @@ def b_requests(fn_id: str, done: str, queued: str, schedule: str) -> list[tuple[
         z.writestr("main.py", "def handler(e, c):\n    return 'hijacked'\n")
     return [
         ("GET", f"/functions/{fn_id}", {}),
-        ("GET", f"/functions/{fn_id}/build", {}),
         ("PUT", f"/functions/{fn_id}", {"json": {"code": "def handler(e, c):\n    return 'hijacked'\n"}}),
         ("PUT", f"/functions/{fn_id}", {"json": {"requirements": "six"}}),
+        ("GET", f"/functions/{fn_id}/build", {}),
+        ("GET", f"/functions/{fn_id}/versions", {}),
+        ("GET", f"/functions/{fn_id}/versions/1", {}),
+        ("PUT", f"/functions/{fn_id}/aliases/prod", {"json": {"version": 1}}),
+        ("GET", f"/functions/{fn_id}/aliases", {}),
+        ("GET", f"/functions/{fn_id}/aliases/prod", {}),
+        ("DELETE", f"/functions/{fn_id}/aliases/prod", {}),
         ("PUT", f"/functions/{fn_id}", {"json": {"timeout_s": 1}}),
         ("PUT", f"/functions/{fn_id}", {"data": {"file": (io.BytesIO(zipped.getvalue()), "code.zip")},
                                         "content_type": "multipart/form-data"}),
@@ -95,7 +101,9 @@ def test_tenant_b_gets_404_on_every_route_of_a_and_changes_nothing(world):
     unknown = b_requests(UNKNOWN_FUNCTION, UNKNOWN_JOB, UNKNOWN_JOB, UNKNOWN_SCHEDULE)
     # The matrix must cover every documented operation that takes an id.
     covered = {(m, p.replace(world["fn"]["function_id"], "{function_id}").replace(world["done"], "{job_id}")
-                .replace(world["queued"], "{job_id}").replace(world["schedule"], "{schedule_id}")) for m, p, _ in mine}
+                .replace(world["queued"], "{job_id}").replace(world["schedule"], "{schedule_id}")
+                    .replace("/versions/1", "/versions/{version}").replace("/aliases/prod", "/aliases/{name}"))
+               for m, p, _ in mine}
     documented = {(m.upper(), p) for p, item in doc["paths"].items() if "{" in p for m in item if m != "parameters"}
     assert documented <= covered, documented - covered
 
@@ -157,7 +165,8 @@ def test_the_owner_still_can_do_everything(world):
     doc = client.get("/openapi.json", headers=a).get_json()
     fn_id = world["fn"]["function_id"]
     # After the DELETE (204) the function's own routes, its schedules' included, are 404.
-    expected = [200, 200, 200, 200, 204, 404, 404, 404, 200, 200, 409, 200, 404, 404, 404, 404, 404, 404, 200]
+    expected = [200, 200, 200, 200, 200, 200, 200, 200, 200, 204, 200, 200, 204, 404, 404, 404, 200, 200, 409, 200,
+                404, 404, 404, 404, 404, 404, 200]
     requests = b_requests(fn_id, world["done"], world["queued"], world["schedule"])[:len(expected)]  # not the endless stream
     for (method, path, kwargs), status in zip(requests, expected, strict=True):
         response = client.open(path, method=method, headers=a, **kwargs)
