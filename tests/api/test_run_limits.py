@@ -9,8 +9,7 @@ from __future__ import annotations
 import io
 import json
 
-LIMIT_NAMES = {"timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes",
-               "init_timeout_s"}
+LIMIT_NAMES = {"timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes"}
 SLEEPER = "import time\ntime.sleep(30)\n"
 TALKER = "print('x' * 50000)\n"
 RETURNS_ONE = "def handler(e, c):\n    return 1\n"
