@@ -110,12 +110,9 @@ def created(handle):
     return True if handle >= 0 else os.strerror(ctypes.get_errno())
 
 def zygote(pid):
-    # the runner's zygote (init once: it imported main.py, and stays between runs); a run forked
-    # from it has its command line too
-    if int(pid) == os.getpid():
-        return False
+    # the runner's zygote (init once: it imported main.py, and stays between runs)
     try:
-        return b"--zygote" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        return open(f"/proc/{pid}/comm", "rb").read().strip() == b"nanogrid-zygote"
     except OSError:
         return False
 

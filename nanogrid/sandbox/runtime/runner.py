@@ -45,11 +45,14 @@ Init once, fork per run. In handler mode ("handler" not null) with "init": "once
 "per_run" keeps the import in every run's own process, and script mode always does), main.py is
 imported ONCE per runner, in a zygote, and every run is forked from the zygote, so module-level
 work (imports, loading a model) is paid by the sandbox's first run only and every run starts from
-the same post-init state. The zygote is a fresh interpreter exec'd from a fork of the runner
-(`runner.py --zygote FD`): nothing of the runner's memory (requests, inputs, the nonce) is in it,
-it installs the seccomp filter and makes itself non-dumpable again before any user code, its
-stdin and stdout are /dev/null, and its only way to the runner is a socketpair (SOCK_SEQPACKET),
-which no run's process inherits. Per run the runner sends it the run's own descriptors with
+the same post-init state. The runner forks the zygote when it starts, before it reads any
+request, so no request, input or nonce was ever in its memory (which it shares copy-on-write
+with the runner: a zygote costs the sandbox little memory); one started later, to replace a
+zygote found dead, is a fresh interpreter exec'd from a fork (`runner.py --zygote FD`) for the
+same reason. It is named nanogrid-zygote (/proc/<pid>/comm), stays non-dumpable (is not a
+subreaper), installs the seccomp filter before any user code, its stdin and stdout are
+/dev/null, and its only way to the runner is a socketpair (SOCK_SEQPACKET), which no run's
+process inherits. A runner whose first request does not initialise once ends its zygote. Per run the runner sends it the run's own descriptors with
 SCM_RIGHTS (the spec and the input in memfds; the stdout, stderr and result pipes), never a
 nonce. The zygote forks the run twice over (its first parent exits at once), so the run is
 reparented to this subreaper before it starts, and reports its pid; the run makes itself
@@ -843,9 +846,25 @@ class Zygote:
         return self.ended
 
 
-def start_zygote(code_dir, libs, zygote_args):
-    """A new zygote: a fresh interpreter (exec'd, so nothing of this process's memory, no request
-    and no nonce, is in it) running this file in zygote mode, with one end of a socketpair."""
+ZYGOTE_NAME = b"nanogrid-zygote"  # its /proc/<pid>/comm (a run forked from it gets the runner's back)
+PR_SET_NAME = 15
+_runner_name = []
+
+
+def set_name(name):
+    try:
+        import ctypes
+
+        libc().prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    except (AttributeError, ImportError):
+        pass
+
+
+def start_zygote(code_dir, libs, zygote_args, out_fd, fresh=False):
+    """A new zygote, with one end of a socketpair. The runner forks its first one when it starts,
+    before it has read any request: nothing of a request or nonce is in its memory, which it
+    shares (copy-on-write) with the runner. A later one (fresh: the first one is gone) is a fresh
+    interpreter exec'd from a fork, running this file in zygote mode, for the same reason."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -853,11 +872,17 @@ def start_zygote(code_dir, libs, zygote_args):
     if pid == 0:
         try:
             nonce[:] = bytes(NONCE_SIZE)
+            ours.close()
+            os.close(out_fd)
             devnull = os.open(os.devnull, os.O_RDWR)
             # Neither the request stream nor the frame stream: stdin and stdout are /dev/null. Its
             # stderr stays the runner's until the zygote's init replaces it (a crash of its own shows).
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
+            os.close(devnull)
+            if not fresh:
+                code = zygote_main(theirs, code_dir, libs)
+                os._exit(code or 0)
             os.set_inheritable(theirs.fileno(), True)
             arguments = [sys.executable, "-I", "-B", os.path.abspath(__file__), "--zygote", str(theirs.fileno()),
                          code_dir, *(f"--lib={lib}" for lib in libs), *zygote_args]
@@ -910,7 +935,7 @@ def run_in_zygote(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, 
         zygote.kill()
         zygote = None
     if zygote is None:
-        zygote = start_zygote(code_dir, libs, zygote_args)
+        zygote = start_zygote(code_dir, libs, zygote_args, out_fd, fresh=True)
     input_fd = input_descriptor(request.get("input") or "null")
     spec_fd = os.memfd_create("nanogrid-spec", os.MFD_CLOEXEC)
     write_all(spec_fd, json.dumps(spec).encode())
@@ -1059,17 +1084,29 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
     return status, usage, records.final(), extra, clean
 
 
-def zygote_main(channel_fd, code_dir, libs, enosys):
-    """The zygote: imports main once (with the first run's output, environment and AI channel),
-    then forks each run from that state and reports the run's pid and how it ended."""
+def exec_zygote_main(channel_fd, code_dir, libs, enosys):
+    """A zygote exec'd by the runner (start_zygote, fresh)."""
     prctl(PR_SET_DUMPABLE, 0)  # execve made it dumpable again: no run may ptrace it or open its fds
     # A fresh image: the nonce buffer is all zeros, and the runner never sends a nonce here.
     try:
         _filter.append(seccomp_filter(enosys))
     except (ImportError, OSError):
         _filter.append(None)
-    install_filter()
-    sock = socket.socket(fileno=channel_fd)
+    return zygote_main(socket.socket(fileno=channel_fd), code_dir, libs)
+
+
+def zygote_main(sock, code_dir, libs):
+    """The zygote: imports main once (with the first run's output, environment and AI channel),
+    then forks each run from that state, hands it over to the runner and reports its pid. It
+    stays non-dumpable (the runner's setting, kept across fork; exec_zygote_main sets it again)."""
+    if not _runner_name:
+        try:
+            with open("/proc/self/comm", "rb") as f:
+                _runner_name.append(f.read().strip())
+        except OSError:
+            _runner_name.append(b"python3")
+    set_name(ZYGOTE_NAME)
+    install_filter()  # before any user code
     devnull = os.open(os.devnull, os.O_RDWR)
     os.chdir(code_dir)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
@@ -1199,6 +1236,7 @@ def run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_
     descriptors, environment, context and AI channel; no way to the zygote's channel."""
     sock.close()
     os.close(devnull)
+    set_name(_runner_name[0])
     prctl(PR_SET_DUMPABLE, 1)  # an ordinary process, as a run forked from the runner
     output_to(w_out, w_err)
     os.dup2(input_fd, 0)
@@ -1241,7 +1279,7 @@ def main():
     prctl(PR_SET_DUMPABLE, 0)
     code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = parse_arguments(sys.argv[1:])
     if zygote_fd is not None:
-        return zygote_main(zygote_fd, code_dir, libs, enosys)
+        return exec_zygote_main(zygote_fd, code_dir, libs, enosys)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     unlisted = []  # the IPC calls whose objects this runner could not find again to remove them
     if ipc:
@@ -1262,6 +1300,10 @@ def main():
     # Everything loaded so far stays out of the collector's way: a collection in a run's process
     # would otherwise touch (and so copy) every object inherited from this one.
     gc.freeze()
+    # The zygote, before any request is read (see start_zygote); it imports main.py when the first
+    # handler run that initialises once comes, and goes when the first run does not.
+    start_zygote(code_dir, libs, zygote_args, out_fd)
+    first = True
     while True:
         try:
             request = read_request(control_fd)
@@ -1270,6 +1312,10 @@ def main():
             return 2
         if request is None:
             return 0
+        spec = request["spec"]
+        if first and _zygote and (spec.get("handler") is None or spec.get("init", "once") == "per_run"):
+            _zygote[0].kill()  # a sandbox serves one function version, in one mode: no zygote needed
+        first = False
         try:
             clean, retire = run_once(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable,
                                      zygote_args)
