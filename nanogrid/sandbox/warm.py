@@ -7,7 +7,8 @@ without an AI directory. It is never
 shared with another function, version or tenant, and it runs one invocation at a time; per-run
 limits (deadline, output cap) are the worker's, as for any run. Between runs the runner has
 killed the run's processes and emptied /tmp, /dev/shm and the IPC namespace, and every run is a
-fresh fork, so nothing of one run is visible to the next (the reuse contract in runner.py).
+fresh fork (in handler mode, of the zygote that imported main.py once), so nothing of one run is
+visible to the next (the reuse contract in runner.py).
 
 The pool belongs to one worker process (each prefork child has its own; its bounds are per
 process): per key at most `warm_pool_size` idle containers, in all at most

@@ -111,16 +111,16 @@ class DockerBackend(Backend):
 
 
 # Run in a container: its processes but PID 1 (the runner), the runner's zygote (init once: the one
-# child of PID 1 started as `runner.py --zygote`, which stays between runs) and the listing itself.
+# child of PID 1 named nanogrid-zygote, which stays between runs) and the listing itself.
 LIST_PROCESSES = """
 import os
 def zygote(pid):
     try:
         stat = open(f"/proc/{pid}/stat", "rb").read()
-        command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        name = open(f"/proc/{pid}/comm", "rb").read().strip()
     except OSError:
         return False
-    return stat[stat.rfind(b")") + 2:].split()[1] == b"1" and b"--zygote" in command
+    return stat[stat.rfind(b")") + 2:].split()[1] == b"1" and name == b"nanogrid-zygote"
 pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
 zygotes = [pid for pid in pids if zygote(pid)]
 print(*(pid for pid in pids if pid not in zygotes[:1]))

@@ -1,11 +1,13 @@
 """The in-sandbox runner: runs function invocations, one at a time, and reports each as frames.
 
-Usage: python3 -I -B runner.py CODE_DIR [--scrub DIR]... [--scrub-ipc]
+Usage: python3 -I -B runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc]
 
 CODE_DIR holds one function version's bundle (main.py, ...), read-only and shared by every run
-of that version. Requests arrive on stdin as frames with the same header as the output frames:
-type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "context", "ai"},
-"input": "<the event as JSON text>"}, followed by a frame of type b"n" holding the run's nonce
+of that version; each --lib DIR (a layer: installed third-party packages, a pip --target tree,
+read-only) goes on the user code's sys.path right after CODE_DIR and before the runtime's own
+folder, in every run. Requests arrive on stdin as frames with the same header as the output frames:
+type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "context", "ai",
+"init", "init_timeout_s"}, "input": "<the event as JSON text>"}, followed by a frame of type b"n" holding the run's nonce
 (16 random bytes the worker chose for this run). The exit frame carries the nonce back; the run's
 own processes never know it (it is read into one buffer, which the child wipes before anything
 else), so no process of the run can forge the end of its run, even where it can write into the
@@ -24,9 +26,10 @@ sandbox's IPC namespace): when the worker reads the exit frame, the sandbox is a
 next run needs it. Then it reads the next request; it exits at the end of its stdin.
 
 Reuse contract: nothing survives from one run to the next. Every run is a new process forked
-from this one (no module cache, no globals, no environment changes carry over), its files are
-deleted and its processes killed. What is reused is the container and this interpreter, whose
-start is what a run no longer pays for. If the clean-up cannot finish (a process that will not
+from the same state (no module cache, no globals, no environment changes of a run carry over),
+its files are deleted and its processes killed. What is reused is the container and this
+interpreter, whose start is what a run no longer pays for, and in handler mode main.py's import
+(Init once, below). If the clean-up cannot finish (a process that will not
 die, a file that cannot be removed), the exit frame says so ("clean": false) and the runner
 exits, so the worker never hands the sandbox to another run. EOF on stdin during a run (the
 worker is gone) kills the run and ends the runner.
@@ -37,6 +40,51 @@ its file descriptors through /proc to read requests or forge frames; in a contai
 signals (on Linux: gVisor delivers them, so there a function can kill its own runner, which ends
 its own run and container). It is a child subreaper, so processes the user code double-forks into
 the background stay its descendants.
+
+Init once, fork per run. In handler mode ("handler" not null) with "init": "once" (the default;
+"per_run" keeps the import in every run's own process, and script mode always does), main.py is
+imported ONCE per runner, in a zygote, and every run is forked from the zygote, so module-level
+work (imports, loading a model) is paid by the sandbox's first run only and every run starts from
+the same post-init state. The runner forks the zygote when it starts, before it reads any
+request, so no request, input or nonce was ever in its memory (which it shares copy-on-write
+with the runner: a zygote costs the sandbox little memory); one started later, to replace a
+zygote found dead, is a fresh interpreter exec'd from a fork (`runner.py --zygote FD`) for the
+same reason. It is named nanogrid-zygote (/proc/<pid>/comm), stays non-dumpable (is not a
+subreaper), installs the seccomp filter before any user code, its stdin and stdout are
+/dev/null, and its only way to the runner is a socketpair (SOCK_SEQPACKET), which no run's
+process inherits. A runner whose first request does not initialise once ends its zygote. Per run the runner sends it the run's own descriptors with
+SCM_RIGHTS (the spec and the input in memfds; the stdout, stderr and result pipes), never a
+nonce. The zygote forks the run twice over (its first parent exits at once), so the run is
+reparented to this subreaper before it starts, and reports its pid; the run makes itself
+dumpable like any run. Its parent is thus the runner, as for a run forked from it (PID 1 of a
+container, deaf to the run's signals), and its exit status and rusage are the runner's own wait4
+(the run's own accounting; the first run's adds what the zygote says the init used). The runner
+relays, cleans and writes the exit frame as for any run, and stays the only writer of frames: the
+zygote, the user's own code, can at most lie about its own init (its accounting, or failing),
+and anything from it that is not a report in order retires the sandbox. The
+zygote stays non-dumpable: a run (same uid) can neither ptrace it nor open its memory or its
+descriptors through /proc. The clean-up after each run kills everything but the zygote,
+including any child of the zygote (what its init left running, or forked since); processes a run
+leaves are reparented to this subreaper.
+- The init's output goes to the sandbox's first run (its job shows it); its environment is the
+  first run's "env" and its AI channel the first run's "ai" (each run then applies its own).
+- Before the first run, the runner kills what the init left running and empties the --scrub
+  directories and the IPC namespace: files the init wrote to /tmp or /dev/shm are gone, so every
+  run sees the same filesystem (keep what the import needs in memory, or in the code or a layer).
+- A failed init (an exception or SystemExit at import, the zygote's death, or an import that
+  takes longer than "init_timeout_s", which this runner stops) ends that run with "init_error"
+  in its exit frame ("exception", "exit", "died", "timeout"), the user's traceback (user frames
+  only) on its stderr; the runner then retires ("retire": true in the exit frame, and it exits),
+  so the sandbox is not reused. So it does when a run killed its zygote or the zygote broke its
+  protocol. A zygote that died between runs (its own threads) is replaced by a new one if the
+  runner reaped it before the next run; if the next run finds it gone, that run ends without an
+  exit status (a sandbox error) and the sandbox retires.
+- Threads started at import do not survive the fork: a run has only its main thread (libraries
+  that start worker threads lazily, or re-create them in an at-fork hook, work). They do keep
+  running in the zygote itself, between and during runs, where they can see what the zygote
+  sees (the writable places, each run's descriptors for the moment they pass through it).
+  Descriptors the import opened (files, sockets) are inherited by every run and share their file
+  offsets: reopen per run what a run reads or writes.
 
 Before the user code starts, the child installs a seccomp filter of its own (on x86-64 and
 arm64): no new namespaces (unshare, setns, clone with CLONE_NEW*; clone3 is ENOSYS so the C
@@ -469,8 +517,10 @@ def reap(pid):
             return found
         if done == pid:
             found = (status, usage)
-        if _zygote and done == _zygote[0].pid:
+        elif _zygote and done == _zygote[0].pid:
             _zygote[0].ended = (status, usage)
+        else:
+            _reaped[done] = (status, usage)  # a zygote run's, perhaps, before its pid was reported
 
 
 def children(parent=None):
@@ -763,6 +813,8 @@ def run_once(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_v
 
 # The live zygote, if any (at most one): Zygote.
 _zygote = []
+# What reap() collected of other processes during a zygote run, by pid (emptied per run).
+_reaped = {}
 ZYGOTE_MESSAGE_CAP = 4096
 INIT_ERRORS = ("exception", "exit")
 
@@ -794,9 +846,25 @@ class Zygote:
         return self.ended
 
 
-def start_zygote(code_dir, libs, zygote_args):
-    """A new zygote: a fresh interpreter (exec'd, so nothing of this process's memory, no request
-    and no nonce, is in it) running this file in zygote mode, with one end of a socketpair."""
+ZYGOTE_NAME = b"nanogrid-zygote"  # its /proc/<pid>/comm (a run forked from it gets the runner's back)
+PR_SET_NAME = 15
+_runner_name = []
+
+
+def set_name(name):
+    try:
+        import ctypes
+
+        libc().prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    except (AttributeError, ImportError):
+        pass
+
+
+def start_zygote(code_dir, libs, zygote_args, out_fd, fresh=False):
+    """A new zygote, with one end of a socketpair. The runner forks its first one when it starts,
+    before it has read any request: nothing of a request or nonce is in its memory, which it
+    shares (copy-on-write) with the runner. A later one (fresh: the first one is gone) is a fresh
+    interpreter exec'd from a fork, running this file in zygote mode, for the same reason."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -804,11 +872,17 @@ def start_zygote(code_dir, libs, zygote_args):
     if pid == 0:
         try:
             nonce[:] = bytes(NONCE_SIZE)
+            ours.close()
+            os.close(out_fd)
             devnull = os.open(os.devnull, os.O_RDWR)
             # Neither the request stream nor the frame stream: stdin and stdout are /dev/null. Its
             # stderr stays the runner's until the zygote's init replaces it (a crash of its own shows).
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
+            os.close(devnull)
+            if not fresh:
+                code = zygote_main(theirs, code_dir, libs)
+                os._exit(code or 0)
             os.set_inheritable(theirs.fileno(), True)
             arguments = [sys.executable, "-I", "-B", os.path.abspath(__file__), "--zygote", str(theirs.fileno()),
                          code_dir, *(f"--lib={lib}" for lib in libs), *zygote_args]
@@ -861,7 +935,7 @@ def run_in_zygote(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, 
         zygote.kill()
         zygote = None
     if zygote is None:
-        zygote = start_zygote(code_dir, libs, zygote_args)
+        zygote = start_zygote(code_dir, libs, zygote_args, out_fd, fresh=True)
     input_fd = input_descriptor(request.get("input") or "null")
     spec_fd = os.memfd_create("nanogrid-spec", os.MFD_CLOEXEC)
     write_all(spec_fd, json.dumps(spec).encode())
@@ -904,8 +978,9 @@ def run_in_zygote(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, 
 def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_dirs, ipc, ipc_verifiable):
     """Relay a zygote run's output until it ends, and follow the zygote's reports: (status, usage,
     result, extra exit-frame fields, clean). The zygote is the user's code: what it says is
-    believed only about its own run (its exit status and accounting), and anything that is not a
-    report in order ends the zygote and retires the sandbox."""
+    believed only about its own init; the run itself is this runner's child (the zygote hands it
+    over), so its exit status and accounting are this runner's own wait4. Anything from the
+    zygote that is not a report in order retires the sandbox."""
     readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
     records = ResultRecords(out_fd)
     initialising = not zygote.initialised
@@ -917,6 +992,7 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
     lost = not sent
     ended_at = None
     channel = zygote.sock.fileno()
+    _reaped.clear()
     while True:
         if phase == "done":
             ended_at = ended_at or time.monotonic()
@@ -925,7 +1001,7 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
         wait = 0.05 if phase == "done" else 0.5
         if phase == "init":
             wait = max(0.0, min(wait, init_deadline - time.monotonic()))
-        watched = [*readers, control_fd] + ([channel] if not lost and phase != "done" else [])
+        watched = [*readers, control_fd] + ([channel] if not lost else [])
         ready, _, _ = select.select(watched, [], [], wait)
         if control_fd in ready:
             raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
@@ -964,14 +1040,14 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
                     extra["memory_error_at_init"] = True
                 phase = "done"
             elif (phase == "fork" and number(message.get("pid")) and message["pid"] != os.getpid()
-                  # the zygote's child; this runner's if it killed the zygote; gone if it was quick
-                  and parent_of(message["pid"]) in (zygote.pid, os.getpid(), None)):
+                  # handed over: this runner's child, or already reaped here (a quick run)
+                  and (message["pid"] in _reaped or parent_of(message["pid"]) == os.getpid())):
                 pid, phase = message["pid"], "run"
-            elif phase in ("fork", "run") and number(message.get("status")) is not None:
-                status = message["status"] & 0xFFFF
-                usage = (number(message.get("utime"), float) or 0.0, number(message.get("stime"), float) or 0.0,
-                         number(message.get("maxrss")) or 0)
-                phase = "done"
+                if pid in _reaped:
+                    (status, raw_usage), phase = _reaped.pop(pid), "done"
+                    usage = (raw_usage.ru_utime, raw_usage.ru_stime, raw_usage.ru_maxrss)
+            elif phase == "fork" and message.get("no_run") is True:
+                status, phase = 1 << 8, "done"  # it could not fork the run (and said why on its stderr)
             else:
                 lost = True  # not a report in order: the zygote is not to be trusted with another run
             if lost:
@@ -979,20 +1055,22 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
         if phase == "init" and time.monotonic() >= init_deadline:
             zygote.kill()
             extra["init_error"] = "timeout"
-            phase = "done"
-        # Orphans are reaped as they end; a run whose zygote is gone is this subreaper's child now.
+            phase, lost = "done", True
+        # Orphans are reaped as they end, and so is the run: this subreaper's child. Its output
+        # ends just before it does (as in relay): then it is waited for.
         reaped = reap(pid)
-        if lost and phase != "done":
+        if phase == "run" and reaped is None and not readers:
+            _, raw_status, raw_usage = os.wait4(pid, 0)
+            reaped = (raw_status, raw_usage)
+        if phase == "run" and reaped is not None:
+            status, raw_usage = reaped
+            usage = (raw_usage.ru_utime, raw_usage.ru_stime, raw_usage.ru_maxrss)
+            phase = "done"
+        if lost and phase in ("init", "fork"):
             extra["retire"] = True
             if phase == "init":
                 extra["init_error"] = "died"  # at import: os._exit, a signal, the kernel
-                phase = "done"
-            elif pid is None:
-                phase = "done"  # it died before it started the run: nothing of the run ran
-            elif reaped is not None:
-                status, raw_usage = reaped
-                usage = (raw_usage.ru_utime, raw_usage.ru_stime, raw_usage.ru_maxrss)
-                phase = "done"
+            phase = "done"  # before it handed the run over: nothing of the run ran
         if phase == "done" and ended_at is not None and (not ready or time.monotonic() - ended_at > DRAIN_S * 5):
             break  # a double-forked orphan can hold the pipes open forever
     for fd in readers:
@@ -1006,17 +1084,29 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
     return status, usage, records.final(), extra, clean
 
 
-def zygote_main(channel_fd, code_dir, libs, enosys):
-    """The zygote: imports main once (with the first run's output, environment and AI channel),
-    then forks each run from that state and reports the run's pid and how it ended."""
+def exec_zygote_main(channel_fd, code_dir, libs, enosys):
+    """A zygote exec'd by the runner (start_zygote, fresh)."""
     prctl(PR_SET_DUMPABLE, 0)  # execve made it dumpable again: no run may ptrace it or open its fds
     # A fresh image: the nonce buffer is all zeros, and the runner never sends a nonce here.
     try:
         _filter.append(seccomp_filter(enosys))
     except (ImportError, OSError):
         _filter.append(None)
-    install_filter()
-    sock = socket.socket(fileno=channel_fd)
+    return zygote_main(socket.socket(fileno=channel_fd), code_dir, libs)
+
+
+def zygote_main(sock, code_dir, libs):
+    """The zygote: imports main once (with the first run's output, environment and AI channel),
+    then forks each run from that state, hands it over to the runner and reports its pid. It
+    stays non-dumpable (the runner's setting, kept across fork; exec_zygote_main sets it again)."""
+    if not _runner_name:
+        try:
+            with open("/proc/self/comm", "rb") as f:
+                _runner_name.append(f.read().strip())
+        except OSError:
+            _runner_name.append(b"python3")
+    set_name(ZYGOTE_NAME)
+    install_filter()  # before any user code
     devnull = os.open(os.devnull, os.O_RDWR)
     os.chdir(code_dir)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
@@ -1102,22 +1192,43 @@ def zygote_main(channel_fd, code_dir, libs, enosys):
         else:
             init_s = 0.0
         reap_strays()
+        # The run is forked twice: its first parent exits at once, so it is reparented to the
+        # runner (the subreaper), which waits for it itself. Its parent is then the runner (PID 1
+        # of a container, deaf to the run's signals), as for a run forked from the runner, and
+        # its exit status and accounting are the runner's own wait4, nothing the zygote says.
+        # It waits on `gate` until the zygote has reported its pid (so the runner knows it
+        # before it can end) and it has its new parent.
+        gate_r, gate_w = os.pipe()
+        pid_r, pid_w = os.pipe()
         try:
-            pid = os.fork()
+            middle = os.fork()
         except OSError as exc:
+            middle = None
             os.write(w_err, f"cannot start the run: {exc}\n".encode())
-            pid = None
-        if pid == 0:
-            run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_out, w_err, w_res)
-        for fd in (input_fd, w_out, w_err, w_res):
+        if middle == 0:
+            os.close(gate_w)
+            os.close(pid_r)
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                os.write(w_err, f"cannot start the run: {exc}\n".encode())
+                os._exit(1)
+            if pid == 0:
+                os.close(pid_w)
+                while os.read(gate_r, 1):
+                    pass
+                os.close(gate_r)
+                run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_out, w_err, w_res)
+            os.write(pid_w, str(pid).encode())
+            os._exit(0)
+        for fd in (input_fd, w_out, w_err, w_res, gate_r, pid_w):
             os.close(fd)
-        if pid is None:
-            send(status=1 << 8, utime=0.0, stime=0.0, maxrss=0)
-            continue
-        send(pid=pid)
-        _, status, usage = os.wait4(pid, 0)
-        reap_strays()
-        send(status=status, utime=usage.ru_utime, stime=usage.ru_stime, maxrss=usage.ru_maxrss)
+        if middle is not None:
+            os.waitpid(middle, 0)  # gone: the run is the runner's child now
+        handed = os.read(pid_r, 32)
+        os.close(pid_r)
+        send(pid=int(handed)) if handed else send(no_run=True)
+        os.close(gate_w)  # the run may start
 
 
 def run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_out, w_err, w_res):
@@ -1125,6 +1236,7 @@ def run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_
     descriptors, environment, context and AI channel; no way to the zygote's channel."""
     sock.close()
     os.close(devnull)
+    set_name(_runner_name[0])
     prctl(PR_SET_DUMPABLE, 1)  # an ordinary process, as a run forked from the runner
     output_to(w_out, w_err)
     os.dup2(input_fd, 0)
@@ -1167,7 +1279,7 @@ def main():
     prctl(PR_SET_DUMPABLE, 0)
     code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = parse_arguments(sys.argv[1:])
     if zygote_fd is not None:
-        return zygote_main(zygote_fd, code_dir, libs, enosys)
+        return exec_zygote_main(zygote_fd, code_dir, libs, enosys)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     unlisted = []  # the IPC calls whose objects this runner could not find again to remove them
     if ipc:
@@ -1188,6 +1300,10 @@ def main():
     # Everything loaded so far stays out of the collector's way: a collection in a run's process
     # would otherwise touch (and so copy) every object inherited from this one.
     gc.freeze()
+    # The zygote, before any request is read (see start_zygote); it imports main.py when the first
+    # handler run that initialises once comes, and goes when the first run does not.
+    start_zygote(code_dir, libs, zygote_args, out_fd)
+    first = True
     while True:
         try:
             request = read_request(control_fd)
@@ -1196,6 +1312,10 @@ def main():
             return 2
         if request is None:
             return 0
+        spec = request["spec"]
+        if first and _zygote and (spec.get("handler") is None or spec.get("init", "once") == "per_run"):
+            _zygote[0].kill()  # a sandbox serves one function version, in one mode: no zygote needed
+        first = False
         try:
             clean, retire = run_once(code_dir, libs, request, out_fd, control_fd, scrub_dirs, ipc, ipc_verifiable,
                                      zygote_args)
