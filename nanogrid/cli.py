@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("logs", "print a job's output (--follow: as it comes, until the job ends)", cmd_logs),
         ("jobs", "list recent jobs, newest first", cmd_jobs),
         ("build", "show a function's dependency build (--follow: until it ends)", cmd_build),
+        ("versions", "list a function's kept versions, newest first, with their aliases", cmd_versions),
+        ("alias", "point an alias of a function at a version (--weight V=SHARE sends a share to another)",
+         cmd_alias),
+        ("rollback", "move an alias back to the version it pointed at before", cmd_rollback),
+        ("functions", "the functions: list, show NAME, delete NAME", cmd_functions),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
@@ -164,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "logs":
             p.add_argument("job_id")
             p.add_argument("--follow", "-f", action="store_true", help="follow the output until the job ends")
+        elif name in ("versions", "rollback"):
+            p.add_argument("function", help="function name or id")
+            if name == "rollback":
+                p.add_argument("--alias", required=True, help="the alias to move back (e.g. prod)")
+        elif name == "alias":
+            p.add_argument("function", help="function name or id")
+            p.add_argument("alias", help="the alias's name (e.g. prod)")
+            p.add_argument("version", type=int, help="the version it points at")
+            p.add_argument("--weight", action="append", default=[], metavar="VERSION=SHARE",
+                           help="send SHARE (0 to 1) of the alias's runs to VERSION (repeatable)")
+        elif name == "functions":
+            p.add_argument("action", nargs="?", choices=("list", "show", "delete"), default="list")
+            p.add_argument("function", nargs="?", help="function name or id (show, delete)")
         elif name == "build":
             p.add_argument("function", help="function name or id")
             p.add_argument("--follow", "-f", action="store_true", help="wait until the build ends")
@@ -487,6 +505,72 @@ def cmd_deploy(args, _extra) -> int:
 
 
 BUILD_POLL_S = 1.0
+
+
+def cmd_versions(args, _extra) -> int:
+    api = api_client(args)
+    versions = api.versions(api.resolve(args.function))
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return 0
+    for v in versions:
+        aliases = f"  <- {', '.join(v['aliases'])}" if v["aliases"] else ""
+        build = f"  build {v['build']['status']}" if v.get("build") else ""
+        print(f"v{v['version']}  {v['created_at']}  {v['code_sha256'][:12]}  "
+              f"{v['handler'] or 'script mode'}{build}{aliases}")
+    return 0
+
+
+def cmd_alias(args, _extra) -> int:
+    weights = {}
+    for item in args.weight:
+        version, _, share = item.partition("=")
+        try:
+            weights[str(int(version))] = float(share)
+        except ValueError:
+            raise UsageError(f"--weight {item!r}: expected VERSION=SHARE, e.g. --weight 4=0.1") from None
+    api = api_client(args)
+    alias = api.set_alias(api.resolve(args.function), args.alias, args.version, weights)
+    return show_alias(alias, args.json)
+
+
+def cmd_rollback(args, _extra) -> int:
+    api = api_client(args)
+    function_id = api.resolve(args.function)
+    alias = api.alias(function_id, args.alias)
+    if alias["previous"] is None:
+        raise UsageError(f"alias {args.alias} has not been moved: there is no earlier version to go back to")
+    return show_alias(api.set_alias(function_id, args.alias, alias["previous"]), args.json)
+
+
+def show_alias(alias: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(alias, indent=2))
+    else:
+        split = "".join(f", {share:.0%} to v{version}" for version, share in alias["weights"].items())
+        was = f" (was v{alias['previous']})" if alias["previous"] is not None else ""
+        print(f"{alias['name']} -> v{alias['version']}{split}{was}")
+    return 0
+
+
+def cmd_functions(args, _extra) -> int:
+    api = api_client(args)
+    if args.action == "list":
+        docs = api.functions()
+        if args.json:
+            print(json.dumps(docs, indent=2))
+        for doc in [] if args.json else docs:
+            print(f"{doc['name']}  {doc['function_id']}  v{doc['version']}  {doc['handler'] or 'script mode'}")
+        return 0
+    if args.function is None:
+        raise UsageError(f"functions {args.action} needs a function name or id")
+    function_id = api.resolve(args.function)
+    if args.action == "delete":
+        api.delete_function(function_id)
+        print(f"deleted {args.function} ({function_id}), its versions and aliases")
+        return 0
+    print(json.dumps(api.function(function_id), indent=2))
+    return 0
 
 
 def cmd_build(args, _extra) -> int:

@@ -105,6 +105,22 @@ class Client:
     def function(self, function_id: str) -> dict:
         return self._call("GET", f"/functions/{function_id}")
 
+    def versions(self, function_id: str) -> list[dict]:
+        return self._call("GET", f"/functions/{function_id}/versions")["versions"]
+
+    def set_alias(self, function_id: str, name: str, version: int, weights: dict | None = None) -> dict:
+        return self._call("PUT", f"/functions/{function_id}/aliases/{name}",
+                          json={"version": version, **({"weights": weights} if weights else {})})
+
+    def alias(self, function_id: str, name: str) -> dict:
+        return self._call("GET", f"/functions/{function_id}/aliases/{name}")
+
+    def delete_function(self, function_id: str) -> None:
+        self._call("DELETE", f"/functions/{function_id}")
+
+    def functions(self) -> list[dict]:
+        return self._call("GET", "/functions")["functions"]
+
     def build(self, function_id: str) -> dict:
         """The function's dependency build: status, layer, error and pip's log."""
         return self._call("GET", f"/functions/{function_id}/build")

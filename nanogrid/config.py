@@ -389,7 +389,8 @@ class Settings:
         return self.bind or f"{self.host}:{self.port}"
 
     def limits_document(self) -> dict:
-        names = ("timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes")
+        names = ("timeout_s", "memory_mb", "cpus", "pids", "open_files", "file_size_mb", "tmpfs_mb", "output_bytes",
+                 "init_timeout_s")
         return {n: {"default": getattr(self, n).default, "ceiling": getattr(self, n).ceiling} for n in names}
 
     def replace(self, **changes) -> "Settings":

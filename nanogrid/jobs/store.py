@@ -51,6 +51,21 @@ DUE, TENANT_JOBS, FUNCTION_JOBS = "due", "tenant_jobs", "function_jobs"
 # The runs that wait for a layer's build (a Redis set per layer); the reaper's redispatch covers a
 # set that Redis lost.
 LAYER_WAITERS = "nanogrid:layer-waiters:{sha}"
+# A function's max_concurrency: the runs that hold its slots (a sorted set, each scored by when its
+# hold runs out unless renewed with the run's lease, so a dead worker's slot frees itself) and the
+# runs that wait for one (a list, oldest first).
+FUNCTION_SLOTS = "nanogrid:fn-slots:{function_id}"
+FUNCTION_WAITERS = "nanogrid:fn-waiters:{function_id}"
+# Takes a slot for ARGV[3] (re-entrant: a run that holds one keeps it) if fewer than ARGV[4] are held.
+TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+WAKE_TRIES = 20  # waiters looked at per freed slot (cancelled or finished ones are skipped)
 HISTORY_PAGE_MAX = 200
 HISTORY_SCAN_PAGES = 20  # pages of one index read for one history page when a status filter skips most
 
@@ -435,17 +450,21 @@ class JobStore:
     def hold_for_layer(self, job_id: str, worker_id: str, sha: str) -> bool:
         """Give a claimed job back (PROCESSING -> PENDING) to wait for its layer's build, which
         dispatches it again when it ends (release_waiting); False when it is not this holder's."""
+        try:
+            self.redis.sadd(LAYER_WAITERS.format(sha=sha), job_id)
+        except redis.RedisError as exc:
+            log.warning("could not note the run as waiting for its layer (%s); the reaper will dispatch it", exc,
+                        extra={"job_id": job_id})
+        return self.give_back_to_wait(job_id, worker_id)
+
+    def give_back_to_wait(self, job_id: str, worker_id: str) -> bool:
+        """PROCESSING -> PENDING, by its holder, for a run that has not started and waits."""
         def change(job: JobRecord) -> bool:
             if job["status"] != Status.PROCESSING or job["worker_id"] != worker_id:
                 return False
             job.update(status=Status.PENDING, worker_id=None, started_at=None, lease_until=None)
             return True
 
-        try:
-            self.redis.sadd(LAYER_WAITERS.format(sha=sha), job_id)
-        except redis.RedisError as exc:
-            log.warning("could not note the run as waiting for its layer (%s); the reaper will dispatch it", exc,
-                        extra={"job_id": job_id})
         return self.transition(job_id, change) is not None
 
     def release_waiting(self, sha: str) -> int:
@@ -460,6 +479,50 @@ class JobStore:
             log.warning("could not dispatch the runs that waited for layer %s: %s", sha[:12], exc)
             return 0
         return len(waiting)
+
+    # -- per-function concurrency (the function's max_concurrency) -----------------------------
+
+    def wait_for_slot(self, job: JobRecord, worker_id: str) -> JobRecord | None:
+        """The claimed job, once it holds one of its function's slots; None when all are taken: then
+        it is PENDING again, waiting for the slot a finishing run frees (release_slot)."""
+        if self._take_slot(job):
+            return job
+        job_id, waiters = job["job_id"], FUNCTION_WAITERS.format(function_id=job["function_id"])
+        self.give_back_to_wait(job_id, worker_id)
+        self.redis.rpush(waiters, job_id)
+        if not self._take_slot(job):  # none freed between the first look and the wait: it waits
+            return None
+        # One freed meanwhile, maybe before this run was listed: run it after all, unless a wake
+        # already gave it to another worker (which then holds the same slot: it is the job's).
+        self.redis.lrem(waiters, 0, job_id)
+        return self.claim(job_id, worker_id)
+
+    def release_slot(self, job: JobRecord) -> None:
+        """The run is over (or gave its slot up): free its slot and dispatch the oldest waiting run."""
+        function_id = job["function_id"]
+        try:
+            self.redis.zrem(FUNCTION_SLOTS.format(function_id=function_id), job["job_id"])
+            for _ in range(WAKE_TRIES):
+                waiting = self.redis.lpop(FUNCTION_WAITERS.format(function_id=function_id))
+                if waiting is None:
+                    return
+                try:
+                    if self.get(waiting.decode())["status"] == Status.PENDING:
+                        self.publish(waiting.decode())
+                        return
+                except NotFound:
+                    continue
+        except (redis.RedisError, Unavailable) as exc:  # the waiting runs stay PENDING: the reaper redispatches them
+            log.warning("could not free a slot of function %s: %s", function_id, exc)
+
+    def renew_slot(self, job: JobRecord) -> None:
+        self.redis.zadd(FUNCTION_SLOTS.format(function_id=job["function_id"]),
+                        {job["job_id"]: time.time() + self.settings.lease_s}, xx=True)
+
+    def _take_slot(self, job: JobRecord) -> bool:
+        now = time.time()
+        return bool(self.redis.eval(TAKE_SLOT, 1, FUNCTION_SLOTS.format(function_id=job["function_id"]),
+                                    now, now + self.settings.lease_s, job["job_id"], job["spec"]["max_concurrency"]))
 
     def renew(self, job_id: str, worker_id: str) -> bool:
         def change(job: JobRecord) -> bool:

@@ -304,7 +304,7 @@ class DockerSandbox:
         self._pool_pid: int | None = None
         self._running: dict[str, _Supervisor] = {}
         # The function's latest version, None once deleted: lets the pools drop outdated containers.
-        self.current_version = None
+        self.served_versions = None
         # Per installation on this host: which warm container runs which job (for kill() from
         # another process: the worker's control command, a test), and the containers' AI folders.
         self.state_dir = Path(tempfile.gettempdir()) / f"{STATE_DIR_PREFIX}{self.instance}"
@@ -325,7 +325,7 @@ class DockerSandbox:
         with self._pool_lock:  # runs of several threads may ask for it first at once
             if self._pool is None or self._pool_pid != os.getpid():
                 pool = WarmPool(self.settings, self._discard, self._remove_leftovers)
-                pool.current_version = self.current_version
+                pool.served_versions = self.served_versions
                 self._pool, self._pool_pid, self._running, self._leftovers = pool, os.getpid(), {}, set()
                 atexit.register(self._close, pool)
                 try:  # a prefork child ends with os._exit: atexit would not run there
@@ -336,11 +336,11 @@ class DockerSandbox:
                     pass
             return self._pool
 
-    def watch_functions(self, current_version) -> None:
-        """current_version(function_id) -> latest version, or None once the function is deleted."""
-        self.current_version = current_version
+    def watch_functions(self, served_versions) -> None:
+        """served_versions(function_id) -> the versions runs arrive for, or None once it is deleted."""
+        self.served_versions = served_versions
         if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.current_version = current_version
+            self._pool.served_versions = served_versions
 
     def code_dirs_in_use(self) -> set[Path]:
         """The code directories this process's containers mount (they must not be removed)."""

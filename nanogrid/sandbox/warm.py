@@ -15,8 +15,10 @@ process): per key at most `warm_pool_size` idle containers, in all at most
 `warm_max_containers` containers and `warm_memory_budget_mb` of their memory limits, idle ones
 removed after `warm_idle_ttl_s`. Over a bound, the least recently used idle containers go first.
 A newer version of a function evicts the older versions' idle containers as soon as a run asks
-for it; a background thread removes expired ones, ones whose container died, and (through
-`current_version`, installed by the worker) those of deleted functions and superseded versions.
+for it, unless runs still arrive for them (an alias points at them: the served versions the last
+check found); a background thread removes expired ones, ones whose container died, and (through
+`served_versions`, installed by the worker) those of deleted functions and of versions no run
+arrives for any more (superseded, and no alias's).
 NANOGRID_WARM_POOL_SIZE=0 disables reuse: every run gets a container of its own.
 """
 
@@ -123,8 +125,10 @@ class WarmPool:
         self.check_every_s = settings.reaper_interval_s
         self.discard = discard
         self.tidy = tidy
-        # The function's latest version, or None once it is deleted (set by the worker).
-        self.current_version: Callable[[str], int | None] | None = None
+        # The versions of a function runs arrive for (its current one and its aliases'), or None
+        # once it is deleted (set by the worker); what the last check found, per function.
+        self.served_versions: Callable[[str], frozenset[int] | None] | None = None
+        self._served: dict[str, frozenset[int]] = {}
         self._idle: dict[Key, list[Slot]] = {}  # least recently used first
         self._busy: set[Slot] = set()
         self._lock = threading.Lock()
@@ -145,7 +149,7 @@ class WarmPool:
         evicted, slot = [], None
         with self._lock:
             for other in [k for k in self._idle if (k.tenant, k.function_id) == (key.tenant, key.function_id)
-                          and k.version < key.version]:
+                          and k.version < key.version and k.version not in self._served.get(k.function_id, ())]:
                 evicted += self._idle.pop(other)  # a newer version was asked for: the old one is done
             slots = self._idle.get(key, [])
             while slots and slot is None:
@@ -208,22 +212,24 @@ class WarmPool:
     def maintain(self, now: float | None = None) -> int:
         """Remove expired, dead and outdated idle containers; how many were removed."""
         now = time.monotonic() if now is None else now
-        check_versions = self.current_version is not None and now - self._checked_at >= self.check_every_s
+        check_versions = self.served_versions is not None and now - self._checked_at >= self.check_every_s
         with self._lock:
             functions = {k.function_id for k in self._idle} if check_versions else set()
         latest = {}
         for function_id in functions:  # outside the lock: a store round trip each
             try:
-                latest[function_id] = self.current_version(function_id)
+                latest[function_id] = self.served_versions(function_id)
             except Exception:  # noqa: BLE001 - a store hiccup keeps the containers until the next check
                 log.debug("cannot check function %s for warm containers", function_id, exc_info=True)
         if check_versions:
             self._checked_at = now
         evicted = []
         with self._lock:
+            self._served.update({f: served for f, served in latest.items() if served is not None})
             for key, slots in self._idle.items():
-                outdated = key.function_id in latest and (latest[key.function_id] is None
-                                                         or latest[key.function_id] > key.version)
+                served = latest.get(key.function_id, ())
+                outdated = key.function_id in latest and (served is None or (
+                    key.version not in served and key.version < max(served)))
                 for slot in list(slots):
                     if outdated or now - slot.last_used >= self.idle_ttl_s or not slot.alive():
                         slots.remove(slot)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nanogrid import layers, logs, metrics
+from nanogrid import functions, layers, logs, metrics
 from nanogrid.ai.channel import Channel
 from nanogrid.bundles import extract
 from nanogrid.errors import NotFound, Unavailable
@@ -57,8 +57,9 @@ class LeaseKeeper:
     """Renews the job's lease while the run lasts; if renewal is refused (the job was cancelled
     or declared lost), kills the sandbox so the run stops doing work nobody will record."""
 
-    def __init__(self, services: Services, job_id: str, holder: str):
+    def __init__(self, services: Services, job_id: str, holder: str, slot_of: dict | None = None):
         self.services, self.job_id, self.holder = services, job_id, holder
+        self.slot_of = slot_of  # a job of a function with max_concurrency: its slot is renewed too
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
 
@@ -78,6 +79,8 @@ class LeaseKeeper:
                     log.warning("lease refused, stopping the sandbox", extra={"job_id": self.job_id})
                     self.services.sandbox.kill(self.job_id)
                     return
+                if self.slot_of is not None:
+                    self.services.jobs.renew_slot(self.slot_of)
             except Exception:  # noqa: BLE001 - a store hiccup must not end the run; the next renewal retries
                 log.exception("lease renewal failed", extra={"job_id": self.job_id})
 
@@ -106,19 +109,29 @@ def _run(services: Services, job_id: str) -> str:
         waiting = wait_for_layer(services, job_id, holder, layer)
         if waiting is not None:
             return waiting
+    bounded = bool(job["spec"].get("max_concurrency"))
+    if bounded:  # the function's own bound: wait (PENDING) for a slot a finishing run frees
+        job = services.jobs.wait_for_slot(job, holder)
+        if job is None:
+            metrics.record_dropped("waiting_for_slot")
+            return "waiting_for_slot"
     log.info("run started")
-    with LeaseKeeper(services, job_id, holder):
-        try:
-            fields = execute(services, job)
-        except EngineUnavailable as exc:
-            # Nothing of the run started: once, it goes back to the queue, which this worker stops
-            # taking from until its engine answers (worker/heartbeat.py); after that it fails.
-            if job.get("engine_retries", 0) < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
-                log.warning("the sandbox engine does not answer (%s); the run goes back to the queue", exc)
-                metrics.record_dropped("requeued")
-                return "requeued"
-            fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
-    done = services.jobs.finish(job_id, holder, **fields)
+    try:
+        with LeaseKeeper(services, job_id, holder, slot_of=job if bounded else None):
+            try:
+                fields = execute(services, job)
+            except EngineUnavailable as exc:
+                # Nothing of the run started: once, it goes back to the queue, which this worker stops
+                # taking from until its engine answers (worker/heartbeat.py); after that it fails.
+                if job.get("engine_retries", 0) < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
+                    log.warning("the sandbox engine does not answer (%s); the run goes back to the queue", exc)
+                    metrics.record_dropped("requeued")
+                    return "requeued"
+                fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
+        done = services.jobs.finish(job_id, holder, **fields)
+    finally:
+        if bounded:
+            services.jobs.release_slot(job)
     status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
     error_type = (fields.get("error") or {}).get("type")
     elapsed = time.monotonic() - started
@@ -177,8 +190,8 @@ def execute(services: Services, job: dict) -> dict:
             return failure(ErrorType.CODE_UNAVAILABLE, "the function's layer is gone from the code store")
         except Unavailable as exc:
             return failure(ErrorType.CODE_UNAVAILABLE, f"the code store did not answer: {exc}")
-    if getattr(sandbox, "current_version", False) is None:  # lets warm pools drop deleted or superseded code
-        sandbox.watch_functions(functools.partial(latest_version, services))
+    if getattr(sandbox, "served_versions", False) is None:  # lets warm pools drop deleted or superseded code
+        sandbox.watch_functions(functools.partial(served_versions, services))
     # The run's AI channel (nanogrid/ai): the sandbox's only way to the AI node, with budgets. The
     # sandbox opens it where the run can reach it; it is closed here, with the run's usage.
     channel = Channel(settings) if settings.ai_endpoint else None
@@ -320,10 +333,11 @@ def layer_folder(services: Services, sha: str) -> Path:
     return cache.path(sha, lambda: services.layers.store.get(layers.archive_key(sha)), in_use)
 
 
-def latest_version(services: Services, function_id: str) -> int | None:
-    """The function's current version, or None once it is deleted (for the warm pools)."""
+def served_versions(services: Services, function_id: str) -> frozenset[int] | None:
+    """The versions of the function runs still arrive for (current, aliases'), or None once it is
+    deleted (for the warm pools)."""
     try:
-        return services.functions.get(function_id)["version"]
+        return functions.served_versions(services.functions.get(function_id))
     except NotFound:
         return None
 

@@ -68,6 +68,8 @@ class Reaper:
             )
             if done is not None:
                 log.warning("job failed: worker lost", extra={"job_id": job["job_id"]})
+                if (done.get("spec") or {}).get("max_concurrency"):
+                    jobs.release_slot(done)  # its worker cannot: a run waiting for the slot starts
 
     def _redispatch_due(self, now: float) -> None:
         for job in self.services.jobs.unfinished(Status.PENDING, due_by=now, limit=PER_PASS):

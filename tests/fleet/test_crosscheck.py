@@ -232,6 +232,8 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_WARM_IDLE_TTL_S": WARM_POOL_REASON,
     "NANOGRID_WARM_MAX_CONTAINERS": WARM_POOL_REASON,
     "NANOGRID_WARM_MEMORY_BUDGET_MB": WARM_POOL_REASON,
+    "NANOGRID_KEEP_VERSIONS": "20 versions of each function kept besides those an alias points at (the default); "
+                              "older ones and their code are removed by the API when a new version is made",
     "NANOGRID_BUILD_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-builds', the name Terraform gives the builds queue "
                                 "(checked by test_the_builds_queue_is_the_one_terraform_makes)",
     "NANOGRID_BUILD_TIMEOUT_S": "a build's pip run may take 600 s by default, less than the builds queue's visibility "

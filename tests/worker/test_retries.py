@@ -93,7 +93,7 @@ def test_a_lost_worker_is_retried_and_the_lost_holder_cannot_finish(services, ap
     assert retried["status"] == Status.PENDING and retried["attempt"] == 2
     assert retried["attempts"][0]["error"]["type"] == "worker_lost"
     assert services.jobs.finish(job_id, "host:1", Status.SUCCESS, result=1) is None
-    assert services.broker.sent[-1] == (RUN_TASK, job_id, 0)
+    assert services.broker.sent[-1] == (RUN_TASK, job_id, 0, None)
 
 
 def test_a_cancel_is_never_retried(services, api):
