@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_alias),
         ("rollback", "move an alias back to the version it pointed at before", cmd_rollback),
         ("functions", "the functions: list, show NAME, delete NAME", cmd_functions),
+        ("secrets", "the tenant's secrets: set NAME (the value from stdin), list, delete NAME", cmd_secrets),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--url", default=None, help="the API (default: $NANOGRID_URL, else http://127.0.0.1:8080)")
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("version", type=int, help="the version it points at")
             p.add_argument("--weight", action="append", default=[], metavar="VERSION=SHARE",
                            help="send SHARE (0 to 1) of the alias's runs to VERSION (repeatable)")
+        elif name == "secrets":
+            p.add_argument("action", choices=("set", "list", "delete"))
+            p.add_argument("name", nargs="?", help="the secret's name (set, delete)")
         elif name == "functions":
             p.add_argument("action", nargs="?", choices=("list", "show", "delete"), default="list")
             p.add_argument("function", nargs="?", help="function name or id (show, delete)")
@@ -550,6 +554,34 @@ def show_alias(alias: dict, as_json: bool) -> int:
         split = "".join(f", {share:.0%} to v{version}" for version, share in alias["weights"].items())
         was = f" (was v{alias['previous']})" if alias["previous"] is not None else ""
         print(f"{alias['name']} -> v{alias['version']}{split}{was}")
+    return 0
+
+
+def cmd_secrets(args, _extra) -> int:
+    """Values only from stdin: an argument would be in the shell's history and in every process list."""
+    api = api_client(args)
+    if args.action == "list":
+        listed = api.secrets()
+        print(json.dumps(listed, indent=2) if args.json else
+              "\n".join(f"{s['name']}  updated {s['updated_at']}" for s in listed) or "no secrets")
+        return 0
+    if args.name is None:
+        raise UsageError(f"secrets {args.action} needs the secret's name")
+    if args.action == "delete":
+        api.delete_secret(args.name)
+        print(f"deleted secret {args.name}")
+        return 0
+    if sys.stdin.isatty():
+        print(f"value of {args.name} (then Enter; not echoed):", file=sys.stderr)
+        import getpass
+
+        value = getpass.getpass(prompt="")
+    else:
+        value = sys.stdin.read().removesuffix("\n")
+    if not value:
+        raise UsageError("the value read from stdin is empty")
+    api.set_secret(args.name, value)
+    print(f"secret {args.name} set")
     return 0
 
 

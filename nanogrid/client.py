@@ -121,6 +121,15 @@ class Client:
     def functions(self) -> list[dict]:
         return self._call("GET", "/functions")["functions"]
 
+    def set_secret(self, name: str, value: str) -> dict:
+        return self._call("PUT", f"/secrets/{name}", json={"value": value})
+
+    def secrets(self) -> list[dict]:
+        return self._call("GET", "/secrets")["secrets"]
+
+    def delete_secret(self, name: str) -> None:
+        self._call("DELETE", f"/secrets/{name}")
+
     def build(self, function_id: str) -> dict:
         """The function's dependency build: status, layer, error and pip's log."""
         return self._call("GET", f"/functions/{function_id}/build")

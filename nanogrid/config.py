@@ -297,6 +297,11 @@ class Settings:
     build_queue_url: str = _setting("NANOGRID_BUILD_QUEUE_URL", "")
     build_concurrency: int = _setting("NANOGRID_BUILD_CONCURRENCY", 1, **_AT_LEAST_1)
 
+    # Secrets (README: Secrets): the embedded store's encryption key (Fernet), and where they live in
+    # AWS Secrets Manager (<prefix><tenant>/<name>).
+    secrets_key: str = _setting("NANOGRID_SECRETS_KEY", "", repr=False)
+    secrets_prefix: str = _setting("NANOGRID_SECRETS_PREFIX", "nanogrid/")
+
     # Which installation this is, for its sandboxes' labels (default: the Redis it uses).
     instance_id: str = _setting("NANOGRID_INSTANCE_ID", "")
     # How long a worker's warm shutdown waits for runs in progress before it stops them (FAILED,

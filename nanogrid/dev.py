@@ -47,6 +47,18 @@ def instance_id(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def secrets_key(data_dir: Path) -> str:
+    """The key the embedded secret store encrypts with: made once, kept (0600) in the data directory."""
+    path = data_dir / "secrets.key"
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(Fernet.generate_key().decode())
+    return path.read_text().strip()
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Readers see the old file or the new one, never half of it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
@@ -115,6 +127,7 @@ def run(host: str, port: int, data_dir: Path, sandbox: str, runtime: str | None 
            # Ctrl-C must not wait for runs in progress: they are stopped, with what they printed.
            "NANOGRID_SHUTDOWN_GRACE_S": "0"}
     env.setdefault("NANOGRID_LAYER_CACHE_DIR", str(data_dir / "layers"))
+    env.setdefault("NANOGRID_SECRETS_KEY", secrets_key(data_dir))
     worker_name = f"nanogrid-dev-{os.getpid()}@{socket.gethostname()}"
     # Sessions of their own, so that Ctrl-C reaches only this process, which stops them in order.
     child = {"env": env, "start_new_session": True, "preexec_fn": _die_with_parent}

@@ -29,16 +29,16 @@ from nanogrid.storage import BlobStore, DocumentTable
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ID_PATTERN = re.compile(r"^fn-[0-9a-f]{16}$")
 SETTINGS_FIELDS = ("timeout_s", "memory_mb", "limits", "env", "retries", "callback_url", "requirements", "init",
-                   "max_concurrency")
+                   "max_concurrency", "secrets")
 # What a version is: its code and every setting a run of it uses. A version's document keeps them,
 # so a run of an older version (pinned, or through an alias) runs as that version did.
 VERSION_FIELDS = ("version", "code_sha256", "handler", "env", "retries", "callback_url", "requirements",
-                  "layer_sha256", "init", "limits", "timeout_s", "memory_mb")
+                  "layer_sha256", "init", "limits", "timeout_s", "memory_mb", "secrets")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_ALIAS_WEIGHTS = 4  # other versions one alias may split its traffic with
 PUBLIC_FIELDS = (
     "function_id", "name", "version", "code_sha256", "handler", "timeout_s", "memory_mb", "retries", "callback_url",
-    "requirements", "init", "max_concurrency", "created_at", "updated_at",
+    "requirements", "init", "max_concurrency", "secrets", "env", "created_at", "updated_at",
 )
 INIT_MODES = ("once", "per_run")  # handler mode: import main.py once per warm sandbox, or for every run
 LIMIT_SHORTCUTS = ("timeout_s", "memory_mb")  # limits that also have a top-level field
@@ -71,6 +71,7 @@ class FunctionRegistry:
             "env": options.get("env") or {}, "retries": options.get("retries"),
             "callback_url": options.get("callback_url"), "created_at": now, "updated_at": now,
             "init": options.get("init") or "once", "max_concurrency": options.get("max_concurrency"),
+            "secrets": options.get("secrets") or [],
             "kept_versions": [1], "aliases": {},
         }
         _set_requirements(doc, options.get("requirements") or "", options.get("layer_sha256"))
@@ -119,7 +120,7 @@ class FunctionRegistry:
         doc = copy.deepcopy(current)
         if "env" in options:
             doc["env"] = options["env"] or {}
-        for name in ("retries", "callback_url", "init", "max_concurrency"):
+        for name in ("retries", "callback_url", "init", "max_concurrency", "secrets"):
             if name in options and options[name] != current.get(name):
                 doc[name] = options[name]
         if "requirements" in options and (options["requirements"] or "") != (current.get("requirements") or ""):
@@ -310,6 +311,8 @@ def public(doc: dict, settings: Settings | None = None) -> dict:
     """The API's view; with settings, `limits` is the full effective set (defaults filled in, ceilings applied)."""
     view = {name: doc.get(name) for name in PUBLIC_FIELDS}
     view["init"] = view["init"] or "once"
+    view["secrets"] = view["secrets"] or []
+    view["env"] = view["env"] or {}
     requested = requested_limits(doc)
     view["limits"] = dataclasses.asdict(Limits.resolve(settings, requested)) if settings is not None else requested
     for name in ("created_at", "updated_at"):

@@ -52,6 +52,10 @@ class Services:
         return FunctionRegistry(storage.function_table(self.settings), storage.code_store(self.settings))
 
     @functools.cached_property
+    def secrets(self) -> storage.SecretStore:
+        return storage.secret_store(self.settings)
+
+    @functools.cached_property
     def layers(self) -> LayerRegistry:
         return LayerRegistry(storage.function_table(self.settings), storage.code_store(self.settings))
 

@@ -36,7 +36,10 @@ bp = Blueprint("api", __name__)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ENV_BYTES = 16 * 1024
 FUNCTION_FIELDS = {"name", "code", "handler", "timeout_s", "memory_mb", "limits", "env", "retries", "callback_url",
-                   "requirements", "init", "max_concurrency"}
+                   "requirements", "init", "max_concurrency", "secrets"}
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_SECRET_BYTES = 64 * 1024
+MAX_FUNCTION_SECRETS = 50
 RUN_FIELDS = {"input", "wait_s", "limits", "callback_url", "version", "alias"}
 MAX_CONCURRENCY = 10_000
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another, in any JSON body
@@ -151,7 +154,28 @@ def function_options(body: dict) -> dict:
         options.update(requirements_options(body["requirements"]))
     if "max_concurrency" in body:
         options["max_concurrency"] = max_concurrency(body["max_concurrency"])
+    if "secrets" in body:
+        options["secrets"] = function_secrets(body["secrets"])
     return options
+
+
+def function_secrets(names) -> list[str]:
+    """The tenant's secrets a function reads (as files): names that exist, each once."""
+    if isinstance(names, str):
+        names = parse_json(names.encode())
+    if names is None:
+        return []
+    if not isinstance(names, list) or len(names) > MAX_FUNCTION_SECRETS or not all(
+            isinstance(n, str) and SECRET_NAME.match(n) for n in names):
+        raise ApiError(f"secrets must be a list of at most {MAX_FUNCTION_SECRETS} secret names "
+                       "(like [A-Za-z_][A-Za-z0-9_]*)")
+    for name in names:
+        try:
+            services().secrets.metadata(auth.tenant(), name)
+        except NotFound:
+            raise ApiError(f"secret {name} does not exist; create it first (PUT /secrets/{name})",
+                           code="unknown_secret") from None
+    return sorted(set(names))
 
 
 def max_concurrency(value) -> int | None:
@@ -503,6 +527,48 @@ def delete_alias(function_id: str, name: str):
         services().functions.delete_alias(function_id, name, auth.tenant())
     except NotFound:
         raise ApiError(f"function {function_id} has no alias {name!r}", status=404, code="not_found") from None
+    return "", 204
+
+
+# -- secrets (nanogrid/storage/secrets.py): values go in, never come out ----------------------
+
+def secret_view(metadata: dict) -> dict:
+    return {"name": metadata["name"], **{name: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(metadata[name]))
+                                         for name in ("created_at", "updated_at") if metadata.get(name)}}
+
+
+def secret_name(name: str) -> str:
+    if not SECRET_NAME.match(name):
+        raise ApiError("a secret's name is like an environment variable's: [A-Za-z_][A-Za-z0-9_]{0,127}",
+                       code="invalid_name")
+    return name
+
+
+@bp.get("/secrets")
+def list_secrets():
+    return jsonify({"secrets": [secret_view(m) for m in services().secrets.list(auth.tenant())]})
+
+
+@bp.put("/secrets/<name>")
+def put_secret(name: str):
+    body = json_object(MAX_SECRET_BYTES + 1024, {"value"})
+    value = body.get("value")
+    if not isinstance(value, str) or not value:
+        raise ApiError("value must be a non-empty string")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_SECRET_BYTES:
+        raise ApiError(f"a secret may hold at most {MAX_SECRET_BYTES} bytes", status=413, code="too_large")
+    return jsonify(secret_view(services().secrets.put(auth.tenant(), secret_name(name), value)))
+
+
+@bp.get("/secrets/<name>")
+def get_secret(name: str):
+    """Its name and dates: a value is never returned."""
+    return jsonify(secret_view(services().secrets.metadata(auth.tenant(), secret_name(name))))
+
+
+@bp.delete("/secrets/<name>")
+def delete_secret(name: str):
+    services().secrets.delete(auth.tenant(), secret_name(name))
     return "", 204
 
 

@@ -94,6 +94,10 @@ REQUIREMENTS = {"type": ["string", "null"], "maxLength": MAX_REQUIREMENTS_BYTES,
 INIT = {"type": "string", "enum": list(INIT_MODES),
         "description": "handler mode: import main.py once per warm sandbox and fork each run from that state "
                        "(once, the default), or import it for every run (per_run)"}
+SECRET_NAMES = {"type": ["array", "null"], "maxItems": 50,
+                "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}}
+SECRET = {"type": "object", "additionalProperties": False, "required": ["name", "created_at", "updated_at"],
+          "properties": {"name": {"type": "string"}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP}}
 MAX_CONCURRENCY_SCHEMA = {"type": ["integer", "null"], "minimum": 1, "maximum": 10_000,
                           "description": "at most this many runs of the function at once, on all workers; more "
                                          "wait in PENDING for a slot (null: no bound of its own)"}
@@ -137,6 +141,8 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
         "requirements": REQUIREMENTS,
         "init": INIT,
         "max_concurrency": MAX_CONCURRENCY_SCHEMA,
+        "secrets": {**SECRET_NAMES, "description": "the tenant's secrets each run reads as files, "
+                                                   "/run/secrets/<NAME> (never environment variables)"},
     }
     return {
         "FunctionCreate": {"type": "object", "additionalProperties": False, "required": ["name", "code"],
@@ -158,6 +164,8 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                                                                          "current one)"},
             "alias": {"type": "string", "description": "run the version this alias sends the run to"},
         }},
+        "SecretRequest": {"type": "object", "additionalProperties": False, "required": ["value"], "properties": {
+            "value": {"type": "string", "minLength": 1, "description": "stored encrypted; never returned"}}},
         "AliasRequest": {"type": "object", "additionalProperties": False, "required": ["version"], "properties": {
             "version": {"type": "integer", "minimum": 1}, "weights": WEIGHTS}},
     }
@@ -180,6 +188,7 @@ def _form_schema(settings: Settings, create: bool) -> dict:
                                                           "(see FunctionCreate.requirements)"},
         "init": {"type": "string", "enum": list(INIT_MODES), "description": "see FunctionCreate.init"},
         "max_concurrency": {"type": "string", "description": "a whole number, as text (see FunctionCreate)"},
+        "secrets": {"type": "string", "description": "a JSON list of names, as text (see FunctionCreate.secrets)"},
     }}
     if create:
         schema["required"] = ["name", "file"]
@@ -208,6 +217,8 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
             "init": {"type": "string", "enum": list(INIT_MODES)},
             "build": {"oneOf": [{"type": "null"}, BUILD], "description": "null: no requirements"},
             "max_concurrency": MAX_CONCURRENCY_SCHEMA,
+            "secrets": SECRET_NAMES,
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "aliases": {"type": "object", "additionalProperties": ALIAS, "description": "the function's aliases"},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
             "limits": {"type": "object", "additionalProperties": False, "required": list(effective),
@@ -225,6 +236,9 @@ def response_schemas(settings: Settings) -> dict[str, dict]:
                   "properties": {"name": {"type": "string"}, **ALIAS["properties"]}},
         "AliasList": {"type": "object", "additionalProperties": False, "required": ["aliases"], "properties": {
             "aliases": {"type": "array", "items": {"$ref": "#/components/schemas/Alias"}}}},
+        "Secret": SECRET,
+        "SecretList": {"type": "object", "additionalProperties": False, "required": ["secrets"], "properties": {
+            "secrets": {"type": "array", "items": {"$ref": "#/components/schemas/Secret"}}}},
         "FunctionList": {"type": "object", "additionalProperties": False, "required": ["functions"],
                          "properties": {"functions": {"type": "array",
                                                       "items": {"$ref": "#/components/schemas/Function"}}}},
@@ -418,6 +432,23 @@ def _document(settings: Settings) -> dict:
                                   **_errors(400, 404, 409, 413, 415, *GUARDED)}},
             "delete": {"operationId": "deleteFunction", "summary": "Delete a function and its code",
                        "responses": {"204": {"description": "deleted"}, **_errors(404, *GUARDED)}},
+        },
+        "/secrets": {"get": {"operationId": "listSecrets", "summary": "The tenant's secrets: names and dates, "
+                                                                    "never values",
+                             "responses": {"200": {"description": "the secrets", "content": _json("SecretList")},
+                                           **_errors(*GUARDED)}}},
+        "/secrets/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}}],
+            "get": {"operationId": "getSecret", "summary": "A secret's name and dates (never its value)",
+                    "responses": {"200": {"description": "the secret", "content": _json("Secret")},
+                                  **_errors(400, 404, *GUARDED)}},
+            "put": {"operationId": "putSecret", "summary": "Create or change a secret (stored encrypted)",
+                    "requestBody": {"required": True, "content": _json("SecretRequest")},
+                    "responses": {"200": {"description": "the secret", "content": _json("Secret")},
+                                  **_errors(400, 413, 415, *GUARDED)}},
+            "delete": {"operationId": "deleteSecret", "summary": "Delete a secret",
+                       "responses": {"204": {"description": "deleted"}, **_errors(400, 404, *GUARDED)}},
         },
         "/functions/{function_id}/versions": {
             "parameters": [_function_id()],

@@ -47,6 +47,7 @@ class ErrorType(enum.StrEnum):
     NOT_STARTED = "not_started"  # no worker took it within NANOGRID_PENDING_TIMEOUT_S
     ENQUEUE_FAILED = "enqueue_failed"  # the broker refused the message
     OUTPUT_LOST = "output_lost"  # the stored output is gone (the job's output_ref)
+    SECRET_UNAVAILABLE = "secret_unavailable"  # a secret the function lists is gone, or the store did not answer
     BUILD_FAILED = "build_failed"  # the function's requirements could not be installed (its layer's build)
     # Somebody
     CANCELLED = "cancelled"

@@ -104,7 +104,7 @@ class JobStore:
             "input": run_input,
             # What the run needs from the function at this version, so an update cannot change it.
             "spec": {**{k: function.get(k) for k in ("handler", "timeout_s", "memory_mb", "env", "retries",
-                                                     "layer_sha256", "init", "max_concurrency")},
+                                                     "layer_sha256", "init", "max_concurrency", "secrets")},
                      # The requested limits: the function's (top-level shortcuts of older documents
                      # included), then this run's; the worker resolves them against the settings.
                      "limits": {**{k: function[k] for k in ("timeout_s", "memory_mb") if function.get(k) is not None},

@@ -75,6 +75,9 @@ class RunSpec:
     # Installed third-party packages for the run (a pip --target tree), read-only; on the import
     # path right after the code (Docker: mounted at /opt/layer).
     layer_dir: Path | None = None
+    # The function's secrets for this run ({NAME: value}): files in the sandbox's secrets folder,
+    # never environment variables; the runner takes them out of the spec before anything else sees it.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Handler mode: "once" imports main.py once per sandbox (in the runner's zygote) and forks every
     # run from that state; "per_run" imports it in every run. Script mode always runs per run.
     init: str = "once"
@@ -92,6 +95,8 @@ class RunSpec:
                 "init": self.init, "init_timeout_s": self.limits.init_timeout_s}
         if ai_socket is not None:
             spec["ai"] = {"socket": ai_socket, "timeout_s": self.ai_timeout_s}
+        if self.secrets:
+            spec["secrets"] = dict(self.secrets)
         return request_frame(spec, self.input_json, nonce)
 
 

@@ -65,8 +65,10 @@ BUILD_HINT = "run `nanogrid image build`"
 CODE_MOUNT = "/code"
 LAYER_MOUNT = "/opt/layer"  # a run's installed packages (RunSpec.layer_dir), read-only
 # The runner empties the container's writable places (and its IPC namespace) after every run.
+# A run's secrets are files there (a tmpfs of its own, the sandbox user's only), emptied after each run.
+SECRETS_MOUNT = "/run/secrets"
 RUNNER_COMMAND = ["python3", "-I", "-B", "/opt/nanogrid/runner.py", CODE_MOUNT,
-                  "--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub-ipc"]
+                  "--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub-ipc", "--secrets", SECRETS_MOUNT]
 SANDBOX_USER = "65534:65534"
 MiB = 1024 * 1024
 API_TIMEOUT_S = 60
@@ -706,14 +708,15 @@ class DockerSandbox:
             command=RUNNER_COMMAND + (["--lib", LAYER_MOUNT] if spec.layer_dir is not None else []),
             user=SANDBOX_USER,
             working_dir=CODE_MOUNT,
-            environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
+            environment={"HOME": "/tmp", "LANG": "C.UTF-8", "NANOGRID_SECRETS_DIR": SECRETS_MOUNT},
             labels=labels,
             mounts=[Mount(target=CODE_MOUNT, source=str(Path(spec.code_dir).resolve()), type="bind", read_only=True),
                     *([Mount(target=LAYER_MOUNT, source=str(Path(spec.layer_dir).resolve()), type="bind",
                              read_only=True)] if spec.layer_dir is not None else [])],
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777"},
+            tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
+                   SECRETS_MOUNT: "rw,noexec,nosuid,nodev,size=1m,mode=0700,uid=65534,gid=65534"},
             # Docker's own /dev/shm (noexec, nosuid, nodev; POSIX shared memory, multiprocessing's
             # locks) is the other writable place: the same size as /tmp instead of Docker's 64 MiB.
             shm_size=limits.tmpfs_mb * MiB,

@@ -134,16 +134,17 @@ class ProcessSandbox:
             ai_socket = str(spec.ai_channel.socket_path)
         elif spec.ai_socket_dir is not None:
             ai_socket = str(Path(spec.ai_socket_dir) / SOCKET_NAME)
-        with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as scratch, \
+                tempfile.TemporaryDirectory(prefix="nanogrid-secrets-") as secrets:
             environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
-                           "LANG": "C.UTF-8"}
+                           "LANG": "C.UTF-8", "NANOGRID_SECRETS_DIR": secrets}
             started = time.monotonic()
             nonce = new_nonce()
             layer = ["--lib", str(spec.layer_dir)] if spec.layer_dir is not None else []
             init_s = limits.init_timeout_s if spec.inits_once else 0
             process = subprocess.Popen(
                 [sys.executable, "-I", "-B", str(RUNTIME_DIR / "runner.py"), str(spec.code_dir), *layer,
-                 "--scrub", scratch],
+                 "--scrub", scratch, "--secrets", secrets],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=scratch, env=environment, start_new_session=True,
                 preexec_fn=functools.partial(_apply_rlimits, _rlimits(limits, init_s)),

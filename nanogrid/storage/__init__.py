@@ -115,6 +115,30 @@ TABLES = {
 }
 
 
+class SecretStore(Protocol):
+    """A tenant's named secrets (nanogrid/storage/secrets.py): values in, values out to workers only."""
+
+    def put(self, tenant: str, name: str, value: str) -> dict: ...  # its metadata: name, created_at, updated_at
+
+    def get(self, tenant: str, name: str) -> str: ...  # raises NotFound
+
+    def metadata(self, tenant: str, name: str) -> dict: ...  # raises NotFound
+
+    def list(self, tenant: str) -> list[dict]: ...
+
+    def delete(self, tenant: str, name: str) -> None: ...  # raises NotFound
+
+
+def secret_store(settings: Settings) -> SecretStore:
+    if settings.storage == "aws":
+        from nanogrid.storage.secretsmanager import SecretsManagerStore
+
+        return SecretsManagerStore(settings)
+    from nanogrid.storage.secrets import LocalSecretStore
+
+    return LocalSecretStore(settings, function_table(settings))
+
+
 def code_store(settings: Settings) -> BlobStore:
     if settings.storage == "aws":
         from nanogrid.storage.s3 import S3BlobStore

@@ -181,6 +181,13 @@ def execute(services: Services, job: dict) -> dict:
         return failure(ErrorType.CODE_UNAVAILABLE, "the function's code is gone (the function was deleted)")
     except Unavailable as exc:
         return failure(ErrorType.CODE_UNAVAILABLE, f"the code store did not answer: {exc}")
+    try:
+        secrets = {name: services.secrets.get(tenant_of(job), name) for name in spec.get("secrets") or []}
+    except NotFound as exc:
+        return failure(ErrorType.SECRET_UNAVAILABLE, f"the function's secret {exc} does not exist (any more)")
+    except Unavailable as exc:
+        return failure(ErrorType.SECRET_UNAVAILABLE, f"the secret store did not answer: {exc}")
+    redact = Redactor(secrets)
     sandbox = services.sandbox
     layer_dir = None
     if spec.get("layer_sha256"):
@@ -205,8 +212,8 @@ def execute(services: Services, job: dict) -> dict:
                 version=job["function_version"], code_sha=sha,
                 tenant=tenant_of(job), env=spec.get("env") or {}, input_json=json.dumps(job["input"]),
                 ai_channel=channel, ai_timeout_s=settings.ai_connect_timeout_s + settings.ai_timeout_s + 5,
-                on_output=publish, attempt=job.get("attempt", 1), layer_dir=layer_dir,
-                init=spec.get("init") or "once",
+                on_output=redact.wrap(publish), attempt=job.get("attempt", 1), layer_dir=layer_dir,
+                init=spec.get("init") or "once", secrets=secrets,
             )
             with metrics.sandbox_call(getattr(sandbox, "kind", "other")) as call:  # active sandboxes, overhead
                 raw = sandbox.run(run_spec)
@@ -232,7 +239,44 @@ def execute(services: Services, job: dict) -> dict:
         fields["ai_usage"] = ai_usage
     if raw.items is not None:
         fields["streamed"] = True  # a streaming handler: its result is the list of its items
+    for name in ("stdout", "stderr", "result", "error"):  # what the run shows of a secret: its name
+        fields[name] = redact(fields[name])
     return fields
+
+
+class Redactor:
+    """Replaces each secret's value, wherever a run's output, result or error shows it, with
+    `[secret NAME]`. Values shorter than MIN_REDACTED are left: they would blank ordinary text."""
+
+    MIN_REDACTED = 4
+
+    def __init__(self, secrets: dict[str, str]):
+        self.values = sorted(((value, f"[secret {name}]") for name, value in secrets.items()
+                              if len(value) >= self.MIN_REDACTED), key=lambda pair: -len(pair[0]))
+
+    def __call__(self, value):
+        if not self.values:
+            return value
+        if isinstance(value, str):
+            for secret, shown in self.values:
+                value = value.replace(secret, shown)
+            return value
+        if isinstance(value, bytes):  # a chunk of output, maybe ending inside a character: bytes as bytes
+            for secret, shown in self.values:
+                value = value.replace(secret.encode("utf-8", "surrogatepass"), shown.encode())
+            return value
+        if isinstance(value, list):
+            return [self(item) for item in value]
+        if isinstance(value, dict):
+            return {self(key): self(item) for key, item in value.items()}
+        return value
+
+    def wrap(self, publish):
+        """The live stream's publisher, its chunks redacted (a value split across two chunks is
+        not recognised there; the job's stored output is redacted whole)."""
+        if not self.values:
+            return publish
+        return lambda kind, data: publish(kind, self(data))
 
 
 @contextlib.contextmanager

@@ -1,13 +1,13 @@
 """The in-sandbox runner: runs function invocations, one at a time, and reports each as frames.
 
-Usage: python3 -I -B runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc]
+Usage: python3 -I -B runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc] [--secrets DIR]
 
 CODE_DIR holds one function version's bundle (main.py, ...), read-only and shared by every run
 of that version; each --lib DIR (a layer: installed third-party packages, a pip --target tree,
 read-only) goes on the user code's sys.path right after CODE_DIR and before the runtime's own
 folder, in every run. Requests arrive on stdin as frames with the same header as the output frames:
 type b"q", a 4-byte big-endian length, then JSON {"spec": {"handler", "env", "context", "ai",
-"init", "init_timeout_s"}, "input": "<the event as JSON text>"}, followed by a frame of type b"n" holding the run's nonce
+"init", "init_timeout_s", "secrets"}, "input": "<the event as JSON text>"}, followed by a frame of type b"n" holding the run's nonce
 (16 random bytes the worker chose for this run). The exit frame carries the nonce back; the run's
 own processes never know it (it is read into one buffer, which the child wipes before anything
 else), so no process of the run can forge the end of its run, even where it can write into the
@@ -598,6 +598,20 @@ def remove_tree(path):
     except OSError:
         return False
     return ok
+
+
+def write_secrets(directory, secrets):
+    """The run's secrets as files of the secrets directory, readable by the run's user only (0400)."""
+    if directory is None:
+        raise ProtocolError("the request has secrets but the runner was started without --secrets DIR")
+    for name, value in secrets.items():
+        if not isinstance(name, str) or not name.isidentifier() or not isinstance(value, str):
+            raise ProtocolError("secrets must be {NAME: value} with names like ENV variables")
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        try:
+            write_all(fd, value.encode("utf-8", "surrogatepass"))
+        finally:
+            os.close(fd)
 
 
 def scrub(directories):
@@ -1251,7 +1265,7 @@ def run_forked(sock, devnull, code_dir, libs, spec, module, init_s, input_fd, w_
 
 
 def parse_arguments(argv):
-    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = None, [], False, [], None, []
+    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys, secrets_dir = None, [], False, [], None, [], None
     arguments = iter(argv)
     for argument in arguments:
         if argument == "--scrub":
@@ -1262,6 +1276,8 @@ def parse_arguments(argv):
             libs.append(next(arguments))
         elif argument.startswith("--lib="):
             libs.append(argument.removeprefix("--lib="))
+        elif argument == "--secrets":
+            secrets_dir = next(arguments)
         elif argument == "--zygote":
             zygote_fd = int(next(arguments))
         elif argument.startswith("--enosys="):
@@ -1271,13 +1287,13 @@ def parse_arguments(argv):
         else:
             raise SystemExit(f"runner: unexpected argument {argument!r}")
     if code_dir is None:
-        raise SystemExit("usage: runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc]")
-    return code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys
+        raise SystemExit("usage: runner.py CODE_DIR [--lib DIR]... [--scrub DIR]... [--scrub-ipc] [--secrets DIR]")
+    return code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys, secrets_dir
 
 
 def main():
     prctl(PR_SET_DUMPABLE, 0)
-    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys = parse_arguments(sys.argv[1:])
+    code_dir, scrub_dirs, ipc, libs, zygote_fd, enosys, secrets_dir = parse_arguments(sys.argv[1:])
     if zygote_fd is not None:
         return exec_zygote_main(zygote_fd, code_dir, libs, enosys)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -1313,6 +1329,14 @@ def main():
         if request is None:
             return 0
         spec = request["spec"]
+        # The run's secrets become files before it starts and are gone before the next request
+        # is read; the zygote, which gets the spec, never sees them in it.
+        secrets = spec.pop("secrets", None) or {}
+        try:
+            write_secrets(secrets_dir, secrets)
+        except (ProtocolError, OSError) as exc:
+            print(f"runner: cannot hand the run its secrets: {exc}", file=sys.stderr, flush=True)
+            return 2
         if first and _zygote and (spec.get("handler") is None or spec.get("init", "once") == "per_run"):
             _zygote[0].kill()  # a sandbox serves one function version, in one mode: no zygote needed
         first = False
@@ -1322,6 +1346,8 @@ def main():
         except Stop as exc:
             print(f"runner: {exc}; the run was killed", file=sys.stderr, flush=True)
             return 3
+        if secrets_dir is not None:
+            clean = scrub([secrets_dir]) and clean
         if not clean:
             print("runner: the run left something that could not be removed; not serving again",
                   file=sys.stderr, flush=True)
