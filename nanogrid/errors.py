@@ -15,3 +15,8 @@ class Conflict(Exception):
 
 class Unavailable(Exception):
     """A dependency (S3, DynamoDB, Redis, Docker, ...) could not be reached."""
+
+
+class NotConfigured(Unavailable):
+    """A feature this installation has not been set up for; the message (fit for any client: it
+    names a setting, nothing of the installation) says what the operator must set."""

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from nanogrid.errors import Conflict, NotFound, Unavailable
+from nanogrid.errors import Conflict, NotConfigured, NotFound, Unavailable
 from nanogrid.jobs import IdempotencyConflict, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ def register(app: Flask) -> None:
     @app.errorhandler(QuotaExceeded)
     def quota_exceeded(exc: QuotaExceeded):
         return error_response(429, "quota_exceeded", str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    @app.errorhandler(NotConfigured)
+    def not_configured(exc: NotConfigured):
+        log.error("not configured: %s", exc)
+        return error_response(503, "not_configured", str(exc))
 
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):

@@ -174,7 +174,7 @@ def function_secrets(names) -> list[str]:
             services().secrets.metadata(auth.tenant(), name)
         except NotFound:
             raise ApiError(f"secret {name} does not exist; create it first (PUT /secrets/{name})",
-                           code="unknown_secret") from None
+                           status=404, code="unknown_secret") from None
     return sorted(set(names))
 
 

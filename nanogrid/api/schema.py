@@ -327,7 +327,7 @@ RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds to wait
 ERROR_TEXT = {
     400: "the request is malformed or breaks a rule (the message says which)",
     401: "a key is required (some key exists) and none, or no valid one, was given",
-    404: "no such function or job, or another tenant's",
+    404: "no such function, job, version, alias or secret, or another tenant's",
     405: "the path does not take this method",
     409: "the name is taken, the job already ended, or the function's requirements could not be installed "
          "(build_failed)",
@@ -418,7 +418,7 @@ def _document(settings: Settings) -> dict:
                      "responses": {"201": {"description": "created", "content": _json("Function"),
                                            "headers": {"Location": {"required": True,
                                                                     "schema": {"type": "string"}}}},
-                                   **_errors(400, 409, 413, 415, *GUARDED)}},
+                                   **_errors(400, 404, 409, 413, 415, *GUARDED)}},
         },
         "/functions/{function_id}": {
             "parameters": [_function_id()],

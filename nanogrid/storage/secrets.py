@@ -17,11 +17,10 @@ import time
 from cryptography.fernet import Fernet, InvalidToken
 
 from nanogrid.config import Settings
-from nanogrid.errors import Conflict, NotFound, Unavailable
+from nanogrid.errors import Conflict, NotConfigured, NotFound, Unavailable
 from nanogrid.storage import DocumentTable
 
-KEY_HINT = ('set NANOGRID_SECRETS_KEY to a key of its own (python3 -c "from cryptography.fernet import Fernet; '
-            'print(Fernet.generate_key().decode())"); `nanogrid dev` makes one in its data directory')
+# A key: python3 -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
 
 
 def _doc_id(tenant: str, name: str) -> str:
@@ -35,12 +34,13 @@ class LocalSecretStore:
 
     def _fernet(self) -> Fernet:
         if not self.settings.secrets_key:
-            raise Unavailable(f"secrets cannot be stored: no key; {KEY_HINT}")
+            raise NotConfigured("this installation keeps no secrets: its operator has not set NANOGRID_SECRETS_KEY "
+                                "(the embedded secret store's encryption key)")
         try:
             return Fernet(self.settings.secrets_key.encode())
         except ValueError:
-            raise Unavailable(f"NANOGRID_SECRETS_KEY is not a Fernet key (32 url-safe base64 bytes); {KEY_HINT}") \
-                from None
+            raise NotConfigured("this installation's NANOGRID_SECRETS_KEY is not a Fernet key (32 url-safe base64 "
+                                "bytes)") from None
 
     def put(self, tenant: str, name: str, value: str) -> dict:
         token = self._fernet().encrypt(value.encode()).decode()

@@ -59,6 +59,8 @@ class SecretsManagerStore:
         return sorted(found, key=lambda m: m["name"])
 
     def delete(self, tenant: str, name: str) -> None:
+        # A forced delete of a secret that is not there succeeds silently: look first, for the 404.
+        self.metadata(tenant, name)
         client = self._client()
         with aws.unavailable_on_outage(f"Secrets Manager delete {name}"):
             try:
