@@ -714,6 +714,25 @@ class ResultRecords:
         return self.result
 
 
+def forward(ready, readers, records, out_fd, control_fd):
+    """Relay what select found ready: the run's output as frames, its result pipe's records; a
+    reader that ended is closed and dropped. The worker writes nothing during a run, so input on
+    the control descriptor is the end of its stream (or a broken one): Stop."""
+    if control_fd in ready:
+        raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
+    for fd in ready:
+        if fd not in readers:  # the zygote's channel, which its caller reads
+            continue
+        data = os.read(fd, CHUNK)
+        if not data:
+            del readers[fd]
+            os.close(fd)
+        elif readers[fd] == b"r":
+            records.feed(data)
+        else:
+            frame(out_fd, readers[fd], data)
+
+
 def relay(pid, pipes, out_fd, control_fd):
     """Relay the run's output until it ends; Stop if stdin moves meanwhile (the worker is gone)."""
     readers = {pipes[0][0]: b"o", pipes[1][0]: b"e", pipes[2][0]: b"r"}
@@ -722,18 +741,7 @@ def relay(pid, pipes, out_fd, control_fd):
     exited_at = None
     while readers:
         ready, _, _ = select.select([*readers, control_fd], [], [], 0.05 if status is not None else 0.5)
-        if control_fd in ready:
-            # The worker writes nothing during a run: this is the end of its stream (or a broken one).
-            raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
-        for fd in ready:
-            data = os.read(fd, CHUNK)
-            if not data:
-                del readers[fd]
-                os.close(fd)
-            elif readers[fd] == b"r":
-                records.feed(data)
-            else:
-                frame(out_fd, readers[fd], data)
+        forward(ready, readers, records, out_fd, control_fd)
         if status is None:
             reaped = reap(pid)
             if reaped is not None:
@@ -1017,19 +1025,7 @@ def zygote_relay(zygote, sent, pipes, out_fd, control_fd, init_timeout_s, scrub_
             wait = max(0.0, min(wait, init_deadline - time.monotonic()))
         watched = [*readers, control_fd] + ([channel] if not lost else [])
         ready, _, _ = select.select(watched, [], [], wait)
-        if control_fd in ready:
-            raise Stop("stdin ended during a run" if not os.read(control_fd, 1) else "unexpected input during a run")
-        for fd in ready:
-            if fd not in readers:
-                continue
-            data = os.read(fd, CHUNK)
-            if not data:
-                del readers[fd]
-                os.close(fd)
-            elif readers[fd] == b"r":
-                records.feed(data)
-            else:
-                frame(out_fd, readers[fd], data)
+        forward(ready, readers, records, out_fd, control_fd)
         if channel in ready:
             message = zygote_message(zygote)
             if message is None:
