@@ -20,6 +20,7 @@ import re
 import types
 from pathlib import Path
 
+import botocore.loaders
 import jinja2
 import kombu
 import pytest
@@ -439,29 +440,29 @@ def call_actions(calls: list) -> dict[str, list[str]]:
 
 
 def class_method_actions(modules, module_name: str, class_name: str) -> dict[str, set[str]]:
-    """Method of an adapter class -> the IAM actions of its boto3 calls, its helpers' included."""
+    """Method of an adapter class -> the IAM actions of its boto3 calls, with those of the methods it calls."""
     module = modules[module_name]
     wrappers = codescan.client_wrappers(modules)
     cls = next(n for n in module.tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
     actions: dict[str, set[str]] = {}
-    helpers: dict[str, set[str]] = {}  # method -> the methods of the class it calls (self.x(...))
+    inner: dict[str, set[str]] = {}  # method -> the methods of the class it calls (self.x(...))
     for method in [n for n in cls.body if isinstance(n, ast.FunctionDef)]:
         # One method at a time; the wrappers map knows what self._client() and the like return.
         calls, problems = codescan.api_calls(module.name, method, wrappers)
         assert not problems, problems
         actions[method.name] = set(call_actions(calls))
-        helpers[method.name] = {node.func.attr for node in ast.walk(method)
+        inner[method.name] = {node.func.attr for node in ast.walk(method)
                                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"}
-    # What a method's own helpers call counts as its own (DynamoDB's insert and replace write
+    # What the methods a method calls call counts as its own (DynamoDB's insert and replace write
     # through _put_if; the secret store's put returns metadata, a DescribeSecret).
     changed = True
     while changed:
         changed = False
-        for name, called in helpers.items():
-            for helper in called & set(actions):
-                if not actions[helper] <= actions[name]:
-                    actions[name] |= actions[helper]
+        for name, called in inner.items():
+            for other in called & set(actions):
+                if not actions[other] <= actions[name]:
+                    actions[name] |= actions[other]
                     changed = True
     return actions
 
@@ -841,7 +842,8 @@ def test_adapter_parameter_actions_still_hold():
             f"{action}: the code no longer passes {keyword}= to {method}")
         service, name = action.split(":")
         operation = codescan.method_map(service)[method]
-        documentation = codescan._session().get_service_model(service).operation_model(operation).documentation
+        model = botocore.loaders.Loader().load_service_model(service, "service-2")
+        documentation = model["operations"][operation]["documentation"]
         assert re.search(rf"If you include tags.*?you also need <code>{re.escape(action)}</code>", documentation), (
             f"{action}: botocore no longer documents {operation} with {keyword} as needing it")
     # No KmsKeyId: the secrets are encrypted with the AWS managed key aws/secretsmanager, which
