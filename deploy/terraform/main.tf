@@ -119,6 +119,7 @@ module "compute" {
   build_queue       = module.data.build_queue
   redis             = module.data.redis
   secrets           = module.data.secrets
+  secrets_prefix    = var.secrets_prefix
   gcp_bucket_name   = var.gcp_bucket_name
 
   celery_sns_fanout    = var.celery_sns_fanout

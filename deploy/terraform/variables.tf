@@ -492,6 +492,17 @@ variable "redis_auth_secret_name" {
   default     = "nanogrid/redis-auth"
 }
 
+variable "secrets_prefix" {
+  description = "Name prefix of the tenants' secrets in Secrets Manager (<prefix><tenant>/<name>, NANOGRID_SECRETS_PREFIX): the controllers manage and the workers read secrets under it."
+  type        = string
+  default     = "nanogrid/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_+=.@-][A-Za-z0-9/_+=.@-]*/$", var.secrets_prefix))
+    error_message = "secrets_prefix must end with / and hold only the characters of a secret name (no wildcard)."
+  }
+}
+
 variable "secret_recovery_window_days" {
   description = "Days a deleted secret stays restorable (0 deletes at once)."
   type        = number

@@ -20,6 +20,7 @@ import re
 import types
 from pathlib import Path
 
+import botocore.loaders
 import jinja2
 import kombu
 import pytest
@@ -127,7 +128,20 @@ NOT_GRANTED = {
     },
 }
 # The only actions granted on every resource: IAM offers no resource-level permission for them.
-RESOURCE_STAR_ACTIONS = {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingGroups"}
+RESOURCE_STAR_ACTIONS = {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingGroups", "secretsmanager:ListSecrets"}
+# The secret store on AWS (module, class): the API and the workers reach it only as the Services
+# attribute `secrets` (services().secrets.M(...)), each through a few of its methods. A role needs
+# the actions of the methods its own processes call, not every call of the module: the worker
+# only reads (get), the API never does (put, metadata, list, delete).
+SECRET_STORE = ("nanogrid.storage.secretsmanager", "SecretsManagerStore")
+SECRET_STORE_ATTRIBUTE = "secrets"
+# Actions an adapter's call needs through one of its parameters, as botocore's documentation of the
+# operation says (its "Required permissions"): action -> (client method, keyword, reason). Checked:
+# the code passes that keyword to that method, and botocore still names the action.
+ADAPTER_PARAMETER_ACTIONS = {
+    "secretsmanager:TagResource": ("create_secret", "Tags", "SecretsManagerStore.put creates a secret with its "
+                                                            "tenant tag (CreateSecret Tags=...)"),
+}
 # Actions without resource-level permissions that AWS still authorizes against an account-wide
 # resource: granted on exactly that (local name -> the ARN it must hold).
 ACCOUNT_SCOPED_ACTIONS = {
@@ -255,6 +269,8 @@ OPTIONAL_EVERYWHERE = {
                                   "nanogrid_build_from_source in the inventory turns source builds on",
     "NANOGRID_BUILD_NETWORK": "Docker's bridge, the engine's default network, is how a source build's container "
                               "reaches the package index",
+    "NANOGRID_SECRETS_KEY": "the embedded secret store's Fernet key, used only with NANOGRID_STORAGE=local; on the "
+                            "fleet (NANOGRID_STORAGE=aws) the secrets are in Secrets Manager, encrypted by its key",
     "NANOGRID_TASK_EVENTS": "Celery task events from the start, off by default because they cost CPU on every run "
                             "(nanogrid/transport/app.py); Flower on the controllers turns worker events on in "
                             "the workers it watches (its --enable_events default), which is when anything reads them",
@@ -284,7 +300,11 @@ OPTIONAL_BY_PROCESS = {
         "NANOGRID_TRUSTED_PROXIES": "only the API takes client addresses (for its rate limit) from X-Forwarded-For",
     },
 }
-OPTIONAL_BY_PROCESS["flower"] = {**OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"]}
+OPTIONAL_BY_PROCESS["flower"] = {
+    **OPTIONAL_BY_PROCESS["api"], **OPTIONAL_BY_PROCESS["worker"],
+    "NANOGRID_SECRETS_PREFIX": "Flower uses no secret store (only the API and the workers do, and controller.env and "
+                               "worker.env set it to Terraform's secrets_prefix); its default is that prefix's too",
+}
 OPTIONAL_BY_PROCESS["publisher"] = OPTIONAL_BY_PROCESS["flower"]
 OPTIONAL_BY_PROCESS["scheduler"] = OPTIONAL_BY_PROCESS["flower"]
 OPTIONAL_BY_PROCESS["builder"] = OPTIONAL_BY_PROCESS["worker"]
@@ -409,16 +429,114 @@ def s3_get_needs_list_bucket() -> None:
         aws._clients.clear()
 
 
+def call_actions(calls: list) -> dict[str, list[str]]:
+    """codescan.actions_of, plus the actions ADAPTER_PARAMETER_ACTIONS says a call's keyword needs."""
+    actions = codescan.actions_of(calls)
+    for action, (method, keyword, _) in ADAPTER_PARAMETER_ACTIONS.items():
+        for call in calls:
+            if call.method == method and keyword in call.keywords:
+                actions.setdefault(action, []).append(f"{call.module}:{call.line} {call.method}({keyword}=...)")
+    return actions
+
+
+def class_method_actions(modules, module_name: str, class_name: str) -> dict[str, set[str]]:
+    """Method of an adapter class -> the IAM actions of its boto3 calls, with those of the methods it calls."""
+    module = modules[module_name]
+    wrappers = codescan.client_wrappers(modules)
+    cls = next(n for n in module.tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    actions: dict[str, set[str]] = {}
+    inner: dict[str, set[str]] = {}  # method -> the methods of the class it calls (self.x(...))
+    for method in [n for n in cls.body if isinstance(n, ast.FunctionDef)]:
+        # One method at a time; the wrappers map knows what self._client() and the like return.
+        calls, problems = codescan.api_calls(module.name, method, wrappers)
+        assert not problems, problems
+        actions[method.name] = set(call_actions(calls))
+        inner[method.name] = {node.func.attr for node in ast.walk(method)
+                                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                                and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"}
+    # What the methods a method calls call counts as its own (DynamoDB's insert and replace write
+    # through _put_if; the secret store's put returns metadata, a DescribeSecret).
+    changed = True
+    while changed:
+        changed = False
+        for name, called in inner.items():
+            for other in called & set(actions):
+                if not actions[other] <= actions[name]:
+                    actions[name] |= actions[other]
+                    changed = True
+    return actions
+
+
+def _is_services(node: ast.AST) -> bool:
+    """services() or services: the process's Services (nanogrid/services.py)."""
+    if isinstance(node, ast.Call) and not node.args and not node.keywords:
+        node = node.func
+    return isinstance(node, ast.Name) and node.id == "services"
+
+
+def secret_store_calls(modules, names: set[str]) -> dict[str, list[str]]:
+    """Secret store method -> where the given modules call it as services().secrets.M(...)."""
+    found: dict[str, list[str]] = {}
+    for name in sorted(names):
+        for node in ast.walk(modules[name].tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                holder = node.func.value
+                if isinstance(holder, ast.Attribute) and holder.attr == SECRET_STORE_ATTRIBUTE \
+                        and _is_services(holder.value):
+                    found.setdefault(node.func.attr, []).append(f"{name}:{node.lineno} {node.func.attr}")
+    return found
+
+
+# Task bodies: run only by a Celery worker (`nanogrid worker|builder`). Flower imports them (for
+# the task names) and runs none, and no controller unit runs a Celery worker
+# (test_controller_processes_run_no_worker), so a controller process never makes their secret
+# store calls: the controller role gets no GetSecretValue on the tenants' secrets.
+TASK_PACKAGE = "nanogrid.worker"
+
+
+def secret_store_callers(modules, process: str) -> set[str]:
+    """The modules of a process whose secret store calls it can make."""
+    names = process_modules(modules, process)
+    if PROCESSES[process]["iam"] == "worker":
+        return names
+    return {n for n in names if n != TASK_PACKAGE and not n.startswith(TASK_PACKAGE + ".")}
+
+
+def secret_store_escapes(modules) -> list[str]:
+    """Ways to the secret store that secret_store_calls would not see: services().secrets other
+    than as the receiver of a method call, the store built outside Services, the AWS store built
+    outside nanogrid.storage.secret_store."""
+    escapes = []
+    for name, module in modules.items():
+        receivers = {id(node.func.value) for node in ast.walk(module.tree)
+                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Attribute) and node.attr == SECRET_STORE_ATTRIBUTE and _is_services(node.value) \
+                    and id(node) not in receivers:
+                escapes.append(f"{name}:{node.lineno} {ast.unparse(node)} used as a value")
+            if isinstance(node, ast.Call):
+                called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if called == "secret_store" and name != "nanogrid.services":
+                    escapes.append(f"{name}:{node.lineno} secret_store(...)")
+                if called == SECRET_STORE[1] and name != "nanogrid.storage":
+                    escapes.append(f"{name}:{node.lineno} {SECRET_STORE[1]}(...)")
+    return escapes
+
+
 def required(modules, iam: str, fanout: bool) -> dict[str, str]:
     """Action -> why it is needed, for one IAM role."""
     needs: dict[str, str] = {}
+    store_actions = class_method_actions(modules, *SECRET_STORE)
     for process, spec in PROCESSES.items():
         if spec["iam"] != iam:
             continue
-        calls, problems = codescan.calls_in(modules, process_modules(modules, process))
+        calls, problems = codescan.calls_in(modules, process_modules(modules, process) - {SECRET_STORE[0]})
         assert not problems, problems
-        for action, where in codescan.actions_of(calls).items():
+        for action, where in call_actions(calls).items():
             needs.setdefault(action, f"called by {where[0]}")
+        for method, where in secret_store_calls(modules, secret_store_callers(modules, process)).items():
+            for action in sorted(store_actions[method]):
+                needs.setdefault(action, f"{SECRET_STORE[1]}.{method}, called by {where[0]}")
     for action, where in script_actions().get(iam, {}).items():
         needs.setdefault(action, f"called by {where[0]}")
     library = {**LIBRARY_ACTIONS, **(FANOUT_LIBRARY_ACTIONS if fanout else {})}
@@ -573,7 +691,9 @@ def test_grants_are_scoped_to_resources(iam):
             if action.startswith("dynamodb:"):
                 assert all("table" in r for r in resources), resources
             if action.startswith("secretsmanager:"):
-                assert all("secrets." in r for r in resources), resources
+                # The fleet's own secrets, or the tenants' (local.tenant_secrets_arn, on its own).
+                assert resources == ["${local.tenant_secrets_arn}"] or all("secrets." in r for r in resources), \
+                    (action, resources)
     if fanout:
         deny = [s for s in policy_statements(iam, fanout) if s.get("effect") == "Deny"]
         assert deny and deny[0]["resources"] == "${local.fixed_queue_arns}"
@@ -641,30 +761,7 @@ def key_store_table_methods() -> set[str]:
 
 def dynamodb_table_actions(modules) -> dict[str, set[str]]:
     """DynamoDBTable method (the DocumentTable methods, same names) -> the IAM actions of its boto3 calls."""
-    module = modules["nanogrid.storage.dynamodb"]
-    wrappers = codescan.client_wrappers(modules)
-    table = next(n for n in module.tree.body if isinstance(n, ast.ClassDef) and n.name == "DynamoDBTable")
-    actions: dict[str, set[str]] = {}
-    helpers: dict[str, set[str]] = {}  # method -> the methods of the class it calls (self.x(...))
-    methods = [n for n in table.body if isinstance(n, ast.FunctionDef)]
-    for method in methods:
-        # One method at a time; the wrappers map knows self._dynamodb() returns a DynamoDB client.
-        calls, problems = codescan.api_calls(module.name, method, wrappers)
-        assert not problems, problems
-        actions[method.name] = set(codescan.actions_of(calls))
-        helpers[method.name] = {node.func.attr for node in ast.walk(method)
-                                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                                and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"}
-    # What a method's own helpers call counts as its own (insert and replace write through _put_if).
-    changed = True
-    while changed:
-        changed = False
-        for name, called in helpers.items():
-            for helper in called & set(actions):
-                if not actions[helper] <= actions[name]:
-                    actions[name] |= actions[helper]
-                    changed = True
-    return actions
+    return class_method_actions(modules, "nanogrid.storage.dynamodb", "DynamoDBTable")
 
 
 def test_the_keys_table_grants_are_exactly_what_the_key_store_calls(modules, monkeypatch):
@@ -711,6 +808,96 @@ def test_the_api_reads_the_queue_depth_it_is_granted(modules):
     assert "sqs:GetQueueAttributes" in codescan.actions_of(calls)
     assert {"nanogrid.api.ratelimit", "nanogrid.transport.depth"} <= process_modules(modules, "api")
     assert "sqs:GetQueueAttributes" in granted_on("controller", root_default("celery_sns_fanout"), "${var.task_queue.arn}")
+
+
+TENANT_SECRETS = "${local.tenant_secrets_arn}"
+TENANT_SECRETS_ARN = ("arn:${var.partition}:secretsmanager:${var.region}:${var.account_id}:"
+                      "secret:${var.secrets_prefix}*/*")
+
+
+def iam_matches(pattern: str, value: str) -> bool:
+    """IAM's ARN wildcards: * any run of characters ("/" included), ? one character."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value) is not None
+
+
+def test_the_secret_store_is_reached_only_the_way_the_scan_follows(modules):
+    """required() counts the secret store's actions per method a role's processes call on
+    services().secrets: that holds while nothing reaches the store another way."""
+    assert not secret_store_escapes(modules), secret_store_escapes(modules)
+    assert set(secret_store_calls(modules, process_modules(modules, "api"))) == {"put", "metadata", "list", "delete"}
+    for process in ("worker", "builder"):
+        assert set(secret_store_calls(modules, secret_store_callers(modules, process))) == {"get"}, process
+    for process in ("scheduler", "publisher", "flower"):
+        called = set(secret_store_calls(modules, secret_store_callers(modules, process)))
+        assert "get" not in called, (process, called)
+
+
+def test_adapter_parameter_actions_still_hold():
+    tree = ast.parse((PACKAGE / "storage" / "secretsmanager.py").read_text())
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    for action, (method, keyword, _) in ADAPTER_PARAMETER_ACTIONS.items():
+        made = method_calls(calls, method)
+        assert made and any(keyword in {k.arg for k in call.keywords} for call in made), (
+            f"{action}: the code no longer passes {keyword}= to {method}")
+        service, name = action.split(":")
+        operation = codescan.method_map(service)[method]
+        model = botocore.loaders.Loader().load_service_model(service, "service-2")
+        documentation = model["operations"][operation]["documentation"]
+        assert re.search(rf"If you include tags.*?you also need <code>{re.escape(action)}</code>", documentation), (
+            f"{action}: botocore no longer documents {operation} with {keyword} as needing it")
+    # No KmsKeyId: the secrets are encrypted with the AWS managed key aws/secretsmanager, which
+    # needs no kms: grant (another key would need kms:GenerateDataKey and kms:Decrypt).
+    for call in method_calls(calls, "create_secret"):
+        assert "KmsKeyId" not in {k.arg for k in call.keywords}, ast.unparse(call)
+    assert not [a for iam in ("controller", "worker")
+                for a in granted(iam, root_default("celery_sns_fanout")) if a.startswith("kms:")]
+
+
+def test_tenant_secrets_are_managed_by_the_api_and_read_by_the_workers_alone(modules):
+    """The controller role manages the tenants' secrets and cannot read one (no GetSecretValue on
+    them); the worker role can only read them. Both on the prefix's secrets alone."""
+    from nanogrid.config import Settings
+    from nanogrid.storage.secretsmanager import SecretsManagerStore
+
+    compute = tf_module("modules/compute")
+    assert compute.locals["tenant_secrets_arn"] == TENANT_SECRETS_ARN
+    assert tf_module().modules["compute"]["secrets_prefix"] == "${var.secrets_prefix}"
+    assert root_default("secrets_prefix") == Settings.secrets_prefix
+    fanout = root_default("celery_sns_fanout")
+    store = class_method_actions(modules, *SECRET_STORE)
+
+    controller = granted_on("controller", fanout, TENANT_SECRETS)
+    api_methods = set(secret_store_calls(modules, process_modules(modules, "api")))
+    assert controller == set().union(*(store[m] for m in api_methods)) - {"secretsmanager:ListSecrets"} == {
+        "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:DescribeSecret",
+        "secretsmanager:DeleteSecret", "secretsmanager:TagResource"}, controller
+    assert "secretsmanager:GetSecretValue" not in controller
+    # The controller's one GetSecretValue is on the Redis AUTH token, which its boot reads.
+    assert granted("controller", fanout)["secretsmanager:GetSecretValue"] == ["${var.secrets.redis_auth.arn}"]
+    # ListSecrets has no resource-level permission; it gives names, tags and dates, never values.
+    assert granted("controller", fanout)["secretsmanager:ListSecrets"] == ["*"]
+
+    worker = granted("worker", fanout)
+    assert granted_on("worker", fanout, TENANT_SECRETS) == {"secretsmanager:GetSecretValue"}
+    assert {a for a in worker if a.startswith("secretsmanager:")} == {"secretsmanager:GetSecretValue"}
+    for iam in ("controller", "worker"):
+        for statement in policy_statements(iam, fanout):
+            if TENANT_SECRETS in statement["resources"]:
+                assert statement["resources"] == [TENANT_SECRETS], statement
+
+    # The pattern, with the prefix, holds every tenant secret (its ARN ends in "-" and six random
+    # characters) and none of the fleet's own secrets, which the API must not overwrite.
+    prefix = root_default("secrets_prefix")
+    arn = TENANT_SECRETS_ARN.replace("${var.secrets_prefix}", prefix).replace("${var.partition}", "aws") \
+        .replace("${var.region}", "ap-northeast-2").replace("${var.account_id}", "123456789012")
+    base = "arn:aws:secretsmanager:ap-northeast-2:123456789012:secret:"
+    secret_id = SecretsManagerStore(Settings(storage="aws", secrets_prefix=prefix))._id("acme", "DB_PASSWORD")
+    assert secret_id == f"{prefix}acme/DB_PASSWORD"
+    assert iam_matches(arn, f"{base}{secret_id}-AbC12d")
+    assert not iam_matches(arn, f"{base}other/acme/DB_PASSWORD-AbC12d")
+    for own in ("gcp_credentials_secret_name", "redis_auth_secret_name"):
+        assert not iam_matches(arn, f"{base}{root_default(own)}-AbC12d"), own
 
 
 # --- Environment ----------------------------------------------------------------------------------
@@ -850,6 +1037,21 @@ def test_rendered_environment_loads_as_production_settings(process):
         assert settings.trusted_proxies == 1  # the ALB (test_the_api_trusts_exactly_the_alb)
     else:
         assert "NANOGRID_KEYS_TABLE" not in rendered and "NANOGRID_TRUSTED_PROXIES" not in rendered
+
+
+def test_the_secrets_prefix_is_terraforms():
+    """Both env files set NANOGRID_SECRETS_PREFIX to the prefix Terraform scopes the grants to:
+    passed to the playbooks at boot, and the same default on both sides."""
+    from nanogrid.config import Settings
+
+    assert tf_module("modules/compute").locals["common_vars"]["nanogrid_secrets_prefix"] == "${var.secrets_prefix}"
+    for process, spec in PROCESSES.items():
+        rendered = render_env(process)
+        assert "NANOGRID_SECRETS_KEY" not in rendered, process
+        if spec["env"] == "flower.env.j2":
+            continue
+        assert rendered["NANOGRID_SECRETS_PREFIX"] == root_default("secrets_prefix") == Settings.secrets_prefix, process
+        assert Settings.from_env(rendered).secrets_prefix == root_default("secrets_prefix")
 
 
 def test_the_api_trusts_exactly_the_alb():

@@ -16,6 +16,15 @@ locals {
   # no resource type for it. A queue-name prefix (not even the call's QueueNamePrefix) cannot
   # narrow it; this is the tightest resource it takes: this account, this region.
   account_queues_arn = "arn:${var.partition}:sqs:${var.region}:${var.account_id}:*"
+
+  # The tenants' secrets (nanogrid/storage/secretsmanager.py): <prefix><tenant>/<name>. A secret's
+  # ARN ends in the name plus "-" and six random characters, which the trailing * matches. The
+  # "*/*" asks for a "/" after the prefix, which every tenant secret has and the fleet's own
+  # secrets (nanogrid/redis-auth, nanogrid/gcp-credentials: no second "/") do not, so the API
+  # cannot overwrite or delete those. They are encrypted with the AWS managed key
+  # aws/secretsmanager (the code passes no KmsKeyId), which needs no kms: grant; the fleet's
+  # customer managed key (modules/observability) is for the logs and the alarm topic only.
+  tenant_secrets_arn = "arn:${var.partition}:secretsmanager:${var.region}:${var.account_id}:secret:${var.secrets_prefix}*/*"
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -134,6 +143,25 @@ data "aws_iam_policy_document" "controller" {
     sid       = "RedisAuthSecret"
     actions   = ["secretsmanager:GetSecretValue"]
     resources = [var.secrets.redis_auth.arn]
+  }
+
+  # Tenant secrets, from the API's /secrets routes: created with their tenant tag (CreateSecret
+  # with Tags needs secretsmanager:TagResource too), overwritten, described, deleted. Never
+  # read: secretsmanager:GetSecretValue on them is the workers' alone.
+  statement {
+    sid       = "TenantSecretsManage"
+    actions   = ["secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:DescribeSecret", "secretsmanager:DeleteSecret", "secretsmanager:TagResource"]
+    resources = [local.tenant_secrets_arn]
+  }
+
+  # GET /secrets lists a tenant's secrets with ListSecrets (a name filter on the tenant's
+  # prefix). ListSecrets has no resource-level permission (the Service Authorization Reference
+  # lists no resource type for it): it takes "*" only. It returns names, tags and dates, never
+  # values.
+  statement {
+    sid       = "TenantSecretsList"
+    actions   = ["secretsmanager:ListSecrets"]
+    resources = ["*"]
   }
 
   statement {
@@ -293,6 +321,13 @@ data "aws_iam_policy_document" "worker" {
     sid       = "Secrets"
     actions   = ["secretsmanager:GetSecretValue"]
     resources = [var.secrets.gcp_credentials.arn, var.secrets.redis_auth.arn]
+  }
+
+  # A run's tenant secrets (nanogrid/worker/execute.py reads the ones its function lists).
+  statement {
+    sid       = "TenantSecretsRead"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.tenant_secrets_arn]
   }
 
   statement {

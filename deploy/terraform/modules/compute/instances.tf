@@ -43,6 +43,7 @@ locals {
     nanogrid_worker_lifecycle_hook   = local.lifecycle_hook_name
     nanogrid_sqs_visibility_timeout  = 3600
     nanogrid_backlog_metric_name     = var.backlog_metric_name
+    nanogrid_secrets_prefix          = var.secrets_prefix
   }
 
   bootstrap = {

@@ -201,6 +201,11 @@ variable "secrets" {
   })
 }
 
+variable "secrets_prefix" {
+  description = "Name prefix of the tenants' secrets (<prefix><tenant>/<name>, NANOGRID_SECRETS_PREFIX)."
+  type        = string
+}
+
 variable "gcp_bucket_name" {
   description = "GCP Cloud Storage bucket of the code archive."
   type        = string
