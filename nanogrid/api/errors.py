@@ -57,7 +57,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(NotConfigured)
     def not_configured(exc: NotConfigured):
         log.error("not configured: %s", exc)
-        return error_response(503, "not_configured", str(exc))
+        return error_response(503, "not_configured", str(exc), {"Retry-After": "300"})
 
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):

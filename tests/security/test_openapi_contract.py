@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hypothesis
 import pytest
+from cryptography.fernet import Fernet
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
@@ -59,7 +60,7 @@ schema.app = CURRENT_APP = CurrentApp()
 
 @pytest.fixture
 def contract_app(make_app):
-    app = make_app(rate_limit=RateLimit(0, 1), **BOUNDS)
+    app = make_app(rate_limit=RateLimit(0, 1), secrets_key=Fernet.generate_key().decode(), **BOUNDS)
     key, _ = app.keys.create("fuzz")
     app.auth = {"Authorization": f"Bearer {key}"}
     served = app.client.get("/openapi.json", headers=app.auth).get_json()

@@ -12,6 +12,7 @@ import json
 import zipfile
 
 import pytest
+from cryptography.fernet import Fernet
 from openapi_check import conforms
 
 from nanogrid.functions import code_key
@@ -25,8 +26,9 @@ UNKNOWN_SCHEDULE = "sch-0123456789abcdef"
 
 @pytest.fixture
 def world(make_app):
-    app = make_app()
+    app = make_app(secrets_key=Fernet.generate_key().decode())
     a, b = app.new_key("tenant-a"), app.new_key("tenant-b")
+    assert app.client.put("/secrets/DB_PASSWORD", json={"value": "tenant-a's"}, headers=a).status_code == 200
     fn = app.deploy("shared-name", HANDLER, a)
     done = app.run(fn["function_id"], 21, a)
     assert done["status"] == "SUCCESS", done
@@ -51,6 +53,7 @@ def snapshot(world) -> dict:
         "queued": svc.redis.zrange(queued_key("tenant-a"), 0, -1),
         "listing": app.client.get("/functions", headers=world["a"]).get_json(),
         "schedules": svc.schedules.list(fn["function_id"]),
+        "secrets": svc.secrets.list("tenant-a"), "secret": svc.secrets.get("tenant-a", "DB_PASSWORD"),
     }
 
 
@@ -70,6 +73,8 @@ def b_requests(fn_id: str, done: str, queued: str, schedule: str) -> list[tuple[
         ("GET", f"/functions/{fn_id}/aliases", {}),
         ("GET", f"/functions/{fn_id}/aliases/prod", {}),
         ("DELETE", f"/functions/{fn_id}/aliases/prod", {}),
+        ("GET", "/secrets/DB_PASSWORD", {}),
+        ("DELETE", "/secrets/DB_PASSWORD", {}),
         ("PUT", f"/functions/{fn_id}", {"json": {"timeout_s": 1}}),
         ("PUT", f"/functions/{fn_id}", {"data": {"file": (io.BytesIO(zipped.getvalue()), "code.zip")},
                                         "content_type": "multipart/form-data"}),
@@ -102,9 +107,12 @@ def test_tenant_b_gets_404_on_every_route_of_a_and_changes_nothing(world):
     # The matrix must cover every documented operation that takes an id.
     covered = {(m, p.replace(world["fn"]["function_id"], "{function_id}").replace(world["done"], "{job_id}")
                 .replace(world["queued"], "{job_id}").replace(world["schedule"], "{schedule_id}")
-                    .replace("/versions/1", "/versions/{version}").replace("/aliases/prod", "/aliases/{name}"))
+                    .replace("/versions/1", "/versions/{version}").replace("/aliases/prod", "/aliases/{name}")
+                    .replace("/secrets/DB_PASSWORD", "/secrets/{name}"))
                for m, p, _ in mine}
-    documented = {(m.upper(), p) for p, item in doc["paths"].items() if "{" in p for m in item if m != "parameters"}
+    # PUT /secrets/<name> writes in the caller's own namespace: there is no other tenant's to reach.
+    documented = {(m.upper(), p) for p, item in doc["paths"].items() if "{" in p for m in item if m != "parameters"
+                  } - {("PUT", "/secrets/{name}")}
     assert documented <= covered, documented - covered
 
     for (method, path, kwargs), (_, unknown_path, unknown_kwargs) in zip(mine, unknown):
@@ -165,8 +173,8 @@ def test_the_owner_still_can_do_everything(world):
     doc = client.get("/openapi.json", headers=a).get_json()
     fn_id = world["fn"]["function_id"]
     # After the DELETE (204) the function's own routes, its schedules' included, are 404.
-    expected = [200, 200, 200, 200, 200, 200, 200, 200, 200, 204, 200, 200, 204, 404, 404, 404, 200, 200, 409, 200,
-                404, 404, 404, 404, 404, 404, 200]
+    expected = [200, 200, 200, 200, 200, 200, 200, 200, 200, 204, 200, 204, 200, 200, 204, 404, 404, 404, 200, 200,
+                409, 200, 404, 404, 404, 404, 404, 404, 200]
     requests = b_requests(fn_id, world["done"], world["queued"], world["schedule"])[:len(expected)]  # not the endless stream
     for (method, path, kwargs), status in zip(requests, expected, strict=True):
         response = client.open(path, method=method, headers=a, **kwargs)

@@ -602,6 +602,8 @@ def remove_tree(path):
 
 def write_secrets(directory, secrets):
     """The run's secrets as files of the secrets directory, readable by the run's user only (0400)."""
+    if not secrets:
+        return
     if directory is None:
         raise ProtocolError("the request has secrets but the runner was started without --secrets DIR")
     for name, value in secrets.items():
