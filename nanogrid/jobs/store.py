@@ -65,6 +65,9 @@ if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonu
 end
 return 0
 """
+# Runs a worker's engine refused twice (the second time, when the requeued message came straight
+# back to the same worker before its watchdog stopped it consuming), per worker main process.
+ENGINE_PARKED = "nanogrid:engine-parked:{worker}"
 WAKE_TRIES = 20  # waiters looked at per freed slot (cancelled or finished ones are skipped)
 HISTORY_PAGE_MAX = 200
 HISTORY_SCAN_PAGES = 20  # pages of one index read for one history page when a status filter skips most
@@ -429,9 +432,10 @@ class JobStore:
 
         return self.transition(job_id, change)
 
-    def requeue(self, job_id: str, worker_id: str) -> bool:
+    def requeue(self, job_id: str, worker_id: str, publish: bool = True) -> bool:
         """Give a claimed job back (PROCESSING -> PENDING) when nothing of its run started, and
-        publish it again; False when it is not this holder's to give back."""
+        publish it again (unless publish is False: the caller parks it, park_for_engine); False
+        when it is not this holder's to give back."""
         def change(job: JobRecord) -> bool:
             if job["status"] != Status.PROCESSING or job["worker_id"] != worker_id:
                 return False
@@ -441,11 +445,34 @@ class JobStore:
 
         if self.transition(job_id, change) is None:
             return False
+        if not publish:
+            return True
         try:
             self.publish(job_id)
         except Unavailable:  # the record is PENDING: the reaper's sweep dispatches it again
             log.warning("could not publish the requeued job; the reaper will", extra={"job_id": job_id})
         return True
+
+    def park_for_engine(self, job_id: str, worker: str) -> None:
+        """Keep a requeued run with the worker (its main process, host:pid) whose engine refused it,
+        until that worker's heartbeat finds the engine answering (release_parked); if the worker
+        dies first, the run is PENDING and the reaper dispatches it again."""
+        try:
+            self.redis.rpush(ENGINE_PARKED.format(worker=worker), job_id)
+        except redis.RedisError as exc:
+            log.warning("could not park the run for the engine (%s); the reaper will dispatch it", exc,
+                        extra={"job_id": job_id})
+
+    def release_parked(self, worker: str) -> int:
+        """Dispatch again the runs parked with this worker (its engine answers); how many."""
+        key, released = ENGINE_PARKED.format(worker=worker), 0
+        try:
+            while (job_id := self.redis.lpop(key)) is not None:
+                self.publish(job_id.decode())
+                released += 1
+        except (redis.RedisError, Unavailable) as exc:  # PENDING: the reaper dispatches what is left
+            log.warning("could not dispatch the runs parked for the engine: %s", exc)
+        return released
 
     def hold_for_layer(self, job_id: str, worker_id: str, sha: str) -> bool:
         """Give a claimed job back (PROCESSING -> PENDING) to wait for its layer's build, which

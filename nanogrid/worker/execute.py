@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -46,6 +47,8 @@ CODE_FETCH_ATTEMPTS = 3
 # A layer still pending this long after it was asked for has lost its build message.
 BUILD_MESSAGE_LOST_S = 60
 ENGINE_RETRIES = 1  # a run the engine refused before it started goes back to the queue this often
+# ...and beyond that it waits with the worker, for its engine, this often before it fails.
+ENGINE_PARKINGS = 3
 # Extracted code directories kept per worker process beyond those its warm containers mount.
 MAX_CODE_DIRS = 16
 CODE_DIR_PREFIX = "nanogrid-code-"
@@ -123,10 +126,20 @@ def _run(services: Services, job_id: str) -> str:
             except EngineUnavailable as exc:
                 # Nothing of the run started: once, it goes back to the queue, which this worker stops
                 # taking from until its engine answers (worker/heartbeat.py); after that it fails.
-                if job.get("engine_retries", 0) < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
+                refused = job.get("engine_retries", 0)
+                if refused < ENGINE_RETRIES and services.jobs.requeue(job_id, holder):
                     log.warning("the sandbox engine does not answer (%s); the run goes back to the queue", exc)
                     metrics.record_dropped("requeued")
                     return "requeued"
+                # Refused again: most likely its message came straight back to this worker before
+                # its watchdog stopped taking runs. It waits with this worker's main process (this
+                # pool process's parent) until the heartbeat finds the engine answering.
+                if refused < ENGINE_RETRIES + ENGINE_PARKINGS and services.jobs.requeue(job_id, holder,
+                                                                                         publish=False):
+                    services.jobs.park_for_engine(job_id, f"{socket.gethostname()}:{os.getppid()}")
+                    log.warning("the sandbox engine does not answer (%s); the run waits for it", exc)
+                    metrics.record_dropped("parked")
+                    return "parked"
                 fields = failure(ErrorType.SANDBOX_ERROR, str(exc))
         done = services.jobs.finish(job_id, holder, **fields)
     finally:

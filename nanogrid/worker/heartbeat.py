@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -103,6 +104,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
         engine_ok = svc.sandbox.engine_ok()
         if engine_ok != self.engine_ok:
             self._engine_changed(svc, engine_ok)
+        if engine_ok:  # runs that its pool processes parked while the engine did not answer
+            svc.jobs.release_parked(f"{socket.gethostname()}:{os.getpid()}")
         try:
             svc.jobs.index.beat(self.node, held_jobs(), pid=os.getpid(), started=self.started, stopped=stopped,
                                 sandbox="ok" if engine_ok else "down", sandbox_kind=svc.sandbox.kind,

@@ -266,4 +266,5 @@ def test_requirements_are_declared_in_the_editor_and_the_function_page_shows_its
     assert page.inner_text("#build-status").split()[0] in ("pending", "building", "ready", "failed")
     page.click("summary:text-is('Build log')")
     page.wait_for_selector("#build-log:not(:empty)")
+    assert page.locator("h2:text-is('Versions') + table tbody tr").count() == 1  # v1, listed
     only_the_api(page, open_stack.url)

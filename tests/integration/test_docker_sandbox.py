@@ -175,7 +175,8 @@ def test_container_settings(sandbox, prepare, warm):
     else:
         assert host["PidsLimit"] == 40 and ulimits == {}
     assert host["NanoCpus"] == 500_000_000
-    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=32m,mode=1777"}
+    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=32m,mode=1777",
+                             "/run/secrets": "rw,noexec,nosuid,nodev,size=1m,mode=0700,uid=65534,gid=65534"}
     assert host["ShmSize"] == 32 * 1024 * 1024
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
     assert not host.get("Binds") and [m["Target"] for m in host["Mounts"]] == ["/code"]

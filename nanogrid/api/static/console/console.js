@@ -330,8 +330,8 @@ async function newFunctionPage() {
 
 async function functionPage(functionId) {
   const path = `/functions/${encodeURIComponent(functionId)}`;
-  const [fn, { schedules }, { jobs }] = await Promise.all([api(path), api(`${path}/schedules`),
-    api(`${path}/jobs?limit=10`)]);
+  const [fn, { schedules }, { jobs }, { versions }] = await Promise.all([api(path), api(`${path}/schedules`),
+    api(`${path}/jobs?limit=10`), api(`${path}/versions`)]);
   const input = el("textarea", { id: "input", rows: 4, cols: 60, spellcheck: "false" }, "{}");
   const runArea = el("div");
   const recent = el("div", { id: "recent-runs" }, jobsTable(jobs, false));
@@ -381,11 +381,19 @@ async function functionPage(functionId) {
     link(`#/jobs?function_id=${encodeURIComponent(fn.function_id)}`, "All its jobs")),
   facts([["id", fn.function_id], ["version", fn.version], ["handler", fn.handler || "script mode"],
     ["code sha256", fn.code_sha256], ["limits", limits], ["init", fn.init],
+    ["max concurrency", fn.max_concurrency], ["secrets", (fn.secrets || []).join(", ")],
+    ["aliases", Object.entries(fn.aliases || {}).map(([name, alias]) => `${name} → v${alias.version}` +
+      Object.entries(alias.weights || {}).map(([v, share]) => ` (${Math.round(share * 100)}% v${v})`).join(""))
+      .join(", ")],
     ["requirements", fn.requirements ? el("pre", {}, fn.requirements) : null], ["build", build],
     ["retries", fn.retries ? json(fn.retries) : null], ["callback", fn.callback_url],
     ["created", when(fn.created_at)], ["updated", when(fn.updated_at)]]),
   buildSection,
   el("h2", {}, "Run"), runForm,
+  el("h2", {}, "Versions"),
+  table(["version", "created", "code sha256", "handler", "build", "aliases"], versions.map((v) => [`v${v.version}`,
+    when(v.created_at), v.code_sha256.slice(0, 12), v.handler || "script", v.build ? statusBadge(v.build.status) : "–",
+    v.aliases.join(", ")]), "No versions."),
   el("h2", {}, "Schedules"),
   table(["id", "when", "overlap", "enabled", "next run"], schedules.map((s) => [s.schedule_id,
     s.cron ? `cron ${s.cron} (${s.timezone || "UTC"})` : `every ${s.interval_s} s`, s.overlap,
