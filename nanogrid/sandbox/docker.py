@@ -708,7 +708,7 @@ class DockerSandbox:
             command=RUNNER_COMMAND + (["--lib", LAYER_MOUNT] if spec.layer_dir is not None else []),
             user=SANDBOX_USER,
             working_dir=CODE_MOUNT,
-            environment={"HOME": "/tmp", "LANG": "C.UTF-8", "NANOGRID_SECRETS_DIR": SECRETS_MOUNT},
+            environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
             labels=labels,
             mounts=[Mount(target=CODE_MOUNT, source=str(Path(spec.code_dir).resolve()), type="bind", read_only=True),
                     *([Mount(target=LAYER_MOUNT, source=str(Path(spec.layer_dir).resolve()), type="bind",

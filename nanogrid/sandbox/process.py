@@ -137,6 +137,7 @@ class ProcessSandbox:
         with tempfile.TemporaryDirectory(prefix="nanogrid-run-") as scratch, \
                 tempfile.TemporaryDirectory(prefix="nanogrid-secrets-") as secrets:
             environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "TMPDIR": scratch,
+                           # No /run/secrets outside a container: the run's secrets folder is named here.
                            "LANG": "C.UTF-8", "NANOGRID_SECRETS_DIR": secrets}
             started = time.monotonic()
             nonce = new_nonce()

@@ -79,7 +79,8 @@ class Backend:
 class ProcessBackend(Backend):
     name = "process"
     runner_lives_on = False
-    # NANOGRID_SECRETS_DIR: where the run's secrets are (a path; the values are files there).
+    # NANOGRID_SECRETS_DIR: where the run's secrets are (a path; the values are files there; in a
+    # container they are at /run/secrets).
     environment = {"HOME", "LANG", "PATH", "TMPDIR", "NANOGRID_SECRETS_DIR"}
     memory_flag = "memory_error"  # RLIMIT_AS: the allocation fails with MemoryError
 
@@ -90,7 +91,7 @@ class ProcessBackend(Backend):
 class DockerBackend(Backend):
     name = "docker"
     runner_lives_on = True
-    environment = {"HOME", "HOSTNAME", "LANG", "PATH", "PYTHONPATH", "NANOGRID_SECRETS_DIR"}
+    environment = {"HOME", "HOSTNAME", "LANG", "PATH", "PYTHONPATH"}
     memory_flag = "oom_killed"  # the container's memory cgroup: the kernel kills it
 
     def check_nothing_left(self, spec: RunSpec) -> None:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.runtimes("runc", "crun", "runsc")
 VALUE = "a-secret-value-7f3e"
 CODE = """
 import os, stat
-folder = os.environ["NANOGRID_SECRETS_DIR"]
+folder = os.environ.get("NANOGRID_SECRETS_DIR", "/run/secrets")
 at_import = sorted(os.listdir(folder))
 
 def handler(event, context):
