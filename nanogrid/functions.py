@@ -167,6 +167,12 @@ class FunctionRegistry:
             return version_doc(doc, doc["updated_at"])
         return self.table.get(version_id(doc["function_id"], version))
 
+    def run_settings(self, doc: dict, version: int) -> dict:
+        """What a run of that version needs (VERSION_FIELDS): the current version's are the function
+        document's own, so only an older version costs a read of its document (NotFound)."""
+        source = doc if version == doc["version"] else self.version(doc, version)
+        return {name: source.get(name) for name in VERSION_FIELDS}
+
     def set_alias(self, function_id: str, name: str, alias: dict, tenant: str | None = None) -> dict:
         """Point an alias at a version (and optionally weights of others); the function afterwards.
         Moving an alias keeps where it pointed before, for a rollback."""
@@ -214,6 +220,11 @@ class FunctionRegistry:
         for other in self.list():
             used -= set(other.get("layers_used") or [])
         return used
+
+
+def utc_text(epoch: float) -> str:
+    """A document's time as the API shows it (UTC, ISO 8601, to the second)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def version_id(function_id: str, version: int) -> str:
@@ -316,7 +327,7 @@ def public(doc: dict, settings: Settings | None = None) -> dict:
     requested = requested_limits(doc)
     view["limits"] = dataclasses.asdict(Limits.resolve(settings, requested)) if settings is not None else requested
     for name in ("created_at", "updated_at"):
-        view[name] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(view[name]))
+        view[name] = utc_text(view[name])
     return view
 
 

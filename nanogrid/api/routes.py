@@ -226,7 +226,7 @@ def version_view(function: dict, version: dict) -> dict:
     view["aliases"] = sorted(name for name, alias in (function.get("aliases") or {}).items()
                              if alias["version"] == version["version"]
                              or str(version["version"]) in (alias.get("weights") or {}))
-    view["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version["created_at"]))
+    view["created_at"] = functions.utc_text(version["created_at"])
     return view
 
 
@@ -533,7 +533,7 @@ def delete_alias(function_id: str, name: str):
 # -- secrets (nanogrid/storage/secrets.py): values go in, never come out ----------------------
 
 def secret_view(metadata: dict) -> dict:
-    return {"name": metadata["name"], **{name: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(metadata[name]))
+    return {"name": metadata["name"], **{name: functions.utc_text(metadata[name])
                                          for name in ("created_at", "updated_at") if metadata.get(name)}}
 
 
@@ -590,11 +590,11 @@ def run_target(function: dict, body: dict) -> tuple[dict, str | None]:
         if isinstance(version, bool) or not isinstance(version, int):
             raise ApiError("version must be a whole number (GET /functions/<id>/versions lists them)")
     try:
-        found = svc.functions.version(function, version)
+        settings = svc.functions.run_settings(function, version)
     except NotFound:
         raise ApiError(f"function {function['function_id']} has no version {version} (it was never made or is no "
                        "longer kept)", status=404, code="not_found") from None
-    return {**function, **{name: found.get(name) for name in functions.VERSION_FIELDS}}, alias_name
+    return {**function, **settings}, alias_name
 
 
 @bp.delete("/functions/<function_id>")
@@ -868,7 +868,7 @@ def rotate_signing_secret():
 
 def signing_secret_view(doc: dict) -> dict:
     return {"tenant": doc["tenant"], "secret": doc["signing_secret"],
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc["created_at"]))}
+            "created_at": functions.utc_text(doc["created_at"])}
 
 
 @bp.post("/jobs/<job_id>/cancel")
