@@ -70,6 +70,9 @@ import requests  # noqa: E402 - after the path setup, for a source checkout
 
 from nanogrid.client import parse_events  # noqa: E402 - as requests
 
+# The cold phase deploys a new version this often (and runs it at once): each run is the first of
+# its version; a stem cell claimed by one is replaced in the background well within this pause.
+NEW_VERSION_EVERY_S = 1.0
 HANDLER = "def handler(event, context):\n    return {\"n\": event[\"n\"] + 1}\n"
 # Prints the time of each print, so that its arrival at an SSE client tells the streaming latency.
 STREAMER = """
@@ -255,12 +258,12 @@ def process(command: list[str], env: dict, log: Path):
 
 
 @contextmanager
-def dev_stack(workdir: Path, concurrency: int, runtime: str | None = None):
+def dev_stack(workdir: Path, concurrency: int, runtime: str | None = None, host: str = "127.0.0.1", port: int = 0):
     name = f"dev-{runtime}" if runtime else "dev"
-    data_dir, port = workdir / name, free_port()
+    data_dir, port = workdir / name, port or free_port()
     data_dir.mkdir()
     env = {**os.environ, **STACK_ENV, "NANOGRID_WORKER_CONCURRENCY": str(concurrency)}
-    command = [sys.executable, "-m", "nanogrid.cli", "dev", "--sandbox", "docker", "--port", str(port),
+    command = [sys.executable, "-m", "nanogrid.cli", "dev", "--sandbox", "docker", "--host", host, "--port", str(port),
                "--data-dir", str(data_dir), *(["--runtime", runtime] if runtime else [])]
     with process(command, env, workdir / f"{name}.log") as child:
         deadline = time.monotonic() + 120
@@ -270,7 +273,7 @@ def dev_stack(workdir: Path, concurrency: int, runtime: str | None = None):
             time.sleep(0.2)
         operator = dict(line.removeprefix("export ").split("=", 1)
                         for line in (data_dir / "operator.env").read_text().splitlines())
-        yield {"url": f"http://127.0.0.1:{port}", "operator": operator, "pid": child.pid}
+        yield {"url": f"http://{host}:{port}", "operator": operator, "pid": child.pid}
 
 
 class StackFailed(RuntimeError):
@@ -287,7 +290,7 @@ def sqs_stack_missing() -> str | None:
 
 
 @contextmanager
-def sqs_stack(workdir: Path, concurrency: int):
+def sqs_stack(workdir: Path, concurrency: int, host: str = "127.0.0.1"):
     """moto (SQS) + redis-server + `nanogrid api` + `nanogrid worker`, local storage."""
     import boto3
 
@@ -310,11 +313,11 @@ def sqs_stack(workdir: Path, concurrency: int):
         env.update(STACK_ENV, AWS_ENDPOINT_URL=moto_url, SQS_QUEUE_URL=queue_url, REDIS_HOST="127.0.0.1",
                    REDIS_PORT=str(redis_port), NANOGRID_STORAGE="local", NANOGRID_DATA_DIR=str(workdir / "sqs-data"),
                    NANOGRID_SANDBOX="docker", NANOGRID_WORKER_CONCURRENCY=str(concurrency),
-                   NANOGRID_BIND=f"127.0.0.1:{api_port}")
+                   NANOGRID_BIND=f"{host}:{api_port}")
         cli = [sys.executable, "-m", "nanogrid.cli"]
         with process([*cli, "api"], env, workdir / "sqs-api.log") as api, \
                 process([*cli, "worker", "-n", f"bench-sqs-{os.getpid()}@%h"], env, workdir / "sqs-worker.log"):
-            url = f"http://127.0.0.1:{api_port}"
+            url = f"http://{host}:{api_port}"
             if not wait_http(url + "/health", 60, lambda: api.poll() is None):
                 raise StackFailed("the SQS stack's API did not come up (see sqs-api.log)")
             yield {"url": url, "env": env}
@@ -468,6 +471,57 @@ def celery_round_trips(operator_env: dict, count: int) -> list[float]:
     return timed(lambda: app.send_task("celery.accumulate", args=(1,)).get(timeout=30), count, warmup=20)
 
 
+def plain_docker_task(operator_env: dict, image: str, workdir: Path, concurrency: int, count: int,
+                      seconds: float) -> dict:
+    """What a user would build instead (plain_celery.py): a Celery task doing `docker run` per call,
+    a worker of its own with the same pool size on the same Redis; sequential round trips, then
+    calls per second at concurrency 8."""
+    from celery import Celery
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import plain_celery
+
+    redis_url = operator_env["NANOGRID_REDIS_URL"]
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url, "BENCH_IMAGE": image}
+    command = [sys.executable, "-m", "celery", "-A", "plain_celery", "worker", "-Q", plain_celery.QUEUE, "-c",
+               str(concurrency), "--pool", "prefork", "--without-gossip", "--without-mingle", "-n",
+               f"bench-plain-{os.getpid()}@%h"]
+    with open(workdir / "plain-celery.log", "wb") as log, subprocess.Popen(
+            command, env=env, cwd=Path(__file__).parent, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True) as worker:
+        try:
+            app = Celery("bench-plain-client", broker=redis_url, backend=redis_url)
+            event = json.dumps({"n": 1})
+
+            def call() -> None:
+                result = app.send_task(plain_celery.TASK, args=(HANDLER, event), queue=plain_celery.QUEUE)
+                if json.loads(result.get(timeout=120)) != {"n": 2}:
+                    raise RuntimeError("the plain task's answer is wrong")
+
+            latencies = timed(call, count, warmup=2)
+            stop_at, lock, counts = time.monotonic() + seconds, threading.Lock(), {"ok": 0, "errors": 0}
+
+            def loop() -> None:
+                while time.monotonic() < stop_at:
+                    try:
+                        call()
+                        outcome = "ok"
+                    except Exception:  # noqa: BLE001 - any failure is an error of this phase
+                        outcome = "errors"
+                    with lock:
+                        counts[outcome] += 1
+
+            elapsed = in_threads(loop, 8)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+    return {"latencies": latencies, "concurrency": 8, "seconds": elapsed, "runs": counts["ok"],
+            "errors": counts["errors"], "per_s": counts["ok"] / elapsed}
+
+
 def in_threads(loop, concurrency: int) -> float:
     """loop() in concurrency threads at once; the seconds until the last one returned."""
     started = time.monotonic()
@@ -617,7 +671,7 @@ def compare_runtimes(args, image: str, workdir: Path) -> dict:
                 compared[runtime]["docker_run_none"] += times
     with ExitStack() as stacks:
         say(f"starting nanogrid dev --runtime X for {', '.join(runtimes)} ...")
-        up = {runtime: stacks.enter_context(dev_stack(workdir, args.worker_concurrency, runtime)) for runtime in runtimes}
+        up = {runtime: stacks.enter_context(dev_stack(workdir, args.worker_concurrency, runtime, args.host)) for runtime in runtimes}
         clients = {runtime: Client(stack["url"]) for runtime, stack in up.items()}
         cold_ids, warm_ids = {}, {}
         for runtime, client in clients.items():
@@ -629,6 +683,7 @@ def compare_runtimes(args, image: str, workdir: Path) -> dict:
         for n in range(5 if quick else 15):
             for runtime, client in clients.items():
                 client.update(cold_ids[runtime], HANDLER + f"# version {n}\n")
+                time.sleep(NEW_VERSION_EVERY_S / len(clients))
                 compared[runtime]["cold"] += timed(lambda: client.run(cold_ids[runtime]), 1)
         say("warm runs, taking turns ...")
         for _ in range(100 if quick else 500):
@@ -694,7 +749,7 @@ def measure(args) -> dict:
     if args.only_layers:
         with tempfile.TemporaryDirectory(prefix="nanogrid-bench-") as tmp:
             say("starting nanogrid dev --sandbox docker ...")
-            with dev_stack(Path(tmp), args.worker_concurrency) as stack:
+            with dev_stack(Path(tmp), args.worker_concurrency, host=args.host, port=args.port) as stack:
                 client = Client(stack["url"])
                 say("warm runs ...")
                 warm_id = client.deploy("bench-warm", HANDLER)
@@ -707,7 +762,7 @@ def measure(args) -> dict:
         results["docker_run"], results["docker_run_none"], results["docker_exec"] = docker_floor(
             image, 5 if quick else 15, 10 if quick else 30)
         say("starting nanogrid dev --sandbox docker ...")
-        with dev_stack(workdir, args.worker_concurrency) as stack:
+        with dev_stack(workdir, args.worker_concurrency, host=args.host, port=args.port) as stack:
             client = Client(stack["url"])
             say("floor: Celery no-op round trip ...")
             results["celery"] = celery_round_trips(stack["operator"], 100 if quick else 300)
@@ -717,6 +772,7 @@ def measure(args) -> dict:
             cold = []
             for n in range(5 if quick else 15):
                 client.update(function_id, HANDLER + f"# version {n}\n")
+                time.sleep(NEW_VERSION_EVERY_S)
                 started = time.perf_counter()
                 client.run(function_id)
                 cold.append((time.perf_counter() - started) * 1000)
@@ -759,6 +815,9 @@ def measure(args) -> dict:
                                                         redis_port))
             say(f"floor: bare Celery no-op throughput at concurrency 32 for {seconds:g} s ...")
             results["celery_throughput"] = celery_throughput(stack["operator"], 32, seconds)
+            say("what a user would build instead: a Celery task doing `docker run` per call ...")
+            results["plain_docker_task"] = plain_docker_task(stack["operator"], image, workdir, args.worker_concurrency,
+                                                             5 if quick else 15, seconds)
             if "after" not in marks:  # fewer runs than asked for: make them up
                 say(f"more runs, up to {args.memory_runs} for the memory figure ...")
                 while done[0] < args.memory_runs:
@@ -786,7 +845,7 @@ def measure(args) -> dict:
 def measure_sqs(args, workdir: Path, results: dict) -> None:
     quick = args.quick
     say("starting the SQS stack (moto server, redis-server, nanogrid api, nanogrid worker) ...")
-    with sqs_stack(workdir, args.worker_concurrency) as stack:
+    with sqs_stack(workdir, args.worker_concurrency, args.host) as stack:
         client = Client(stack["url"])
         function_id = client.deploy("bench-sqs", HANDLER)
         wait_ready(client, function_id)
@@ -879,6 +938,17 @@ def table(results: dict) -> str:
         row(f"{'API (gunicorn)' if part == 'api' else 'worker (celery)'} RSS, {after['runs']} runs",
             f"{before[part]:.0f} -> {after[part]:.0f} MiB", f"{growth:+.1f} %" + (
                 f" (idle start {start:.0f} MiB)" if start else ""), verdict(growth <= 10, "<= +10 %"))
+    plain = results.get("plain_docker_task")
+    if plain:
+        plain_p50 = percentile(plain["latencies"], 0.5)
+        row("instead: a plain Celery task doing `docker run` per call (sequential)",
+            f"p50 {plain_p50:.0f}, p95 {percentile(plain['latencies'], .95):.0f} ms",
+            f"NanoGrid's warm p50 {p50('warm') / plain_p50:.3f}x, cold p50 {p50('cold') / plain_p50:.2f}x it",
+            "figure, no target")
+        ours = next((e for e in results.get("throughput", []) if e["concurrency"] == 8), None)
+        row(f"the same, concurrency 8 ({plain['seconds']:.0f} s)", f"{plain['per_s']:.1f} calls/s, {plain['errors']} errors",
+            f"NanoGrid's warm runs at concurrency 8: {ours['per_s'] / plain['per_s']:.1f}x it" if ours and plain["per_s"]
+            else "")
     if "streaming" in results:
         streamed = results["streaming"]
         row("streaming latency (a printed line to an SSE client)",
@@ -951,6 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-layers", action="store_true",
                         help="only the dependency layer rows (numpy's first build, warm runs importing it) and the "
                              "warm no-op runs they are compared to")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the address the benchmark's stacks listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="the API port of its main stack (default: a free one; the other stacks take free ones)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
     args = parser.parse_args(argv)

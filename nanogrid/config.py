@@ -266,6 +266,9 @@ class Settings:
     warm_max_containers: int = _setting("NANOGRID_WARM_MAX_CONTAINERS", 8, **_AT_LEAST_0)
     # The sum of the memory limits of a process's warm containers.
     warm_memory_budget_mb: int = _setting("NANOGRID_WARM_MEMORY_BUDGET_MB", 2048, **_AT_LEAST_0)
+    # Stem cells per worker process: containers started ahead of demand for the default limits, so
+    # the first run of a new version needs no container start (warm.py); 0: none.
+    stem_cells: int = _setting("NANOGRID_STEM_CELLS", 1, **_AT_LEAST_0)
     # Celery task events from the start (Flower turns them on itself; README: Performance).
     task_events: bool = _setting("NANOGRID_TASK_EVENTS", False)
 

@@ -30,6 +30,8 @@ LABEL_INSTANCE = "nanogrid.instance"
 # worker process (host:pid) that keeps it, and LABEL_VERSION the function version it serves.
 LABEL_WARM = "nanogrid.warm"
 LABEL_VERSION = "nanogrid.version"
+# A container started as a stem cell (warm.py): made before any function was known, it names none.
+LABEL_STEM = "nanogrid.stem"
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -53,8 +54,9 @@ from requests.exceptions import RequestException
 from nanogrid.ai import SANDBOX_SOCKET_DIR, SOCKET_NAME
 from nanogrid.config import Settings
 from nanogrid.errors import Unavailable
-from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_VERSION, LABEL_WARM, LABEL_WORKER,
-                              EngineUnavailable, RawRun, RunSpec, instance_id)
+from nanogrid.limits import Limits
+from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_STEM, LABEL_VERSION, LABEL_WARM,
+                              LABEL_WORKER, EngineUnavailable, RawRun, RunSpec, instance_id)
 from nanogrid.sandbox.janitor import DOCKER_ERRORS, STATE_DIR_PREFIX, ContainerJanitor
 from nanogrid.sandbox.protocol import FrameReader, new_nonce
 from nanogrid.sandbox.warm import Key, Slot, WarmPool
@@ -338,6 +340,58 @@ class DockerSandbox:
                     pass
             return self._pool
 
+    def start_stem_cells(self) -> None:
+        """Keep NANOGRID_STEM_CELLS stem cells ready in this process (warm.py), from now on."""
+        pool = self.pool
+        if self.settings.stem_cells <= 0 or not pool.enabled:
+            return
+        pool.stem_memory_mb = self.stem_limits.memory_mb
+        pool.start_stem = self._start_stem
+        pool.stem_target = self.settings.stem_cells
+        pool.refill()
+
+    @property
+    def stem_limits(self) -> Limits:
+        """The limits class stem cells are made for: a function's defaults, as a warm Key holds them."""
+        return dataclasses.replace(Limits.resolve(self.settings), timeout_s=0, output_bytes=0, init_timeout_s=0)
+
+    def _start_stem(self) -> Slot:
+        """A container for no function yet: its runner waits, its own /code folder is empty."""
+        try:
+            code_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "stem")))
+        except FileNotFoundError:  # the last other worker process of the installation removed it just now
+            code_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "stem")))
+        code_dir.chmod(0o755)
+        spec = RunSpec("", "", code_dir, None, self.stem_limits)
+        try:
+            slot = self._start(spec, None, warm=True, ai_folder=bool(self.settings.ai_endpoint))
+        except BaseException:
+            shutil.rmtree(code_dir, ignore_errors=True)
+            raise
+        slot.owns_code_dir, slot.memory_mb = True, spec.limits.memory_mb
+        return slot
+
+    def _claim_stem(self, spec: RunSpec, key: Key) -> Slot | None:
+        """A stem cell with spec's code written into its own folder, now key's warm container; None
+        if spec is not of the stem cells' class or none is ready."""
+        pool = self.pool
+        if (pool.stem_target <= 0 or spec.layer_dir is not None or spec.ai_socket_dir is not None
+                or key.limits != self.stem_limits or key.ai != bool(self.settings.ai_endpoint)):
+            return None
+        slot = pool.claim_stem(key)
+        if slot is None:
+            return None
+        try:
+            # Copied, not linked: the folder is the container's alone and goes with it. Mounted
+            # read-only, it is read-only to the run's user (who is the runner's user too, so files
+            # the runner wrote itself inside could be changed back by a run).
+            shutil.copytree(spec.code_dir, slot.code_dir, dirs_exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot write the code into stem cell %s: %s", slot.container.id[:12], exc)
+            pool.release(slot, reusable=False)
+            return None
+        return slot
+
     def watch_functions(self, served_versions) -> None:
         """served_versions(function_id) -> the versions runs arrive for, or None once it is deleted."""
         self.served_versions = served_versions
@@ -405,8 +459,10 @@ class DockerSandbox:
         key = Key.of(spec)
         for _ in range(3):
             slot = pool.acquire(key) if pooled else None
+            if slot is None and pooled:
+                slot = self._claim_stem(spec, key)
             if slot is None:
-                slot = self._start(spec, key, warm=pooled)
+                slot = self._start(spec, key, warm=pooled, ai_folder=key.ai and spec.ai_socket_dir is None)
                 if pooled:
                     pool.track(slot)
             reusable = False
@@ -422,10 +478,10 @@ class DockerSandbox:
                     self._discard(slot)
         raise Unavailable("warm containers keep dying before a run reaches them")
 
-    def _start(self, spec: RunSpec, key: Key, warm: bool) -> Slot:
-        """Create, attach to and start a container for key."""
+    def _start(self, spec: RunSpec, key: Key | None, warm: bool, ai_folder: bool) -> Slot:
+        """Create, attach to and start a container for key (None: a stem cell, for spec's class)."""
         ai_dir = None
-        if key.ai and spec.ai_socket_dir is None:
+        if ai_folder:
             # The container's own AI folder, mounted read-only at SANDBOX_SOCKET_DIR: each run's
             # channel puts its socket in it (a mount cannot change after the container is created).
             try:
@@ -680,6 +736,8 @@ class DockerSandbox:
         self._remove(slot.container)
         if slot.ai_dir is not None:
             shutil.rmtree(slot.ai_dir, ignore_errors=True)
+        if slot.owns_code_dir:
+            shutil.rmtree(slot.code_dir, ignore_errors=True)
 
     def _new_ai_dir(self) -> Path:
         try:
@@ -693,7 +751,8 @@ class DockerSandbox:
         """At this process's end: its warm containers go, and the installation's state folder with
         them once no other process of it has anything there (a folder in use is not empty)."""
         pool.close()
-        for folder in (self.state_dir / "jobs", self.state_dir / "ai", self.state_dir / "cancelled", self.state_dir):
+        for folder in (self.state_dir / "jobs", self.state_dir / "ai", self.state_dir / "stem", self.state_dir / "cancelled",
+                       self.state_dir):
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
@@ -703,6 +762,8 @@ class DockerSandbox:
         labels = {LABEL_FUNCTION: spec.function_id, LABEL_VERSION: str(spec.version), LABEL_WORKER: self.worker_id,
                   LABEL_INSTANCE: self.instance}
         labels.update({LABEL_WARM: _owner()} if warm else {LABEL_JOB: spec.job_id})
+        if not spec.function_id:  # a stem cell: labels cannot change, so its function is never named on it
+            labels.update({LABEL_FUNCTION: "", LABEL_VERSION: "", LABEL_STEM: "1"})
         options = dict(
             image=self.settings.runtime_image,
             command=RUNNER_COMMAND + (["--lib", LAYER_MOUNT] if spec.layer_dir is not None else []),

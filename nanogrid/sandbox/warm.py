@@ -20,6 +20,16 @@ check found); a background thread removes expired ones, ones whose container die
 `served_versions`, installed by the worker) those of deleted functions and of versions no run
 arrives for any more (superseded, and no alias's).
 NANOGRID_WARM_POOL_SIZE=0 disables reuse: every run gets a container of its own.
+
+Stem cells (NANOGRID_STEM_CELLS per worker process) are containers started ahead of demand, for
+the default limits class, whose runner waits with no function's code yet: their /code is a
+private, empty folder of their own, mounted read-only. The first run of a version that finds no
+warm container of its own takes one (`claim_stem`), the sandbox writes that version's code into
+the folder, and from then on it is that version's warm container like any other (its `key` is
+set once, at the claim, and never changes): it serves no other version and no other tenant.
+The pool starts a new one in the background each time one is claimed or dies. Stem cells count
+in the pool's bounds (containers, memory) and are the first to go when a warm container needs
+the room.
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # How often the background thread looks at idle containers (expiry, liveness).
 MAINTAIN_S = 1.0
+# Stem cells that failed to start this many times in a row: no more tries for STEM_RETRY_S.
+STEM_FAILURES_PAUSE = 3
+STEM_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,13 +89,20 @@ class Slot:
 
     container: Any  # docker.models.containers.Container
     stream: Any  # the attach socket (socket.SocketIO from docker-py), kept so nothing closes it
-    key: Key
+    key: Key | None  # None: a stem cell not claimed yet
     code_dir: Path
     ai_dir: Path | None = None
     runs: int = 0
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     pending: bytearray = field(default_factory=bytearray)  # a partly received multiplexing header
+    # A stem cell's own code folder (code_dir), made for it and removed with it.
+    owns_code_dir: bool = False
+    memory_mb: int = 0  # its memory limit (a stem cell has no key yet to say)
+
+    def __post_init__(self):
+        if self.key is not None:
+            self.memory_mb = self.key.memory_mb
 
     @property
     def sock(self) -> socket.socket:
@@ -136,7 +156,15 @@ class WarmPool:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._checked_at = 0.0
+        self._checked_stems_at = 0.0
         self._removals: list[threading.Thread] = []  # evictions under way
+        # Stem cells: how many to keep ready, and what starts one (installed by the sandbox).
+        self.stem_target = 0
+        self.start_stem: Callable[[], Slot] | None = None
+        self.stem_memory_mb = 0  # their memory limit (the default limits class's), set with start_stem
+        self._stems: list[Slot] = []
+        self._stems_starting = 0
+        self._stem_failures = 0  # in a row: a start that keeps failing is retried less often
 
     @property
     def enabled(self) -> bool:
@@ -165,6 +193,71 @@ class WarmPool:
         self._remove_later(evicted)  # not on this run's path: removing a running container takes a while
         return slot
 
+    def claim_stem(self, key: Key) -> Slot | None:
+        """A stem cell, now key's container and busy; None if none is ready (a new one starts)."""
+        claimed, dead = None, []
+        with self._lock:
+            while self._stems and claimed is None:
+                candidate = self._stems.pop()
+                if candidate.alive():
+                    claimed = candidate
+                else:
+                    dead.append(candidate)
+            if claimed is not None:
+                claimed.key = key  # once, for good: it serves this version of this tenant only
+                claimed.last_used = time.monotonic()
+                self._busy.add(claimed)
+        self._remove_later(dead)
+        self.refill()
+        return claimed
+
+    def stems(self) -> list[Slot]:
+        with self._lock:
+            return list(self._stems)
+
+    def refill(self) -> None:
+        """Start stem cells in the background until stem_target are ready or starting, within the bounds."""
+        with self._lock:
+            if not self.enabled or self.start_stem is None:
+                return
+            wanted = self.stem_target - len(self._stems) - self._stems_starting
+            if wanted <= 0 or self._stems_starting:
+                return  # one start at a time: it starts the next one when it is done
+            self._stems_starting += 1
+        threading.Thread(target=self._start_stems, name="nanogrid-stem-cells", daemon=True).start()
+        self._start_thread()
+
+    def _room_for_stem(self) -> bool:
+        """Whether one more stem cell fits the container and memory bounds (lock held)."""
+        slots = [*self._busy, *self._stems, *(s for slots in self._idle.values() for s in slots)]
+        memory = sum(s.memory_mb for s in slots) + self.stem_memory_mb
+        return len(slots) + 1 <= self.max_containers and memory <= self.memory_budget_mb
+
+    def _start_stems(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if (self._closed or len(self._stems) >= self.stem_target or not self._room_for_stem()
+                            or self._stem_failures >= STEM_FAILURES_PAUSE):
+                        return
+                try:
+                    slot = self.start_stem()
+                except Exception as exc:  # noqa: BLE001 - the engine is away, say: a later pass tries again
+                    log.warning("cannot start a stem cell: %s", exc)
+                    with self._lock:
+                        self._stem_failures += 1
+                    continue
+                with self._lock:
+                    self._stem_failures = 0
+                    keep = not self._closed and len(self._stems) < self.stem_target
+                    if keep:
+                        self._stems.append(slot)
+                if not keep:
+                    self._remove([slot])
+        finally:
+            with self._lock:
+                self._stems_starting -= 1
+
     def track(self, slot: Slot) -> None:
         """A container just started for a run: busy until released."""
         with self._lock:
@@ -175,7 +268,7 @@ class WarmPool:
         """The run is over: keep the container idle if it may serve again and fits, else remove it."""
         with self._lock:
             self._busy.discard(slot)
-            keep = reusable and self.enabled and slot.key.memory_mb <= self.memory_budget_mb
+            keep = reusable and self.enabled and slot.memory_mb <= self.memory_budget_mb
             if keep:
                 slot.last_used = time.monotonic()
                 self._idle.setdefault(slot.key, []).append(slot)
@@ -194,14 +287,19 @@ class WarmPool:
             while len(slots) > self.size:
                 evicted.append(slots.pop(0))
         idle = sorted((s for slots in self._idle.values() for s in slots), key=lambda s: s.last_used)
-        count = len(self._busy) + len(idle)
-        memory = sum(s.key.memory_mb for s in self._busy) + sum(s.key.memory_mb for s in idle)
-        while idle and (count > self.max_containers or memory > self.memory_budget_mb):
-            victim = idle.pop(0)
-            self._idle[victim.key].remove(victim)
+        count = len(self._busy) + len(idle) + len(self._stems)
+        memory = sum(s.memory_mb for s in [*self._busy, *idle, *self._stems])
+        # Stem cells first (a warm container has a version's state; a stem cell is a spare), then
+        # idle containers, least recently used first.
+        while (self._stems or idle) and (count > self.max_containers or memory > self.memory_budget_mb):
+            if self._stems:
+                victim = self._stems.pop(0)
+            else:
+                victim = idle.pop(0)
+                self._idle[victim.key].remove(victim)
             evicted.append(victim)
             count -= 1
-            memory -= victim.key.memory_mb
+            memory -= victim.memory_mb
         self._prune()
         return evicted
 
@@ -234,8 +332,14 @@ class WarmPool:
                     if outdated or now - slot.last_used >= self.idle_ttl_s or not slot.alive():
                         slots.remove(slot)
                         evicted.append(slot)
+            dead = [s for s in self._stems if not s.alive()]
+            self._stems = [s for s in self._stems if s not in dead]
+            evicted += dead
+            if self._stem_failures >= STEM_FAILURES_PAUSE and now - self._checked_stems_at >= STEM_RETRY_S:
+                self._stem_failures, self._checked_stems_at = 0, now  # a while later: try again
             self._prune()
         self._remove(evicted)
+        self.refill()
         return len(evicted)
 
     def _start_thread(self) -> None:
@@ -279,7 +383,9 @@ class WarmPool:
     def code_dirs(self) -> set[Path]:
         """The code directories mounted by this pool's containers (they must stay)."""
         with self._lock:
-            return {s.code_dir for s in self._busy} | {s.code_dir for slots in self._idle.values() for s in slots}
+            slots = [*self._busy, *self._stems, *(s for slots in self._idle.values() for s in slots)]
+            # A claimed stem cell has its own copy, and its key names the version's folder: both stay.
+            return {s.code_dir for s in slots} | {Path(s.key.code_dir) for s in slots if s.key is not None}
 
     def layer_dirs(self) -> set[Path]:
         """The layer directories mounted by this pool's containers (the host's cache keeps them)."""
@@ -291,8 +397,9 @@ class WarmPool:
         """Remove every idle container (in parallel); runs in progress remove theirs when they end."""
         with self._lock:
             self._closed = True
-            slots = [s for slots in self._idle.values() for s in slots]
+            slots = [s for slots in self._idle.values() for s in slots] + self._stems
             self._idle.clear()
+            self._stems = []
             removals = list(self._removals)
         self._stop.set()
         threads = [threading.Thread(target=self._remove, args=([s],), daemon=True) for s in slots] + removals

@@ -157,5 +157,16 @@ def _interrupt_runs(_signum, _frame) -> None:
     current_services().sandbox.interrupt()
 
 
+def _start_process(**_) -> None:
+    """A pool process begins: it stops its runs on the shutdown signal, and its sandbox readies stem cells."""
+    signal.signal(INTERRUPT_SIGNAL, _interrupt_runs)
+    start = getattr(current_services().sandbox, "start_stem_cells", None)
+    if start is not None:
+        try:
+            start()
+        except Exception:  # noqa: BLE001 - no stem cells (the engine is away, say): runs start their own
+            log.warning("cannot start stem cells", exc_info=True)
+
+
 def connect() -> None:
-    signals.worker_process_init.connect(lambda **_: signal.signal(INTERRUPT_SIGNAL, _interrupt_runs), weak=False)
+    signals.worker_process_init.connect(_start_process, weak=False)
