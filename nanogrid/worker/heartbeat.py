@@ -63,6 +63,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.engine_ok = True
+        self.engine_checked_at = -HEARTBEAT_S  # the first beat asks
         self.consuming = True
 
     def start(self, worker) -> None:
@@ -101,11 +102,18 @@ class HeartbeatStep(bootsteps.StartStopStep):
             self.wake.clear()
 
     def beat(self, svc, stopped: bool = False) -> None:
-        engine_ok = svc.sandbox.engine_ok()
-        if engine_ok != self.engine_ok:
-            self._engine_changed(svc, engine_ok)
-        if engine_ok:  # runs that its pool processes parked while the engine did not answer
-            svc.jobs.release_parked(f"{socket.gethostname()}:{os.getpid()}")
+        # The engine is asked every HEARTBEAT_S, not at every beat: a received message beats at once
+        # (its job goes into the held list), and a ping per message would cost dockerd and this
+        # process a few ms of CPU per run (a new client each time: the runs' own may be busy).
+        now = time.monotonic()
+        if stopped or now - self.engine_checked_at >= HEARTBEAT_S:
+            self.engine_checked_at = now
+            engine_ok = svc.sandbox.engine_ok()
+            if engine_ok != self.engine_ok:
+                self._engine_changed(svc, engine_ok)
+            if engine_ok:  # runs that its pool processes parked while the engine did not answer
+                svc.jobs.release_parked(f"{socket.gethostname()}:{os.getpid()}")
+        engine_ok = self.engine_ok
         try:
             svc.jobs.index.beat(self.node, held_jobs(), pid=os.getpid(), started=self.started, stopped=stopped,
                                 sandbox="ok" if engine_ok else "down", sandbox_kind=svc.sandbox.kind,
