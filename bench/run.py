@@ -376,6 +376,29 @@ class Client:
         return job
 
 
+def steps_of_warm_runs(client: Client, function_id: str, count: int) -> dict:
+    """Where a warm run's milliseconds go, from its job record's times (ms resolution, one clock):
+    the API and queue before the worker claims it (created_at -> started_at), the worker around
+    the sandbox (started_at -> finished_at less the sandbox's duration_ms), the sandbox itself
+    (request to exit frame), and the rest of the client's round trip (HTTP in and out, the API
+    before created_at and after the finish event). p50 of each, over count sequential runs."""
+    def seconds(text: str) -> float:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    steps: dict[str, list[float]] = {"api_to_claim": [], "worker": [], "sandbox": [], "http_rest": [], "total": []}
+    for _ in range(count):
+        started = time.perf_counter()
+        job = client.run(function_id)
+        total = (time.perf_counter() - started) * 1000
+        created, claimed, finished = (seconds(job[k]) for k in ("created_at", "started_at", "finished_at"))
+        steps["api_to_claim"].append((claimed - created) * 1000)
+        steps["worker"].append((finished - claimed) * 1000 - job["duration_ms"])
+        steps["sandbox"].append(job["duration_ms"])
+        steps["http_rest"].append(total - (finished - created) * 1000)
+        steps["total"].append(total)
+    return steps
+
+
 def streaming_latencies(url: str, function_id: str, lines: int) -> list[float]:
     """Milliseconds from each line's print in the sandbox to its arrival at a Server-Sent Events
     client of the run (one clock: a container reads the host's)."""
@@ -780,6 +803,7 @@ def measure(args) -> dict:
             say("warm runs ...")
             warm_id = client.deploy("bench-warm", HANDLER)
             results["warm"] = timed(lambda: client.run(warm_id), warm_runs, warmup=20)
+            results["warm_steps"] = steps_of_warm_runs(client, warm_id, 100 if quick else 300)
             measure_layers(client, results, warm_runs)
             say("streaming latency ...")
             streamer_id = client.deploy("bench-streamer", STREAMER)
@@ -900,6 +924,13 @@ def table(results: dict) -> str:
         warm_target = verdict(p50("warm") <= 2 * celery and warm_p99 <= 3 * celery_p99, "p50 <= 2x, p99 <= 3x Celery's")
     row("warm sync run (HTTP)", f"p50 {p50('warm'):.1f}, p95 {percentile(warm, .95):.1f}, p99 {warm_p99:.1f} ms",
         warm_compared, warm_target)
+    steps = results.get("warm_steps")
+    if steps:
+        parts = {name: percentile(values, 0.5) for name, values in steps.items()}
+        row("where a warm run's time goes (p50 of each step)",
+            f"{parts['total']:.1f} ms in all ({len(steps['total'])} runs)",
+            f"API and queue to the claim {parts['api_to_claim']:.1f}, worker around the sandbox {parts['worker']:.1f}, "
+            f"sandbox {parts['sandbox']:.1f}, HTTP and the API's wait {parts['http_rest']:.1f} ms", "figure, no target")
     if "numpy_build" in results:
         built = results["numpy_build"]
         builder = f" (builder's build_s {built['build_s']:.1f} s)" if built.get("build_s") is not None else ""

@@ -88,12 +88,14 @@ class LeaseKeeper:
                 log.exception("lease renewal failed", extra={"job_id": self.job_id})
 
 
-def run(services: Services, job_id: str) -> str:
+def run(services: Services, job_id: str, finished: Callable[[dict], None] | None = None) -> str:
+    """Process one run message; the job's status (or why nothing was run). finished, if given, gets
+    the job's record as the run left it (the caller need not read it again)."""
     with logs.job_scope(job_id):  # every record logged while this run is processed carries its ids
-        return _run(services, job_id)
+        return _run(services, job_id, finished)
 
 
-def _run(services: Services, job_id: str) -> str:
+def _run(services: Services, job_id: str, finished: Callable[[dict], None] | None = None) -> str:
     started = time.monotonic()
     holder = worker_id()
     try:
@@ -145,6 +147,8 @@ def _run(services: Services, job_id: str) -> str:
     finally:
         if bounded:
             services.jobs.release_slot(job)
+    if done and finished is not None:
+        finished(done)
     status = str(done["status"]) if done else "lost"  # plain strings: the task's result, shown by Flower
     error_type = (fields.get("error") or {}).get("type")
     elapsed = time.monotonic() - started

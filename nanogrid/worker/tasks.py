@@ -33,12 +33,12 @@ class RunFailed(Exception):
 # per run here and a subscription per run in the API.
 @shared_task(name=RUN_TASK, bind=True, ignore_result=True, throws=(RunFailed,))
 def run_job(self, job_id: str) -> str:
-    status = execute.run(services(), job_id)
+    job: dict = {}
+    status = execute.run(services(), job_id, finished=job.update)
     if status == Status.FAILED:
-        error = (services().jobs.get(job_id).get("error") or {}).get("type")
+        error = (job.get("error") or {}).get("type")
         raise RunFailed(f"job {job_id} FAILED: {error}")
     if status == Status.SUCCESS and services().archive is not None:
-        job = services().jobs.get(job_id)
         version = (tenant_of(job), job["function_id"], job["function_version"])
         if time.monotonic() - _archive_queued.get(version, -ARCHIVE_RESEND_S) >= ARCHIVE_RESEND_S:
             try:
