@@ -9,11 +9,13 @@ It starts `nanogrid dev --sandbox docker` (embedded Redis as broker and job stor
 sandbox with warm containers) and measures, each against a floor taken on the same machine
 moments before:
 
-- cold runs: the first run of a new function version, through HTTP, p50/p95, against a bare
+- cold runs: the first run of a new function version (deployed a second before it, so a stem
+  cell claimed by the previous one has been replaced), through HTTP, p50/p95, against a bare
   `docker run --rm <runtime image> python3 -c pass`;
 - warm runs: sequential synchronous runs through HTTP, p50/p95/p99, against a bare Celery no-op
   task round trip on the same broker and the same worker (Celery's built-in celery.accumulate), and
-  against `docker exec <running container> python3 -c pass`;
+  against `docker exec <running container> python3 -c pass`; then where a warm run's time goes,
+  step by step, from the job records of 300 more;
 - dependency layers, on the same stack right after the warm runs: the first build of a numpy layer
   (wall time from the POST to the build being ready, with the builder's own build_s and the
   layer's size; a figure, no target), then warm runs of a function that imports numpy, p50 against
@@ -22,6 +24,9 @@ moments before:
 - throughput: warm runs per second at concurrency 1, 8 and 32 (30 s each), with the error count
   and the CPU per run of each process, against bare Celery no-ops per second at concurrency 32
   through the same broker and worker;
+- what a user would build instead (plain_celery.py): a plain Celery task that does `docker run`
+  per call, with a worker of its own (the same pool size, the same Redis): sequential round trips
+  and calls per second at concurrency 8;
 - resident memory of the API (gunicorn) and the worker (celery, pool processes included) before and
   after 5,000 runs;
 - then the same warm latency with SQS as the broker (moto server), Redis for job state, and
