@@ -86,7 +86,7 @@ class ContainerJanitor:
         return found
 
     def _drop_stale_records(self) -> None:
-        """Records of who runs what, and AI folders, whose owner process is gone."""
+        """Records of who runs what, and AI and stem-cell code folders, whose owner process is gone."""
         try:
             for record in (self.state_dir / "jobs").iterdir():
                 fields = record.read_text().split()
@@ -94,10 +94,11 @@ class ContainerJanitor:
                     record.unlink(missing_ok=True)
         except OSError:
             pass
-        try:
-            for folder in (self.state_dir / "ai").iterdir():  # AI folders are named <owner pid>-...
-                pid = folder.name.split("-", 1)[0]
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
+        for kind in ("ai", "stem"):
+            try:
+                for folder in (self.state_dir / kind).iterdir():  # both named <owner pid>-...
+                    pid = folder.name.split("-", 1)[0]
+                    if pid.isdigit() and not pid_alive(int(pid)):
+                        shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
