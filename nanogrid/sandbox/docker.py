@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
+import functools
 import logging
 import os
 import re
@@ -59,7 +59,7 @@ from nanogrid.sandbox import (LABEL_FUNCTION, LABEL_INSTANCE, LABEL_JOB, LABEL_S
                               LABEL_WORKER, EngineUnavailable, RawRun, RunSpec, instance_id)
 from nanogrid.sandbox.janitor import DOCKER_ERRORS, STATE_DIR_PREFIX, ContainerJanitor
 from nanogrid.sandbox.protocol import FrameReader, new_nonce
-from nanogrid.sandbox.warm import Key, Slot, WarmPool
+from nanogrid.sandbox.warm import Key, Slot, WarmPool, container_limits
 
 log = logging.getLogger(__name__)
 
@@ -350,18 +350,14 @@ class DockerSandbox:
         pool.stem_target = self.settings.stem_cells
         pool.refill()
 
-    @property
+    @functools.cached_property
     def stem_limits(self) -> Limits:
         """The limits class stem cells are made for: a function's defaults, as a warm Key holds them."""
-        return dataclasses.replace(Limits.resolve(self.settings), timeout_s=0, output_bytes=0, init_timeout_s=0)
+        return container_limits(Limits.resolve(self.settings))
 
     def _start_stem(self) -> Slot:
         """A container for no function yet: its runner waits, its own /code folder is empty."""
-        try:
-            code_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "stem")))
-        except FileNotFoundError:  # the last other worker process of the installation removed it just now
-            code_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "stem")))
-        code_dir.chmod(0o755)
+        code_dir = self._new_folder("stem")
         spec = RunSpec("", "", code_dir, None, self.stem_limits)
         try:
             slot = self._start(spec, None, warm=True, ai_folder=bool(self.settings.ai_endpoint))
@@ -485,7 +481,7 @@ class DockerSandbox:
             # The container's own AI folder, mounted read-only at SANDBOX_SOCKET_DIR: each run's
             # channel puts its socket in it (a mount cannot change after the container is created).
             try:
-                ai_dir = self._new_ai_dir()
+                ai_dir = self._new_folder("ai")
             except OSError as exc:
                 raise Unavailable(f"cannot make the sandbox's AI folder: {exc}") from exc
         try:
@@ -739,11 +735,13 @@ class DockerSandbox:
         if slot.owns_code_dir:
             shutil.rmtree(slot.code_dir, ignore_errors=True)
 
-    def _new_ai_dir(self) -> Path:
+    def _new_folder(self, kind: str) -> Path:
+        """A new folder of this process (<pid>-..., which the janitor removes once the process is
+        gone) under the state folder's `kind` ("ai", "stem"), readable by the sandbox's user."""
         try:
-            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai"))
+            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / kind))
         except FileNotFoundError:  # the last other worker process of the installation removed it just now
-            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / "ai"))
+            made = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_private_dir(self.state_dir / kind))
         Path(made).chmod(0o755)
         return Path(made)
 

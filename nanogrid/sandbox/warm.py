@@ -56,6 +56,12 @@ STEM_FAILURES_PAUSE = 3
 STEM_RETRY_S = 30.0
 
 
+def container_limits(limits: Limits) -> Limits:
+    """The limits a container is made with: the deadlines and the output cap are the worker's,
+    per run, so they are zeroed (they do not make another container)."""
+    return dataclasses.replace(limits, timeout_s=0, output_bytes=0, init_timeout_s=0)
+
+
 @dataclass(frozen=True)
 class Key:
     """What a warm container is for; two runs share a container only if their keys are equal."""
@@ -72,9 +78,8 @@ class Key:
 
     @classmethod
     def of(cls, spec) -> "Key":
-        # The deadlines and the output cap are the worker's, per run: they do not make another container.
-        container_limits = dataclasses.replace(spec.limits, timeout_s=0, output_bytes=0, init_timeout_s=0)
-        return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir), container_limits,
+        return cls(spec.tenant, spec.function_id, spec.version, spec.code_sha, str(spec.code_dir),
+                   container_limits(spec.limits),
                    spec.ai_channel is not None or spec.ai_socket_dir is not None,
                    None if spec.layer_dir is None else str(spec.layer_dir), spec.init)
 
@@ -227,9 +232,13 @@ class WarmPool:
         threading.Thread(target=self._start_stems, name="nanogrid-stem-cells", daemon=True).start()
         self._start_thread()
 
+    def _slots(self) -> list[Slot]:
+        """Every container of the pool: busy, idle and stem cells (lock held)."""
+        return [*self._busy, *self._stems, *(s for slots in self._idle.values() for s in slots)]
+
     def _room_for_stem(self) -> bool:
         """Whether one more stem cell fits the container and memory bounds (lock held)."""
-        slots = [*self._busy, *self._stems, *(s for slots in self._idle.values() for s in slots)]
+        slots = self._slots()
         memory = sum(s.memory_mb for s in slots) + self.stem_memory_mb
         return len(slots) + 1 <= self.max_containers and memory <= self.memory_budget_mb
 
@@ -383,15 +392,14 @@ class WarmPool:
     def code_dirs(self) -> set[Path]:
         """The code directories mounted by this pool's containers (they must stay)."""
         with self._lock:
-            slots = [*self._busy, *self._stems, *(s for slots in self._idle.values() for s in slots)]
+            slots = self._slots()
             # A claimed stem cell has its own copy, and its key names the version's folder: both stay.
             return {s.code_dir for s in slots} | {Path(s.key.code_dir) for s in slots if s.key is not None}
 
     def layer_dirs(self) -> set[Path]:
         """The layer directories mounted by this pool's containers (the host's cache keeps them)."""
         with self._lock:
-            slots = [*self._busy, *(s for slots in self._idle.values() for s in slots)]
-            return {Path(s.key.layer_dir) for s in slots if s.key.layer_dir}
+            return {Path(s.key.layer_dir) for s in self._slots() if s.key is not None and s.key.layer_dir}
 
     def close(self, timeout_s: float = 30) -> None:
         """Remove every idle container (in parallel); runs in progress remove theirs when they end."""
