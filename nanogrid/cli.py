@@ -239,10 +239,9 @@ def cmd_builder(_args, extra) -> int:
     """A Celery worker on the builds queue only: layer builds never take a run's slot."""
     settings = Settings.from_env()
     quiet = ["--quiet"] if settings.log_format == "json" else []
-    # It runs no function: no stem cells in its processes.
-    os.execve(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
-                               "-Q", settings.build_queue_name, "--concurrency", str(settings.build_concurrency),
-                               *extra], {**os.environ, "NANOGRID_STEM_CELLS": "0"})
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "nanogrid", *quiet, "worker", "--loglevel", "INFO",
+                              "-Q", settings.build_queue_name, "--concurrency", str(settings.build_concurrency),
+                              *extra])
 
 
 def cmd_scheduler(_args, _extra) -> int:

@@ -105,6 +105,7 @@ def current() -> Services:
     return Services(Settings.from_env())
 
 
-def worker_id() -> str:
-    """Who holds a lease: host and process, since each pool process runs its own sandboxes."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_id(pid: int | None = None) -> str:
+    """Who holds a lease: host and process (this one, or pid), since each pool process runs its own
+    sandboxes; a worker's main process by the same name holds the runs parked for its engine."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"

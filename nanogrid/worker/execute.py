@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -138,7 +137,7 @@ def _run(services: Services, job_id: str, finished: Callable[[dict], None] | Non
                 # pool process's parent) until the heartbeat finds the engine answering.
                 if refused < ENGINE_RETRIES + ENGINE_PARKINGS and services.jobs.requeue(job_id, holder,
                                                                                          publish=False):
-                    services.jobs.park_for_engine(job_id, f"{socket.gethostname()}:{os.getppid()}")
+                    services.jobs.park_for_engine(job_id, worker_id(os.getppid()))
                     log.warning("the sandbox engine does not answer (%s); the run waits for it", exc)
                     metrics.record_dropped("parked")
                     return "parked"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -32,6 +31,7 @@ from celery.worker import state as worker_state
 from nanogrid.errors import Unavailable
 from nanogrid.sandbox import EngineUnavailable
 from nanogrid.services import current as current_services
+from nanogrid.services import worker_id
 from nanogrid.task_names import RUN_TASK
 from nanogrid.worker import serves_runs
 
@@ -58,6 +58,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
         self.enabled = serves_runs(worker)
+        if self.enabled:  # its pool processes run functions: each readies its stem cells when it starts
+            signals.worker_process_init.connect(_start_stem_cells, weak=False, dispatch_uid="nanogrid-stem-cells")
         self.worker = worker
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -105,21 +107,22 @@ class HeartbeatStep(bootsteps.StartStopStep):
         # The engine is asked every HEARTBEAT_S, not at every beat: a received message beats at once
         # (its job goes into the held list), and a ping per message would cost dockerd and this
         # process a few ms of CPU per run (a new client each time: the runs' own may be busy).
-        now = time.monotonic()
-        if stopped or now - self.engine_checked_at >= HEARTBEAT_S:
-            self.engine_checked_at = now
-            engine_ok = svc.sandbox.engine_ok()
-            if engine_ok != self.engine_ok:
-                self._engine_changed(svc, engine_ok)
-            if engine_ok:  # runs that its pool processes parked while the engine did not answer
-                svc.jobs.release_parked(f"{socket.gethostname()}:{os.getpid()}")
-        engine_ok = self.engine_ok
+        if stopped or time.monotonic() - self.engine_checked_at >= HEARTBEAT_S:
+            self._check_engine(svc)
         try:
             svc.jobs.index.beat(self.node, held_jobs(), pid=os.getpid(), started=self.started, stopped=stopped,
-                                sandbox="ok" if engine_ok else "down", sandbox_kind=svc.sandbox.kind,
+                                sandbox="ok" if self.engine_ok else "down", sandbox_kind=svc.sandbox.kind,
                                 runtime=svc.settings.docker_runtime)
         except Unavailable as exc:
             log.debug("heartbeat not written: %s", exc)
+
+    def _check_engine(self, svc) -> None:
+        self.engine_checked_at = time.monotonic()
+        engine_ok = svc.sandbox.engine_ok()
+        if engine_ok != self.engine_ok:
+            self._engine_changed(svc, engine_ok)
+        if engine_ok:  # runs that its pool processes parked while the engine did not answer
+            svc.jobs.release_parked(worker_id())
 
     def _engine_changed(self, svc, engine_ok: bool) -> None:
         """Stop consuming while the engine does not answer; resume when it does."""
@@ -165,9 +168,8 @@ def _interrupt_runs(_signum, _frame) -> None:
     current_services().sandbox.interrupt()
 
 
-def _start_process(**_) -> None:
-    """A pool process begins: it stops its runs on the shutdown signal, and its sandbox readies stem cells."""
-    signal.signal(INTERRUPT_SIGNAL, _interrupt_runs)
+def _start_stem_cells(**_) -> None:
+    """A pool process of a worker that runs functions begins: its sandbox readies stem cells."""
     start = getattr(current_services().sandbox, "start_stem_cells", None)
     if start is not None:
         try:
@@ -177,4 +179,4 @@ def _start_process(**_) -> None:
 
 
 def connect() -> None:
-    signals.worker_process_init.connect(_start_process, weak=False)
+    signals.worker_process_init.connect(lambda **_: signal.signal(INTERRUPT_SIGNAL, _interrupt_runs), weak=False)

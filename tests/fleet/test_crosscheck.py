@@ -247,7 +247,7 @@ OPTIONAL_EVERYWHERE = {
     "NANOGRID_WARM_MAX_CONTAINERS": WARM_POOL_REASON,
     "NANOGRID_WARM_MEMORY_BUDGET_MB": WARM_POOL_REASON,
     "NANOGRID_STEM_CELLS": "stem cells per worker process (nanogrid/sandbox/warm.py): one pre-started container of "
-                           "the default limits, within the warm pool's bounds; `nanogrid builder` sets 0 for itself",
+                           "the default limits, within the warm pool's bounds; a builder (no runs queue) keeps none",
     "NANOGRID_KEEP_VERSIONS": "20 versions of each function kept besides those an alias points at (the default); "
                               "older ones and their code are removed by the API when a new version is made",
     "NANOGRID_BUILD_QUEUE_URL": "unset it is SQS_QUEUE_URL + '-builds', the name Terraform gives the builds queue "
