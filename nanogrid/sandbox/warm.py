@@ -161,7 +161,7 @@ class WarmPool:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._checked_at = 0.0
-        self._checked_stems_at = 0.0
+        self._stems_paused_at = 0.0  # when the starts failed STEM_FAILURES_PAUSE times in a row
         self._removals: list[threading.Thread] = []  # evictions under way
         # Stem cells: how many to keep ready, and what starts one (installed by the sandbox).
         self.stem_target = 0
@@ -255,6 +255,8 @@ class WarmPool:
                     log.warning("cannot start a stem cell: %s", exc)
                     with self._lock:
                         self._stem_failures += 1
+                        if self._stem_failures == STEM_FAILURES_PAUSE:
+                            self._stems_paused_at = time.monotonic()
                     continue
                 with self._lock:
                     self._stem_failures = 0
@@ -344,8 +346,8 @@ class WarmPool:
             dead = [s for s in self._stems if not s.alive()]
             self._stems = [s for s in self._stems if s not in dead]
             evicted += dead
-            if self._stem_failures >= STEM_FAILURES_PAUSE and now - self._checked_stems_at >= STEM_RETRY_S:
-                self._stem_failures, self._checked_stems_at = 0, now  # a while later: try again
+            if self._stem_failures >= STEM_FAILURES_PAUSE and now - self._stems_paused_at >= STEM_RETRY_S:
+                self._stem_failures = 0  # a while later: try again
             self._prune()
         self._remove(evicted)
         self.refill()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import pytest
 
 from nanogrid.config import Settings
 from nanogrid.limits import Limits
-from nanogrid.sandbox.warm import Key, Slot, WarmPool
+from nanogrid.sandbox.warm import STEM_FAILURES_PAUSE, STEM_RETRY_S, Key, Slot, WarmPool
 from support.waiting import eventually
 
 LIMITS = Limits(timeout_s=0, memory_mb=256, cpus=1.0, pids=64, open_files=64, file_size_mb=10, tmpfs_mb=32,
@@ -104,5 +105,26 @@ def test_no_stem_cell_outside_the_memory_budget(slots):
         pool.refill()
         pool.settle()
         assert pool.stems() == [] and slots.made == []
+    finally:
+        pool.close()
+
+
+def test_a_stem_cell_start_that_keeps_failing_pauses_before_it_is_tried_again(slots):
+    tries = []
+
+    def failing() -> Slot:
+        tries.append(time.monotonic())
+        raise RuntimeError("the engine is away")
+
+    pool = pool_of(slots)
+    pool.start_stem = failing
+    try:
+        pool.refill()
+        eventually(lambda: len(tries) == STEM_FAILURES_PAUSE and not pool._stems_starting, 10, "the tries in a row")
+        pool.maintain()  # within the pause: no more tries
+        eventually(lambda: not pool._stems_starting, 10, "no start under way")
+        assert len(tries) == STEM_FAILURES_PAUSE
+        pool.maintain(now=time.monotonic() + STEM_RETRY_S)  # after it: tried again
+        eventually(lambda: len(tries) == 2 * STEM_FAILURES_PAUSE, 10, "a second round of tries")
     finally:
         pool.close()
