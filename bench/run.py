@@ -506,48 +506,26 @@ def plain_docker_task(operator_env: dict, image: str, workdir: Path, concurrency
     calls per second at concurrency 8."""
     from celery import Celery
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    bench_dir = str(Path(__file__).parent)
+    sys.path.insert(0, bench_dir)
     import plain_celery
 
     redis_url = operator_env["NANOGRID_REDIS_URL"]
-    env = {**os.environ, "BENCH_REDIS_URL": redis_url, "BENCH_IMAGE": image}
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url, "BENCH_IMAGE": image, "PYTHONPATH": bench_dir}
     command = [sys.executable, "-m", "celery", "-A", "plain_celery", "worker", "-Q", plain_celery.QUEUE, "-c",
                str(concurrency), "--pool", "prefork", "--without-gossip", "--without-mingle", "-n",
                f"bench-plain-{os.getpid()}@%h"]
-    with open(workdir / "plain-celery.log", "wb") as log, subprocess.Popen(
-            command, env=env, cwd=Path(__file__).parent, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True) as worker:
-        try:
-            app = Celery("bench-plain-client", broker=redis_url, backend=redis_url)
-            event = json.dumps({"n": 1})
+    with process(command, env, workdir / "plain-celery.log"):
+        app = Celery("bench-plain-client", broker=redis_url, backend=redis_url)
+        event = json.dumps({"n": 1})
 
-            def call() -> None:
-                result = app.send_task(plain_celery.TASK, args=(HANDLER, event), queue=plain_celery.QUEUE)
-                if json.loads(result.get(timeout=120)) != {"n": 2}:
-                    raise RuntimeError("the plain task's answer is wrong")
+        def call() -> None:
+            result = app.send_task(plain_celery.TASK, args=(HANDLER, event), queue=plain_celery.QUEUE)
+            if json.loads(result.get(timeout=120)) != {"n": 2}:
+                raise RuntimeError("the plain task's answer is wrong")
 
-            latencies = timed(call, count, warmup=2)
-            stop_at, lock, counts = time.monotonic() + seconds, threading.Lock(), {"ok": 0, "errors": 0}
-
-            def loop() -> None:
-                while time.monotonic() < stop_at:
-                    try:
-                        call()
-                        outcome = "ok"
-                    except Exception:  # noqa: BLE001 - any failure is an error of this phase
-                        outcome = "errors"
-                    with lock:
-                        counts[outcome] += 1
-
-            elapsed = in_threads(loop, 8)
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-    return {"latencies": latencies, "concurrency": 8, "seconds": elapsed, "runs": counts["ok"],
-            "errors": counts["errors"], "per_s": counts["ok"] / elapsed}
+        latencies = timed(call, count, warmup=2)
+        return {"latencies": latencies, **calls_per_second(lambda: call, 8, seconds)}
 
 
 def in_threads(loop, concurrency: int) -> float:
@@ -561,19 +539,16 @@ def in_threads(loop, concurrency: int) -> float:
     return time.monotonic() - started
 
 
-def celery_throughput(operator_env: dict, concurrency: int, seconds: float) -> dict:
-    """Bare Celery no-ops (celery.accumulate) per second with `concurrency` clients in a loop, each
-    with an app of its own, through the same broker, worker (the same pool) and result backend."""
-    from nanogrid.config import Settings
-    from nanogrid.transport.app import make_celery
-
+def calls_per_second(make_call, concurrency: int, seconds: float) -> dict:
+    """Each of `concurrency` threads makes its call (make_call()) and repeats it for `seconds`:
+    successful calls per second, and how many failed (any exception is an error of the phase)."""
     stop_at, lock, counts = time.monotonic() + seconds, threading.Lock(), {"ok": 0, "errors": 0}
 
     def loop() -> None:
-        app = make_celery(Settings.from_env(operator_env))
+        call = make_call()
         while time.monotonic() < stop_at:
             try:
-                app.send_task("celery.accumulate", args=(1,)).get(timeout=30)
+                call()
                 outcome = "ok"
             except Exception:  # noqa: BLE001 - any failure is an error of this phase, as in throughput()
                 outcome = "errors"
@@ -583,6 +558,19 @@ def celery_throughput(operator_env: dict, concurrency: int, seconds: float) -> d
     elapsed = in_threads(loop, concurrency)
     return {"concurrency": concurrency, "seconds": elapsed, "runs": counts["ok"], "errors": counts["errors"],
             "per_s": counts["ok"] / elapsed}
+
+
+def celery_throughput(operator_env: dict, concurrency: int, seconds: float) -> dict:
+    """Bare Celery no-ops (celery.accumulate) per second with `concurrency` clients in a loop, each
+    with an app of its own, through the same broker, worker (the same pool) and result backend."""
+    from nanogrid.config import Settings
+    from nanogrid.transport.app import make_celery
+
+    def make_call():
+        app = make_celery(Settings.from_env(operator_env))
+        return lambda: app.send_task("celery.accumulate", args=(1,)).get(timeout=30)
+
+    return calls_per_second(make_call, concurrency, seconds)
 
 
 def throughput(url: str, function_id: str, concurrency: int, seconds: float, done: list, dev_pid: int = 0,
